@@ -1,0 +1,46 @@
+// swift-tools-version:6.1
+import PackageDescription
+
+// Module graph (one-way): Reactor → TLS → HTTP1 → (Mirror, OCI, BlobStore) → berth.
+// Swift 5 language mode: the reactor owns its threading model (one loop per
+// thread, explicit hand-offs), documented next to each type, instead of
+// annotating every loop-bound class for the Swift 6 checker.
+let settings: [SwiftSetting] = [
+    .unsafeFlags(["-Ounchecked"], .when(configuration: .release)),
+]
+
+let package = Package(
+    name: "Berth",
+    platforms: [.macOS(.v13)],
+    products: [
+        .executable(name: "berth", targets: ["berth"]),
+        .library(name: "HTTP1", targets: ["HTTP1"]),
+    ],
+    dependencies: [
+        .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
+        .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
+        .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+    ],
+    targets: [
+        .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
+        .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
+        .systemLibrary(name: "CLinux"),
+        .target(name: "Reactor", dependencies: ["CLinux"], swiftSettings: settings),
+        .target(name: "TLS", dependencies: ["COpenSSL", "Reactor"], swiftSettings: settings),
+        .target(name: "HTTP1", dependencies: ["Reactor", "TLS"], swiftSettings: settings),
+        .executableTarget(
+            name: "berth",
+            dependencies: [
+                "Reactor", "TLS", "HTTP1",
+                .product(name: "ArgumentParser", package: "swift-argument-parser"),
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: settings
+        ),
+        .testTarget(name: "ReactorTests", dependencies: ["Reactor"]),
+        .testTarget(name: "TLSTests", dependencies: ["TLS", "Reactor"]),
+        .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "Reactor", "TLS"]),
+    ],
+    swiftLanguageModes: [.v5]
+)

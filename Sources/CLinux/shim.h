@@ -1,0 +1,17 @@
+// Linux headers that Swift's Glibc module does not bring in, and prototypes
+// of the GNU calls it hides (declared here rather than defining _GNU_SOURCE,
+// which would clash with Glibc's own view of the same headers).
+#ifndef BERTH_CLINUX_SHIM_H
+#define BERTH_CLINUX_SHIM_H
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
+#include <sys/sendfile.h>
+#include <sys/socket.h>
+#include <pthread.h>
+#include <signal.h>
+
+extern int accept4(int fd, struct sockaddr *addr, socklen_t *len, int flags);
+extern int pipe2(int fds[2], int flags);
+extern int pthread_setname_np(pthread_t thread, const char *name);
+#endif

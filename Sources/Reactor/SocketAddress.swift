@@ -1,0 +1,94 @@
+#if canImport(Glibc)
+import Glibc
+import CLinux
+#endif
+
+/// An IPv4 or IPv6 socket address.
+///
+/// Parsed from `host:port`, `[v6]:port` or `:port` (all interfaces). Only IP
+/// literals are parsed here: name lookups block and belong on the worker pool
+/// (`Resolver`).
+public struct SocketAddress: Equatable, CustomStringConvertible, Sendable {
+    var storage: sockaddr_storage
+
+    init(storage: sockaddr_storage) { self.storage = storage }
+
+    public var family: Int32 { Int32(storage.ss_family) }
+
+    /// `"127.0.0.1:5000"`, `"[::1]:443"`, `":5000"` (IPv6 any, dual-stack) or
+    /// `"0.0.0.0:5000"`. Nil when the text is not an IP literal with a port.
+    public init?(_ text: String) {
+        guard let colon = text.lastIndex(of: ":"), let port = UInt16(text[text.index(after: colon)...]) else { return nil }
+        var host = String(text[..<colon])
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = String(host.dropFirst().dropLast()) }
+        if host.isEmpty { host = "::" }
+        self.init(ip: host, port: port)
+    }
+
+    /// An address from an IP literal and a port; nil when `ip` is not a literal.
+    public init?(ip: String, port: UInt16) {
+        var st = sockaddr_storage()
+        var a4 = in_addr()
+        var a6 = in6_addr()
+        if inet_pton(AF_INET, ip, &a4) == 1 {
+            withUnsafeMutablePointer(to: &st) { p in
+                p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                    sin.pointee.sin_family = sa_family_t(AF_INET)
+                    sin.pointee.sin_port = port.bigEndian
+                    sin.pointee.sin_addr = a4
+                }
+            }
+        } else if inet_pton(AF_INET6, ip, &a6) == 1 {
+            withUnsafeMutablePointer(to: &st) { p in
+                p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin in
+                    sin.pointee.sin6_family = sa_family_t(AF_INET6)
+                    sin.pointee.sin6_port = port.bigEndian
+                    sin.pointee.sin6_addr = a6
+                }
+            }
+        } else {
+            return nil
+        }
+        storage = st
+    }
+
+    public var port: UInt16 {
+        get {
+            withUnsafePointer(to: storage) { p in
+                family == AF_INET
+                    ? p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
+                    : p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
+            }
+        }
+    }
+
+    /// The IP literal, without brackets.
+    public var ip: String {
+        var buf = [CChar](repeating: 0, count: Int(INET6_ADDRSTRLEN) + 1)
+        withUnsafePointer(to: storage) { p in
+            if family == AF_INET {
+                p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { sin in
+                    var a = sin.pointee.sin_addr
+                    _ = inet_ntop(AF_INET, &a, &buf, socklen_t(buf.count))
+                }
+            } else {
+                p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin in
+                    var a = sin.pointee.sin6_addr
+                    _ = inet_ntop(AF_INET6, &a, &buf, socklen_t(buf.count))
+                }
+            }
+        }
+        return String(cString: buf)
+    }
+
+    public var description: String { family == AF_INET6 ? "[\(ip)]:\(port)" : "\(ip):\(port)" }
+
+    func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
+        let len = socklen_t(family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+        return try withUnsafePointer(to: storage) { p in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, len) }
+        }
+    }
+
+    public static func == (a: SocketAddress, b: SocketAddress) -> Bool { a.description == b.description }
+}

@@ -27,4 +27,14 @@ static inline int berth_BIO_set_mem_eof_return(BIO *bio, int v) {
 static inline long berth_SSL_CTX_set_options(SSL_CTX *ctx, long opts) {
     return (long)SSL_CTX_set_options(ctx, (uint64_t)opts);
 }
+/* Option bits defined through SSL_OP_BIT(n), a function-like macro Swift does not import. */
+static inline long berth_SSL_OP_NO_RENEGOTIATION(void) {
+    return (long)SSL_OP_NO_RENEGOTIATION;
+}
+static inline long berth_SSL_OP_CIPHER_SERVER_PREFERENCE(void) {
+    return (long)SSL_OP_CIPHER_SERVER_PREFERENCE;
+}
+static inline long berth_SSL_OP_NO_COMPRESSION(void) {
+    return (long)SSL_OP_NO_COMPRESSION;
+}
 #endif

@@ -123,8 +123,9 @@ public final class TLSContext: @unchecked Sendable {  // immutable after the fac
         guard SSL_CTX_use_certificate_chain_file(ctx, chainPath) == 1 else {
             throw TLSError.drainingQueue("cannot load the certificate chain \(chainPath)")
         }
+        // Also fails when the key does not match the leaf ("key values mismatch").
         guard SSL_CTX_use_PrivateKey_file(ctx, keyPath, SSL_FILETYPE_PEM) == 1 else {
-            throw TLSError.drainingQueue("cannot load the private key \(keyPath)")
+            throw TLSError.drainingQueue("cannot load the private key \(keyPath) for \(chainPath)")
         }
         guard SSL_CTX_check_private_key(ctx) == 1 else {
             throw TLSError.drainingQueue("the private key \(keyPath) does not match the certificate \(chainPath)")

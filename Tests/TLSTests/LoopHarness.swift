@@ -84,6 +84,10 @@ final class Pump: Selectable {
         if let bytes = slowReadBytesPerTick { scheduleSlowRead(bytes) }
     }
 
+    /// Strictly what the HTTP code does: on writability `flush` (which also
+    /// drives an unfinished handshake) and then write more; on readability
+    /// `read` until `.wouldBlock`, then write whatever the input produced.
+    /// Nothing else: a handshake that needs anything more would stall here.
     func handleEvents(_ events: UInt32) {
         if isConnecting {
             let error = Posix.socketError(fd: transport.fd)
@@ -91,34 +95,41 @@ final class Pump: Selectable {
             if events & (Readiness.writable | Readiness.error | Readiness.hangup) == 0 { return }
             isConnecting = false
         }
-        step(readsNow: slowReadBytesPerTick == nil)
-    }
-
-    private func scheduleSlowRead(_ bytes: Int) {
-        loop.schedule(afterNanos: slowReadIntervalNanos) { [weak self] in
-            guard let self, !self.isClosed else { return }
-            if !self.isConnecting { self.step(readsNow: true, readLimit: bytes) }
-            if !self.isClosed { self.scheduleSlowRead(bytes) }
-        }
-    }
-
-    private func step(readsNow: Bool, readLimit: Int = .max) {
         guard !isClosed else { return }
         do {
-            try writeMore()
-            if readsNow { try readAvailable(limit: readLimit) }
-            try writeMore()
-            if isDone?(self) ?? sawEndOfInput { finish(nil) }
+            if events & Readiness.writable != 0 {
+                if try transport.flush() { try writeMore() } else { sawPendingOutput = true }
+            }
+            if events & (Readiness.readable | Readiness.readHangup | Readiness.hangup | Readiness.error) != 0,
+               slowReadBytesPerTick == nil {
+                try readAvailable(limit: .max)
+            }
+            checkDone()
         } catch {
             finish(error)
         }
     }
 
-    private func writeMore() throws {
-        if transport.hasPendingOutput {
-            sawPendingOutput = true
-            guard try transport.flush() else { return }
+    private func scheduleSlowRead(_ bytes: Int) {
+        loop.schedule(afterNanos: slowReadIntervalNanos) { [weak self] in
+            guard let self, !self.isClosed else { return }
+            if !self.isConnecting {
+                do {
+                    try self.readAvailable(limit: bytes)
+                    self.checkDone()
+                } catch {
+                    self.finish(error)
+                }
+            }
+            if !self.isClosed { self.scheduleSlowRead(bytes) }
         }
+    }
+
+    private func checkDone() {
+        if !isClosed, isDone?(self) ?? sawEndOfInput { finish(nil) }
+    }
+
+    private func writeMore() throws {
         while sent < outgoing.count {
             let result = try outgoing.withUnsafeBytes { try transport.write(UnsafeRawBufferPointer(rebasing: $0[sent...])) }
             guard case .processed(let n) = result else {
@@ -132,9 +143,6 @@ final class Pump: Selectable {
             didShutdown = true
             transport.shutdownOutput()
         }
-        // Push what write or read produced; before the handshake is done,
-        // flush also drives it (a client may have nothing to write yet).
-        if transport.hasPendingOutput || !transport.isHandshakeComplete { _ = try transport.flush() }
     }
 
     private func readAvailable(limit: Int) throws {
@@ -151,7 +159,9 @@ final class Pump: Selectable {
                 if keepsInput { incoming.append(contentsOf: readBuffer[..<n]) }
                 receivedCount += n
                 budget -= n
+                let before = outgoing.count
                 onInput?(self)
+                if outgoing.count != before { try writeMore() }
             }
         }
     }

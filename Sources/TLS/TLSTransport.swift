@@ -32,12 +32,15 @@ import Reactor
 ///
 /// Loop thread only; not `Sendable`.
 public final class TLSTransport: Transport {
+    /// The socket, owned: closed by `close` or `deinit`.
     public let fd: Int32
     /// Keeps the context's settings (and the `SSL_CTX`, also up-ref'd by `SSL_new`) alive.
     private let context: TLSContext
     private let ssl: OpaquePointer        // SSL *, owned; frees both BIOs
     private let networkIn: OpaquePointer  // BIO * OpenSSL reads ciphertext from; owned by `ssl`
-    private let networkOut: OpaquePointer // BIO * OpenSSL writes ciphertext to; owned by `ssl`
+    private var networkOut: OpaquePointer // BIO * OpenSSL writes ciphertext to; owned by `ssl`
+    /// Most ciphertext held in `networkOut` since it was last empty.
+    private var pendingOutputPeak = 0
     /// Socket reads land here before they go into `networkIn`; also the sink
     /// for ciphertext discarded from `networkOut` after a socket write.
     private let scratch: UnsafeMutableRawBufferPointer
@@ -53,6 +56,11 @@ public final class TLSTransport: Transport {
     /// No more plaintext is accepted while more ciphertext than this waits
     /// for the socket.
     static let pendingOutputLimit = 256 * 1024
+    /// A memory BIO keeps its largest buffer for life: after backing up past
+    /// this much, a drained `networkOut` is replaced so an idle connection
+    /// does not hold ~256 KiB. Above one write chunk, so a socket that keeps
+    /// up never pays for it.
+    static let outputShrinkThreshold = 128 * 1024
     /// Plaintext handed to one SSL_write: a few full records.
     static let writeChunk = 64 * 1024
     static let scratchSize = 32 * 1024
@@ -103,7 +111,7 @@ public final class TLSTransport: Transport {
             SSL_free(ssl)
             throw TLSError.drainingQueue("BIO_new failed")
         }
-        guard let output = BIO_new(BIO_s_mem()) else {
+        guard let output = Self.makeOutputBIO() else {
             BIO_free(input)
             SSL_free(ssl)
             throw TLSError.drainingQueue("BIO_new failed")
@@ -111,7 +119,6 @@ public final class TLSTransport: Transport {
         // An empty memory BIO means "nothing yet" (retry), not end of file:
         // Berth decides about EOF itself from the socket.
         _ = berth_BIO_set_mem_eof_return(input, -1)
-        _ = berth_BIO_set_mem_eof_return(output, -1)
         SSL_set_bio(ssl, input, output)  // ssl now owns both
         self.fd = fd
         self.context = context
@@ -119,6 +126,12 @@ public final class TLSTransport: Transport {
         networkIn = input
         networkOut = output
         scratch = .allocate(byteCount: Self.scratchSize, alignment: 16)
+    }
+
+    private static func makeOutputBIO() -> OpaquePointer? {
+        guard let bio = BIO_new(BIO_s_mem()) else { return nil }
+        _ = berth_BIO_set_mem_eof_return(bio, -1)
+        return bio
     }
 
     deinit {
@@ -146,10 +159,16 @@ public final class TLSTransport: Transport {
 
     private var pendingOutputCount: Int { Int(BIO_ctrl_pending(networkOut)) }
 
+    /// Ciphertext waits for the socket: call `flush` when it turns writable.
     public var hasPendingOutput: Bool { pendingOutputCount > 0 }
 
     // MARK: Transport
 
+    /// Decrypted bytes; `.processed(0)` at end of stream; `.wouldBlock` when
+    /// more ciphertext must arrive first (also mid-handshake). Writes what the
+    /// protocol needs (handshake flights, alerts) itself; a socket error there
+    /// is reported by the next `write` or `flush`. Throws `TLSError` on a
+    /// failed handshake or a corrupt record.
     public func read(into buffer: UnsafeMutableRawBufferPointer) throws -> IOResult<Int> {
         if isInputClosed { return .processed(0) }
         guard let base = buffer.baseAddress, buffer.count > 0 else { return .processed(0) }
@@ -180,6 +199,11 @@ public final class TLSTransport: Transport {
         }
     }
 
+    /// Encrypts as much of `buffer` as the pending-output bound allows and
+    /// pushes the ciphertext to the socket. `.wouldBlock` means either the
+    /// socket is backed up (`hasPendingOutput`; retry after `flush` returns
+    /// true) or the handshake is still waiting for the peer (no pending
+    /// output; retry after the next readable or writable event).
     public func write(_ buffer: UnsafeRawBufferPointer) throws -> IOResult<Int> {
         if let error = deferredWriteError { throw error }
         precondition(!isOutputShutdown, "TLSTransport.write after shutdownOutput")
@@ -204,11 +228,14 @@ public final class TLSTransport: Transport {
                 throw failure(code, during: "write")
             }
             accepted += Int(r)
+            pendingOutputPeak = max(pendingOutputPeak, pendingOutputCount)
             if !socketIsFull { socketIsFull = try !pushOutput() }
         }
         return accepted == 0 ? .wouldBlock : .processed(accepted)
     }
 
+    /// Advances an unfinished handshake and writes pending ciphertext; true
+    /// when none remains (then, after `shutdownOutput`, the FIN goes out too).
     public func flush() throws -> Bool {
         if let error = deferredWriteError { throw error }
         if !isHandshakeComplete && !isOutputShutdown { _ = try advanceHandshake() }
@@ -223,6 +250,7 @@ public final class TLSTransport: Transport {
     /// TLS is never zero-copy here: kernel TLS is unavailable on these machines.
     public var canSendFile: Bool { false }
 
+    /// Never called: `canSendFile` is false.
     public func sendFile(from file: Int32, offset: inout off_t, count: Int) throws -> IOResult<Int> {
         preconditionFailure("TLSTransport cannot sendfile; check canSendFile")
     }
@@ -240,6 +268,7 @@ public final class TLSTransport: Transport {
         _ = try? flush()
     }
 
+    /// Closes the socket (the owner deregisters it first). The `SSL` is freed with this object.
     public func close() {
         guard isOpen else { return }
         isOpen = false
@@ -273,7 +302,14 @@ public final class TLSTransport: Transport {
         while true {
             var data: UnsafeMutablePointer<CChar>?
             let length = berth_BIO_get_mem_data(networkOut, &data)
-            guard length > 0, let data else { return true }
+            guard length > 0, let data else {
+                if pendingOutputPeak > Self.outputShrinkThreshold, let fresh = Self.makeOutputBIO() {
+                    SSL_set0_wbio(ssl, fresh)  // frees the old, empty BIO
+                    networkOut = fresh
+                }
+                pendingOutputPeak = 0
+                return true
+            }
             switch try Posix.write(fd: fd, UnsafeRawBufferPointer(start: data, count: Int(length))) {
             case .wouldBlock:
                 return false
@@ -318,14 +354,17 @@ public final class TLSTransport: Transport {
     /// the peer's certificate was rejected.
     private func failure(_ code: Int32, during what: String) -> TLSError {
         let stage = isHandshakeComplete ? "TLS \(what) failed" : "TLS handshake failed"
+        // Without SSL_VERIFY_PEER the result is recorded but ignored: only
+        // blame the certificate when it was actually checked.
         let verify = SSL_get_verify_result(ssl)
-        if verify != X509_V_OK {
+        if context.verifiesPeer && verify != X509_V_OK {
             let reason = String(cString: X509_verify_cert_error_string(verify))
             return .drainingQueue("\(stage): certificate verification failed: \(reason)", isVerificationFailure: true)
         }
         switch code {
+        case SSL_ERROR_SSL: return .drainingQueue(stage)
         case SSL_ERROR_SYSCALL: return .drainingQueue("\(stage): unexpected end of input")
-        default: return .drainingQueue("\(stage) (SSL error \(code))")
+        default: return .drainingQueue("\(stage) (SSL_get_error \(code))")
         }
     }
 }

@@ -89,6 +89,8 @@ struct HeadScanner {
     private var lastWasCR = false
     /// Bytes of the current line seen so far (its CR included, once seen).
     private var lineBytes = 0
+    /// The current line's first byte is CR: unless LF follows at once, that CR is bare.
+    private var lineStartsWithCR = false
     /// Where the section began in the input of the call that completed it (valid when `buffer` is empty).
     private(set) var sectionStart = 0
 
@@ -114,6 +116,7 @@ struct HeadScanner {
         isLeading = hasStartLine
         lastWasCR = false
         lineBytes = 0
+        lineStartsWithCR = false
         sectionStart = 0
     }
 
@@ -155,11 +158,13 @@ struct HeadScanner {
             // Look no further than one byte past the budget.
             let allowance = budget - sectionBytes
             let window = allowance >= n - i ? n : i + allowance + 1
+            if lineBytes == 0 { lineStartsWithCR = input[i] == cr }
             guard let j = findLF(input, from: i, to: window) else {
                 let taken = window - i
                 sectionBytes += taken
                 lineBytes += taken
                 lastWasCR = input[window - 1] == cr
+                if lineStartsWithCR && lineBytes > 1 { throw HTTPParseError.badRequest("bare CR") }
                 if sectionBytes > budget { throw limitError() }
                 break
             }
@@ -169,6 +174,7 @@ struct HeadScanner {
             sectionBytes += before + 1
             if sectionBytes > budget { throw limitError() }
             i = j + 1
+            if lineStartsWithCR && lineBytes + before > 1 { throw HTTPParseError.badRequest("bare CR") }
             if lineBytes + before == 1 {
                 // The empty line (just CRLF) ends the section. A start line is never empty: leading
                 // CRLFs were skipped above.
@@ -191,6 +197,11 @@ struct HeadScanner {
             return startLineIsTarget ? .uriTooLong("request line too long") : .headersTooLarge("status line too long")
         }
         return .headersTooLarge(hasStartLine ? "header section too large" : "trailer section too large")
+    }
+
+    /// Calls `body` with the part of an unfinished section kept so far.
+    func withBuffer<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try buffer.withUnsafeBytes(body)
     }
 
     /// Calls `body` with the complete section ending at `end` in `input`: the caller's bytes when the

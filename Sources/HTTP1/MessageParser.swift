@@ -8,6 +8,8 @@ protocol HeadDecoder {
     /// Decodes the section `p` (start line through the empty line). `fieldCount` is the number of
     /// field lines. Returns nil for a head to skip (interim 1xx responses).
     mutating func decode(_ p: UnsafeRawBufferPointer, fieldCount: Int) throws -> (Head, BodyFraming)?
+    /// Checks the complete start line at the beginning of `p` (which may end before the head does).
+    func checkStartLine(_ p: UnsafeRawBufferPointer) throws
     /// Whether the section's start line is a request line (an oversized one is answered 414).
     static var startLineIsTarget: Bool { get }
 }
@@ -48,6 +50,8 @@ struct MessageParser<Decoder: HeadDecoder> {
     /// What the head used of the limits, for the trailer section.
     private var headBytes = 0
     private var headFields = 0
+    /// The start line of the head being collected was checked on its own.
+    private var isStartLineChecked = false
 
     init(decoder: Decoder, limits: ParserLimits, bodyLimit: UInt64?) {
         self.decoder = decoder
@@ -104,7 +108,16 @@ struct MessageParser<Decoder: HeadDecoder> {
         while true {
             switch state {
             case .head:
-                guard let end = try scanner.scan(input, from: i) else { return (nil, n) }
+                guard let end = try scanner.scan(input, from: i) else {
+                    // A head split across inputs: refuse a bad start line (an HTTP/0.9 request,
+                    // say) now rather than wait for an empty line that may never come.
+                    if !isStartLineChecked && scanner.lines > 0 {
+                        isStartLineChecked = true
+                        try scanner.withBuffer { try decoder.checkStartLine($0) }
+                    }
+                    return (nil, n)
+                }
+                isStartLineChecked = false
                 let fieldCount = scanner.fieldLines
                 let decoded = try scanner.withSection(input, end: end) { try decoder.decode($0, fieldCount: fieldCount) }
                 headBytes = scanner.sectionBytes

@@ -75,6 +75,11 @@ struct RequestHeadDecoder: HeadDecoder {
         return (head, framing)
     }
 
+    func checkStartLine(_ p: UnsafeRawBufferPointer) throws {
+        guard let lineLF = findLF(p, from: 0, to: p.count) else { return }
+        _ = try decodeRequestLine(p, end: lineLF - 1)
+    }
+
     /// `method SP request-target SP HTTP-version`, single spaces, in `p[0..<end]`.
     private func decodeRequestLine(_ p: UnsafeRawBufferPointer, end: Int) throws -> (HTTPMethod, String, HTTPVersion) {
         var i = 0

@@ -71,6 +71,11 @@ struct ResponseHeadDecoder: HeadDecoder {
         return (head, framing)
     }
 
+    func checkStartLine(_ p: UnsafeRawBufferPointer) throws {
+        guard let lineLF = findLF(p, from: 0, to: p.count) else { return }
+        _ = try decodeStatusLine(p, end: lineLF - 1)
+    }
+
     /// `HTTP-version SP 3DIGIT SP reason-phrase` in `p[0..<end]`; the SP before an empty reason may be missing.
     private func decodeStatusLine(_ p: UnsafeRawBufferPointer, end: Int) throws -> (HTTPVersion, Int, String) {
         guard end >= 12, p[8] == sp else { throw HTTPParseError.badRequest("malformed status line") }

@@ -40,6 +40,51 @@ func isFieldValueByte(_ b: UInt8) -> Bool {
 @inline(__always)
 func isOWS(_ b: UInt8) -> Bool { b == sp || b == htab }
 
+// Eight bytes at a time ("SWAR", Hacker's Delight §6-1): the hot loops check whole words and fall back
+// to single bytes only for a word that may hold a byte to stop at.
+private let ones: UInt64 = 0x0101_0101_0101_0101
+private let highs: UInt64 = 0x8080_8080_8080_8080
+
+/// Whether some byte of `w` is below `n` (n ≤ 128).
+@inline(__always)
+private func hasByteLess(_ w: UInt64, than n: UInt64) -> Bool {
+    (w &- ones &* n) & ~w & highs != 0
+}
+
+/// The first index in `p[from..<to]` whose byte is not a field-value byte (HTAB, SP, VCHAR,
+/// obs-text), or `to`.
+@inline(__always)
+func skipFieldValueBytes(_ p: UnsafeRawBufferPointer, from: Int, to: Int) -> Int {
+    var k = from
+    while true {
+        while k + 8 <= to {
+            let w = p.loadUnaligned(fromByteOffset: k, as: UInt64.self)
+            if hasByteLess(w, than: 0x20) || hasByteLess(w ^ (ones &* 0x7F), than: 1) { break }
+            k += 8
+        }
+        // A word with a CTL, DEL or HTAB in it, or the tail.
+        let stop = min(k + 8, to)
+        while k < stop {
+            guard isFieldValueByte(p[k]) else { return k }
+            k += 1
+        }
+        if k == to { return k }
+    }
+}
+
+/// The first index in `p[from..<to]` whose byte is not visible ASCII (0x21...0x7E), or `to`.
+@inline(__always)
+func skipVisibleASCII(_ p: UnsafeRawBufferPointer, from: Int, to: Int) -> Int {
+    var k = from
+    while k + 8 <= to {
+        let w = p.loadUnaligned(fromByteOffset: k, as: UInt64.self)
+        if hasByteLess(w, than: 0x21) || ((w &+ ones) | w) & highs != 0 { break }
+        k += 8
+    }
+    while k < to && p[k] &- 0x21 < 0x5E { k += 1 }
+    return k
+}
+
 /// Decodes bytes as UTF-8; invalid sequences (obs-text that is not UTF-8) become U+FFFD.
 @inline(__always)
 func makeString(_ p: UnsafeRawBufferPointer, _ start: Int, _ end: Int) -> String {
@@ -265,10 +310,8 @@ private func decodeField(
     while valueStart < end && isOWS(p[valueStart]) { valueStart += 1 }
     var valueEnd = end
     while valueEnd > valueStart && isOWS(p[valueEnd - 1]) { valueEnd -= 1 }
-    var k = valueStart
-    while k < valueEnd {
-        guard isFieldValueByte(p[k]) else { throw HTTPParseError.badRequest("invalid byte in header field value") }
-        k += 1
+    guard skipFieldValueBytes(p, from: valueStart, to: valueEnd) == valueEnd else {
+        throw HTTPParseError.badRequest("invalid byte in header field value")
     }
     guard keep else { return }
 

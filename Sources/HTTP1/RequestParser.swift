@@ -89,8 +89,7 @@ struct RequestHeadDecoder: HeadDecoder {
         }
         let methodEnd = i
         let targetStart = i + 1
-        var j = targetStart
-        while j < end && p[j] &- 0x21 < 0x5E { j += 1 }  // visible ASCII 0x21...0x7E
+        let j = skipVisibleASCII(p, from: targetStart, to: end)
         guard j > targetStart else { throw HTTPParseError.badRequest("empty request target") }
         guard j < end else { throw HTTPParseError.badRequest("HTTP/0.9 request line") }
         guard p[j] == sp else { throw HTTPParseError.badRequest("invalid byte in request target") }

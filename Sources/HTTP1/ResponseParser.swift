@@ -92,7 +92,7 @@ struct ResponseHeadDecoder: HeadDecoder {
         guard status >= 100 else { throw HTTPParseError.badRequest("malformed status code") }
         if end == 12 { return (version, status, "") }
         guard p[12] == sp else { throw HTTPParseError.badRequest("malformed status line") }
-        for k in 13..<end where !isFieldValueByte(p[k]) {
+        guard skipFieldValueBytes(p, from: 13, to: end) == end else {
             throw HTTPParseError.badRequest("invalid byte in reason phrase")
         }
         return (version, status, makeString(p, 13, end))

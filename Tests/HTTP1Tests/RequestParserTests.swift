@@ -352,6 +352,34 @@ final class RequestParserTests: XCTestCase {
         refused("GET / HTTP/1.1\r\nHost: x\r\nX-A: \u{0}\r\n\r\n", 400)
     }
 
+    /// The value and target checks look at eight bytes at a time: a bad byte at any offset must be found.
+    func testBadByteAtEveryOffset() throws {
+        for offset in 0..<20 {
+            for bad in [0x00, 0x01, 0x08, 0x0B, 0x1F, 0x7F] as [UInt8] {
+                var value = Array(repeating: UInt8(ascii: "v"), count: 20)
+                value[offset] = bad
+                let bytes = Array("GET / HTTP/1.1\r\nHost: x\r\nX-A: ".utf8) + value + Array("\r\n\r\n".utf8)
+                XCTAssertEqual(parseError(RequestParser(), bytes)?.status, 400, "value byte \(bad) at \(offset)")
+            }
+            for bad in [0x09, 0x7F, 0x80, 0xFF, 0x00, 0x1F] as [UInt8] {
+                var target = Array("/".utf8) + Array(repeating: UInt8(ascii: "t"), count: 19)
+                target[offset] = bad
+                let bytes = Array("GET ".utf8) + target + Array(" HTTP/1.1\r\nHost: x\r\n\r\n".utf8)
+                XCTAssertEqual(parseError(RequestParser(), bytes)?.status, 400, "target byte \(bad) at \(offset)")
+            }
+            // HTAB, SP and obs-text are allowed anywhere inside a value.
+            for good in [0x09, 0x20, 0x80, 0xFF] as [UInt8] {
+                var value = Array(repeating: UInt8(ascii: "v"), count: 20)
+                value[offset] = good
+                if offset == 0 || offset == 19 { value[offset] = good >= 0x80 ? good : UInt8(ascii: "v") }
+                let bytes = Array("GET / HTTP/1.1\r\nHost: x\r\nX-A: ".utf8) + value + Array("\r\n\r\n".utf8)
+                var parser = RequestParser()
+                let got = try events(&parser, bytes)
+                XCTAssertEqual(got.count, 2, "value byte \(good) at \(offset)")
+            }
+        }
+    }
+
     func testBareLFAndBareCR() {
         refused("GET / HTTP/1.1\nHost: x\r\n\r\n", 400)
         refused("GET / HTTP/1.1\r\nHost: x\nX-A: b\r\n\r\n", 400)

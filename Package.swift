@@ -28,19 +28,28 @@ let package = Package(
         .target(name: "Reactor", dependencies: ["CLinux"], swiftSettings: settings),
         .target(name: "TLS", dependencies: ["COpenSSL", "Reactor"], swiftSettings: settings),
         .target(name: "HTTP1", dependencies: ["Reactor", "TLS"], swiftSettings: settings),
+        .target(name: "Mirror", dependencies: ["HTTP1"], swiftSettings: settings),
+        .target(
+            name: "BerthApp",
+            dependencies: [
+                "Reactor", "TLS", "HTTP1", "Mirror",
+                .product(name: "Logging", package: "swift-log"),
+                .product(name: "Yams", package: "Yams"),
+            ],
+            swiftSettings: settings
+        ),
         .executableTarget(
             name: "berth",
             dependencies: [
-                "Reactor", "TLS", "HTTP1",
+                "BerthApp", "Reactor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
-                .product(name: "Logging", package: "swift-log"),
-                .product(name: "Yams", package: "Yams"),
             ],
             swiftSettings: settings
         ),
         .testTarget(name: "ReactorTests", dependencies: ["Reactor"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "Reactor"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "Reactor", "TLS"]),
+        .testTarget(name: "BerthAppTests", dependencies: ["BerthApp", "Mirror", "HTTP1", "Reactor"]),
     ],
     swiftLanguageModes: [.v5]
 )

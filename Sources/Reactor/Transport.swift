@@ -58,6 +58,10 @@ public final class SocketTransport: Transport {
 
     public func shutdownOutput() { Posix.shutdownWrite(fd: fd) }
 
+    /// Gives up ownership: the descriptor is neither closed here nor by deinit
+    /// (another transport, such as TLS, has taken it over).
+    public func relinquish() { isOpen = false }
+
     public func close() {
         guard isOpen else { return }
         isOpen = false

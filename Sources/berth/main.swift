@@ -1,1 +1,67 @@
-print("berth")
+import ArgumentParser
+import BerthApp
+import Reactor
+#if canImport(Glibc)
+import Glibc
+#endif
+
+struct Berth: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "berth",
+        abstract: "A pull-through caching container-registry mirror.",
+        subcommands: [Serve.self],
+        defaultSubcommand: Serve.self
+    )
+}
+
+struct Serve: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Serve the registry API. Without --config, runs on the embedded defaults (see conf/berth.yaml)."
+    )
+
+    @Option(name: .long, help: "Configuration file (YAML).")
+    var config: String?
+    @Option(name: .long, help: "Plain HTTP address (listen), e.g. :5000 or 127.0.0.1:5000.")
+    var listen: String?
+    @Option(name: .customLong("tls-listen"), help: "HTTPS address (tls.listen), e.g. :5443.")
+    var tlsListen: String?
+    @Option(name: .customLong("tls-certificate"), help: "PEM certificate chain (tls.certificate).")
+    var tlsCertificate: String?
+    @Option(name: .customLong("tls-key"), help: "PEM private key (tls.key).")
+    var tlsKey: String?
+    @Option(name: .long, help: "Event-loop threads (workers); 0 = one per core.")
+    var workers: Int?
+    @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (log.level).")
+    var logLevel: String?
+
+    func run() throws {
+        var c = BerthConfig()
+        do {
+            if let path = config {
+                guard let text = readFile(path) else { throw ConfigError(key: "(file)", "cannot read \(path)") }
+                c = try BerthConfig.parse(yaml: text)
+            }
+            try c.apply(environment: ProcessEnvironment.all())
+            if let listen { c.listen = listen }
+            if let tlsListen { c.tls.listen = tlsListen }
+            if let tlsCertificate { c.tls.certificate = tlsCertificate }
+            if let tlsKey { c.tls.key = tlsKey }
+            if let workers { c.workers = workers }
+            if let logLevel { c.log.level = logLevel }
+            try c.validate()
+        } catch let e as ConfigError {
+            FileOut.stderr("berth: \(e)\n")
+            throw ExitCode(2)
+        }
+        SignalSource.blockProcessSignals()
+        let logger = makeLogger(level: c.log.level)
+        let server = try BerthServer(config: c, logger: logger)
+        do { try server.start() } catch {
+            logger.critical("cannot start: \(error)")
+            throw ExitCode(1)
+        }
+        server.waitUntilStopped()
+    }
+}
+
+Berth.main()

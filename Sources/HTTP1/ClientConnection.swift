@@ -1,0 +1,228 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Reactor
+import TLS
+
+/// One connection to an origin, used by one `ClientTask` at a time and pooled
+/// between them. Registered once, edge-triggered for read and write.
+/// Loop thread only.
+final class ClientConnection: Selectable {
+    unowned let client: HTTPClient
+    let origin: HTTPURL
+    let fd: Int32
+    private var transport: Transport
+    private var parser = ResponseParser()
+    private enum State { case connecting, ready, closed }
+    private var state: State
+    private var task: ClientTask?
+    private var out: [UInt8] = []
+    private var outOffset = 0
+    private var socketDrained = false
+    private var paused = false
+    private var sawResponseBytes = false
+    private var keepAlive = true
+    private var requestCount = 0
+    private var idleSince: UInt64 = 0
+
+    init(client: HTTPClient, origin: HTTPURL, address: SocketAddress) throws {
+        self.client = client
+        self.origin = origin
+        let (fd, connected) = try Sockets.connect(to: address)
+        self.fd = fd
+        self.transport = SocketTransport(fd: fd)
+        self.state = connected ? .ready : .connecting
+        if connected { try startTLSIfNeeded() }
+        try client.loop.register(fd: fd, events: Readiness.readable | Readiness.writable | Readiness.readHangup | Readiness.edge, handler: self)
+    }
+
+    private func startTLSIfNeeded() throws {
+        guard origin.isSecure else { return }
+        guard let tls = client.tls else { throw HTTPClientError(.tls, "no TLS context") }
+        // The TLS transport takes over the descriptor from the plain wrapper.
+        let plain = transport as! SocketTransport
+        plain.relinquish()
+        do {
+            transport = try TLSTransport(connectedFD: fd, context: tls, serverName: origin.host)
+        } catch {
+            throw HTTPClientError(.tls, "\(origin.authority): \(error)")
+        }
+    }
+
+    func isReusable(now: UInt64, idleTimeout: UInt64) -> Bool {
+        state == .ready && keepAlive && task == nil && now &- idleSince < idleTimeout
+    }
+
+    func send(_ head: RequestHead, for task: ClientTask) {
+        self.task = task
+        requestCount += 1
+        sawResponseBytes = false
+        paused = false
+        parser.expectResponse(toHEAD: head.method == .head)
+        head.write(into: &out)
+        if state == .ready { drive() }
+    }
+
+    func resumeReading() {
+        guard paused else { return }
+        paused = false
+        if !stash.isEmpty {
+            let bytes = stash
+            stash = []
+            bytes.withUnsafeBytes { consume($0) }
+        }
+        if !paused { drive() }
+    }
+
+    func handleEvents(_ events: UInt32) {
+        if events & (Readiness.readable | Readiness.readHangup | Readiness.hangup | Readiness.error) != 0 {
+            socketDrained = false
+        }
+        if state == .connecting {
+            let err = Posix.socketError(fd: fd)
+            if err != 0 {
+                fail(HTTPClientError(.connectFailed, "\(origin.authority): \(IOError(errno: err, call: "connect"))"))
+                return
+            }
+            guard events & Readiness.writable != 0 else { return }
+            state = .ready
+            do { try startTLSIfNeeded() } catch let e as HTTPClientError { fail(e); return } catch { return }
+        }
+        if task == nil {
+            // Idle in the pool: any readiness means the server closed or misbehaved.
+            if state == .ready && events & (Readiness.readable | Readiness.readHangup | Readiness.hangup | Readiness.error) != 0 {
+                client.forget(self)
+                close()
+            }
+            return
+        }
+        drive()
+    }
+
+    private func drive() {
+        guard state == .ready, task != nil else { return }
+        do {
+            if transport.hasPendingOutput, try !transport.flush() { return }
+            while outOffset < out.count {
+                let r = try out.withUnsafeBytes { try transport.write(UnsafeRawBufferPointer(rebasing: $0[outOffset...])) }
+                guard case .processed(let n) = r else { break }
+                outOffset += n
+            }
+            if outOffset == out.count { out.removeAll(keepingCapacity: true); outOffset = 0 }
+            if transport.hasPendingOutput { _ = try transport.flush() }
+        } catch let e as TLSError {
+            fail(HTTPClientError(.tls, "\(origin.authority): \(e)"))
+            return
+        } catch {
+            fail(HTTPClientError(.closedEarly, "\(origin.authority): \(error)"))
+            return
+        }
+        readResponse()
+    }
+
+    private func readResponse() {
+        while state == .ready && task != nil && !paused && !socketDrained {
+            let n: Int
+            do {
+                switch try transport.read(into: scratch) {
+                case .wouldBlock:
+                    socketDrained = true
+                    return
+                case .processed(let count): n = count
+                }
+            } catch let e as TLSError {
+                fail(HTTPClientError(.tls, "\(origin.authority): \(e)"))
+                return
+            } catch {
+                fail(HTTPClientError(.closedEarly, "\(origin.authority): \(error)"))
+                return
+            }
+            if n == 0 {
+                keepAlive = false
+                do {
+                    if case .end? = try parser.finish() {
+                        complete()
+                    } else {
+                        fail(HTTPClientError(.closedEarly, "\(origin.authority) closed the connection mid-response"))
+                    }
+                } catch {
+                    fail(HTTPClientError(.closedEarly, "\(origin.authority) closed the connection mid-response"))
+                }
+                return
+            }
+            sawResponseBytes = true
+            consume(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+        }
+    }
+
+    private func consume(_ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        var afterHead = false  // `.end` of a bodiless response comes from a call with no bytes left
+        while offset < bytes.count || afterHead, let task {
+            afterHead = false
+            let event: ParseEvent<ResponseHead>?
+            let consumed: Int
+            do {
+                (event, consumed) = try parser.parse(UnsafeRawBufferPointer(rebasing: bytes[offset...]))
+            } catch {
+                keepAlive = false
+                fail(HTTPClientError(.protocolError, "\(origin.authority): \(error)"))
+                return
+            }
+            let start = offset
+            offset += consumed
+            guard let event else {
+                if consumed == 0 { break }
+                continue
+            }
+            switch event {
+            case .head(let head, _):
+                afterHead = true
+                keepAlive = head.keepAlive
+                task.connectionReceivedHead(head)
+            case .body(let range):
+                // `range` indexes the slice handed to the parser, which began at `start`.
+                let slice = UnsafeRawBufferPointer(rebasing: bytes[(start + range.lowerBound)..<(start + range.upperBound)])
+                if !task.connectionReceivedBody(slice) { paused = true }
+            case .end:
+                complete()
+                return
+            }
+        }
+        if offset < bytes.count && state == .ready && paused {
+            stash = Array(bytes[offset...])  // read past the pause: handed over on resume
+        }
+    }
+
+    /// Bytes read before the delegate paused, not yet parsed.
+    private var stash: [UInt8] = []
+    /// Read buffer, one per connection: a delegate may start another request
+    /// on the same loop while this one's bytes are being handed out.
+    private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+
+    deinit { scratch.deallocate() }
+
+    private func complete() {
+        guard let t = task else { return }
+        task = nil
+        idleSince = client.loop.now
+        let reusable = keepAlive && state == .ready && out.isEmpty && !transport.hasPendingOutput
+        t.connectionFinishedResponse(reusable: reusable)
+    }
+
+    private func fail(_ error: HTTPClientError) {
+        let t = task
+        task = nil
+        let reused = requestCount > 1
+        let before = !sawResponseBytes
+        close()
+        t?.connectionFailed(error, beforeResponse: before, wasReused: reused)
+    }
+
+    func close() {
+        guard state != .closed else { return }
+        state = .closed
+        client.loop.deregister(fd: fd)
+        transport.close()
+    }
+}

@@ -1,0 +1,238 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Reactor
+import TLS
+import Synchronization
+
+/// An HTTP/1.1 server: one listener per loop and address (`SO_REUSEPORT`
+/// spreads connections across loops), connections that stay on the loop that
+/// accepted them, a handler called on that loop for every request.
+public final class HTTPServer: @unchecked Sendable {  // mutable state is per loop (LoopContext) or atomic
+    public enum LogLevel { case debug, info, warning, error }
+
+    public struct Configuration {
+        /// Plain HTTP addresses.
+        public var plain: [SocketAddress] = []
+        /// HTTPS addresses, served with `tls`.
+        public var secure: [SocketAddress] = []
+        public var tls: ReloadableServerContext?
+        public var limits = ParserLimits()
+        /// Keep-alive connections idle this long are closed.
+        public var idleTimeoutNanos: UInt64 = 60_000_000_000
+        /// A request head (or a stalled write) making no progress this long closes the connection.
+        public var stallTimeoutNanos: UInt64 = 30_000_000_000
+        /// Body for refusals the server makes itself (parse errors): (content type, bytes).
+        public var errorBody: (Int, String) -> (String, [UInt8]) = { _, reason in ("text/plain", Array((reason + "\n").utf8)) }
+        public init() {}
+    }
+
+    public let configuration: Configuration
+    public let group: EventLoopGroup
+    public let pool: BlockingPool
+    let handler: (ResponseWriter) -> Void
+    let logger: (LogLevel, String) -> Void
+    private var contexts: [LoopContext] = []
+    private let openConnections = Atomic<Int>(0)
+
+    /// `handler` runs on the connection's loop for every request that passed the
+    /// server's own checks; it answers through the writer, now or later.
+    public init(configuration: Configuration, group: EventLoopGroup, pool: BlockingPool,
+                logger: @escaping (LogLevel, String) -> Void = { _, _ in },
+                handler: @escaping (ResponseWriter) -> Void) {
+        self.configuration = configuration
+        self.group = group
+        self.pool = pool
+        self.logger = logger
+        self.handler = handler
+    }
+
+    func log(_ level: LogLevel, _ message: @autoclosure () -> String) { logger(level, message()) }
+
+    /// Connections currently open, across loops.
+    public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
+    func connectionOpened() { openConnections.add(1, ordering: .relaxed) }
+    func connectionClosed() { openConnections.subtract(1, ordering: .relaxed) }
+
+    /// Binds every address on every loop. Call before the loops run, or from any
+    /// thread: registration happens on each loop. Throws if a bind fails.
+    public func start() throws {
+        let reuse = group.loops.count > 1
+        var listeners: [[(Int32, Bool)]] = []
+        do {
+            for _ in group.loops {
+                var fds: [(Int32, Bool)] = []
+                for a in configuration.plain { fds.append((try Sockets.listen(on: a, reusePort: reuse), false)) }
+                for a in configuration.secure { fds.append((try Sockets.listen(on: a, reusePort: reuse), true)) }
+                listeners.append(fds)
+            }
+        } catch {
+            for fds in listeners { for (fd, _) in fds { Posix.close(fd: fd) } }
+            throw error
+        }
+        for (loop, fds) in zip(group.loops, listeners) {
+            let context = LoopContext(loop: loop, server: self)
+            contexts.append(context)
+            loop.execute {
+                for (fd, secure) in fds { context.addListener(fd: fd, secure: secure) }
+                context.startSweeping()
+            }
+        }
+    }
+
+    /// The addresses actually bound (ports resolved when 0 was asked).
+    public func boundAddresses() -> [SocketAddress] {
+        guard let c = contexts.first else { return [] }
+        return c.listenerAddresses
+    }
+
+    /// Stops accepting, closes idle connections, and lets busy ones finish their
+    /// response and close. Returns at once; poll `connectionCount`.
+    public func beginShutdown() {
+        for c in contexts { c.loop.execute { c.beginShutdown() } }
+    }
+}
+
+/// Per-loop state: listeners, open connections, the read scratch buffer.
+/// Loop thread only.
+final class LoopContext {
+    let loop: EventLoop
+    unowned let server: HTTPServer
+    /// One read buffer per loop: a connection reads into it and keeps only what
+    /// it cannot parse yet, so idle connections cost no buffer.
+    let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    private(set) var connections: [ServerConnection] = []
+    private var listeners: [Listener] = []
+    private(set) var listenerAddresses: [SocketAddress] = []
+    private var shuttingDown = false
+
+    init(loop: EventLoop, server: HTTPServer) {
+        self.loop = loop
+        self.server = server
+    }
+
+    deinit { scratch.deallocate() }
+
+    func addListener(fd: Int32, secure: Bool) {
+        let l = Listener(fd: fd, secure: secure, context: self)
+        if let a = try? Posix.localAddress(fd: fd) { listenerAddresses.append(a) }
+        do {
+            try loop.register(fd: fd, events: Readiness.readable, handler: l)
+            listeners.append(l)
+        } catch {
+            server.log(.error, "cannot watch listener: \(error)")
+            Posix.close(fd: fd)
+        }
+    }
+
+    func accepted(fd: Int32, secure: Bool) {
+        if shuttingDown { Posix.close(fd: fd); return }
+        try? Sockets.setNoDelay(fd)
+        let transport: Transport
+        if secure, let tls = server.configuration.tls {
+            do { transport = try TLSTransport(acceptedFD: fd, context: tls.current) } catch {
+                server.log(.warning, "TLS setup failed: \(error)")
+                Posix.close(fd: fd)
+                return
+            }
+        } else {
+            transport = SocketTransport(fd: fd)
+        }
+        let c = ServerConnection(transport: transport, context: self)
+        do {
+            try loop.register(fd: fd, events: Readiness.readable | Readiness.writable | Readiness.readHangup | Readiness.edge, handler: c)
+        } catch {
+            server.log(.warning, "cannot watch connection: \(error)")
+            transport.close()
+            return
+        }
+        c.slot = connections.count
+        connections.append(c)
+        server.connectionOpened()
+        // Data may already be waiting (the edge came before registration).
+        c.handleEvents(Readiness.readable)
+    }
+
+    func remove(_ c: ServerConnection) {
+        guard c.slot >= 0 else { return }
+        let last = connections.removeLast()
+        if last !== c {
+            connections[c.slot] = last
+            last.slot = c.slot
+        }
+        c.slot = -1
+        server.connectionClosed()
+    }
+
+    /// Once a second: close connections idle or stalled past their timeouts.
+    func startSweeping() {
+        loop.schedule(afterNanos: 1_000_000_000) { [weak self] in
+            guard let self else { return }
+            let now = Clock.monotonicNanos()
+            let cfg = self.server.configuration
+            for c in self.connections.reversed() {
+                let quiet = now &- c.lastActivity
+                let limit: UInt64
+                if c.isIdle { limit = cfg.idleTimeoutNanos }
+                else if !c.isResponding || c.isWaitingOnClient { limit = cfg.stallTimeoutNanos }
+                else { continue }  // waiting on its handler: the upstream's timeouts bound that
+                if quiet > limit { c.close() }
+            }
+            self.startSweeping()
+        }
+    }
+
+    func beginShutdown() {
+        shuttingDown = true
+        for l in listeners {
+            loop.deregister(fd: l.fd)
+            l.close()
+        }
+        listeners.removeAll()
+        for c in connections.reversed() { c.closeGracefully() }
+    }
+}
+
+/// A listening socket, level-triggered. Accepts in bursts; on EMFILE/ENFILE it
+/// stops watching the socket for 100 ms instead of spinning on a readiness it
+/// cannot consume.
+final class Listener: Selectable {
+    let fd: Int32
+    let secure: Bool
+    unowned let context: LoopContext
+    private var isOpen = true
+
+    init(fd: Int32, secure: Bool, context: LoopContext) {
+        self.fd = fd
+        self.secure = secure
+        self.context = context
+    }
+
+    func handleEvents(_ events: UInt32) {
+        for _ in 0..<64 {
+            do {
+                switch try Posix.accept(fd: fd) {
+                case .wouldBlock: return
+                case .processed(let client): context.accepted(fd: client, secure: secure)
+                }
+            } catch let e as IOError where e.errno == EMFILE || e.errno == ENFILE || e.errno == ENOBUFS || e.errno == ENOMEM {
+                context.server.log(.warning, "accept: \(e); pausing accepts for 100 ms")
+                context.loop.deregister(fd: fd)
+                context.loop.schedule(afterNanos: 100_000_000) { [weak self] in
+                    guard let self, self.isOpen else { return }
+                    try? self.context.loop.register(fd: self.fd, events: Readiness.readable, handler: self)
+                }
+                return
+            } catch {
+                // ECONNABORTED and friends: that one connection is gone; keep accepting.
+                continue
+            }
+        }
+    }
+
+    func close() {
+        guard isOpen else { return }
+        isOpen = false
+        Posix.close(fd: fd)
+    }
+}

@@ -1,0 +1,119 @@
+import Reactor
+
+/// The answer to one request, written by a handler on the connection's loop,
+/// at once or later (after an upstream fetch).
+///
+/// Three shapes: a whole body from memory (`respond(_:body:)`), a range of an
+/// open file (`respond(_:file:range:)`, zero-copy `sendfile` on plain
+/// connections), or a stream (`start`, `write`, `end`) with backpressure:
+/// `write` returns false once the connection holds more than its high-water
+/// mark, and `onWritable` runs when it has drained. For HEAD requests the head
+/// is sent and every body byte is dropped, so handlers write one code path.
+///
+/// Loop thread only.
+public final class ResponseWriter {
+    public let request: RequestHead
+    public let loop: EventLoop
+    weak var connection: ServerConnection?
+    var isHeadOnly: Bool { request.method == .head }
+
+    enum Phase { case idle, streaming(chunked: Bool, remaining: UInt64?), done }
+    var phase = Phase.idle
+
+    /// Runs when buffered output falls below the low-water mark after `write` returned false.
+    public var onWritable: (() -> Void)?
+    /// Runs once if the connection closes before the response ended (client gone, timeout, abort).
+    public var onClose: (() -> Void)?
+
+    init(request: RequestHead, loop: EventLoop, connection: ServerConnection) {
+        self.request = request
+        self.loop = loop
+        self.connection = connection
+    }
+
+    /// True while the client is connected and the response has not ended.
+    public var isActive: Bool {
+        if case .done = phase { return false }
+        return connection != nil
+    }
+
+    /// A complete response from memory. Sets `Content-Length`.
+    public func respond(_ head: ResponseHead, body: [UInt8] = []) {
+        guard case .idle = phase, let c = connection else { return }
+        var head = head
+        head.headers.set("Content-Length", String(body.count))
+        phase = .done
+        c.send(head: head, body: isHeadOnly ? nil : body, file: nil)
+    }
+
+    /// `range` of `file` as the body. Sets `Content-Length` to the range's length.
+    public func respond(_ head: ResponseHead, file: FileDescriptor, range: Range<UInt64>) {
+        guard case .idle = phase, let c = connection else { return }
+        var head = head
+        head.headers.set("Content-Length", String(range.count))
+        phase = .done
+        c.send(head: head, body: nil, file: isHeadOnly || range.isEmpty ? nil : (file, range))
+    }
+
+    /// Starts a streamed body: with `contentLength` the body is sent as is,
+    /// without it chunked.
+    public func start(_ head: ResponseHead, contentLength: UInt64?) {
+        guard case .idle = phase, let c = connection else { return }
+        var head = head
+        if let contentLength {
+            head.headers.set("Content-Length", String(contentLength))
+            head.headers.remove("Transfer-Encoding")
+        } else {
+            head.headers.set("Transfer-Encoding", "chunked")
+            head.headers.remove("Content-Length")
+        }
+        if isHeadOnly {
+            phase = .done
+            c.send(head: head, body: nil, file: nil)
+            return
+        }
+        phase = .streaming(chunked: contentLength == nil, remaining: contentLength)
+        c.sendHead(head)
+    }
+
+    /// Appends body bytes. Returns false when the caller should wait for `onWritable`.
+    @discardableResult
+    public func write(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        guard case .streaming(let chunked, let remaining) = phase, let c = connection else { return false }
+        if isHeadOnly || bytes.isEmpty { return c.belowHighWater }
+        if let remaining {
+            precondition(UInt64(bytes.count) <= remaining, "streamed body longer than its Content-Length")
+            phase = .streaming(chunked: false, remaining: remaining - UInt64(bytes.count))
+        }
+        return c.queueBody(bytes, chunked: chunked)
+    }
+
+    /// Ends a streamed body. Ending short of the declared length cuts the connection:
+    /// a client must never take a truncated body for a whole one.
+    public func end() {
+        guard case .streaming(let chunked, let remaining) = phase, let c = connection else { return }
+        phase = .done
+        if let remaining, remaining > 0 {
+            c.abort()
+            return
+        }
+        c.endBody(chunked: chunked)
+    }
+
+    /// Cuts the connection now: the client sees an incomplete response.
+    public func abort() {
+        phase = .done
+        connection?.abort()
+    }
+
+    func connectionClosed() {
+        connection = nil
+        let wasDone: Bool
+        if case .done = phase { wasDone = true } else { wasDone = false }
+        phase = .done
+        let cb = onClose
+        onClose = nil
+        onWritable = nil
+        if !wasDone { cb?() }
+    }
+}

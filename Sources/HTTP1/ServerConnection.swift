@@ -1,0 +1,355 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Reactor
+
+/// One accepted connection: reads requests, hands each to the server's
+/// handler, writes the answers in order.
+///
+/// Requests are answered one at a time. While a response is being written the
+/// socket is not read: pipelined requests wait in the kernel's buffer (or in
+/// `pending`, at most one read's worth), which is the backpressure against a
+/// client that sends faster than it reads.
+///
+/// Loop thread only. Registered once, edge-triggered for read and write (see
+/// `EventLoop`): `socketDrained` remembers whether the last read hit EAGAIN.
+final class ServerConnection: Selectable {
+    let transport: Transport
+    unowned let context: LoopContext
+    var slot = -1                          // index in context.connections
+    private var parser: RequestParser
+
+    private enum State { case reading, responding, closed }
+    private var state = State.reading
+    private var pending: [UInt8] = []      // bytes read past the request being answered
+    private var socketDrained = false
+    private var inputEnded = false
+    private(set) var lastActivity: UInt64
+    private var current: (head: RequestHead, writer: ResponseWriter?)?
+    private var keepAlive = true
+    var closeAfterResponse = false         // set by graceful shutdown
+    private var headStarted = false        // some bytes of the next request have arrived
+
+    // Output: `out[outOffset...]` is waiting for the socket, then the file range, if any.
+    private var out: [UInt8] = []
+    private var outOffset = 0
+    private var file: (fd: FileDescriptor, next: UInt64, end: UInt64)?
+    private var fileReadInFlight = false
+    private var responseEnded = false
+    private var wantsWritable = false
+
+    static let highWater = 256 * 1024
+    static let lowWater = 64 * 1024
+
+    init(transport: Transport, context: LoopContext) {
+        self.transport = transport
+        self.context = context
+        self.parser = RequestParser(limits: context.server.configuration.limits)
+        self.lastActivity = context.loop.now
+    }
+
+    var isIdle: Bool { state == .reading && !headStarted && pending.isEmpty }
+    var isResponding: Bool { state == .responding }
+    var belowHighWater: Bool { out.count - outOffset < Self.highWater }
+    /// Output is queued that the client has not taken yet.
+    var isWaitingOnClient: Bool { outOffset < out.count || file != nil || transport.hasPendingOutput }
+
+    // MARK: events
+
+    func handleEvents(_ events: UInt32) {
+        lastActivity = context.loop.now
+        if events & (Readiness.readable | Readiness.readHangup | Readiness.hangup | Readiness.error) != 0 {
+            socketDrained = false
+        }
+        flushOutput()
+        if state == .reading { readRequests() }
+    }
+
+    private func readRequests() {
+        let scratch = context.scratch
+        while state == .reading && !socketDrained && !inputEnded {
+            let n: Int
+            do {
+                switch try transport.read(into: scratch) {
+                case .wouldBlock:
+                    socketDrained = true
+                    return
+                case .processed(let count):
+                    n = count
+                }
+            } catch {
+                context.server.log(.debug, "read failed: \(error)")
+                close()
+                return
+            }
+            if n == 0 {
+                // End of input while reading: nothing more can be answered.
+                inputEnded = true
+                close()
+                return
+            }
+            feed(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+        }
+    }
+
+    /// Parses `bytes`; stops at the end of a request and keeps the rest in `pending`.
+    private func feed(_ bytes: UnsafeRawBufferPointer) {
+        var offset = 0
+        var afterHead = false  // `.end` of a bodiless message comes from a call with no bytes left
+        while (offset < bytes.count || afterHead) && state == .reading {
+            afterHead = false
+            do {
+                let (event, consumed) = try parser.parse(UnsafeRawBufferPointer(rebasing: bytes[offset...]))
+                offset += consumed
+                if consumed > 0 { headStarted = true }
+                guard let event else {
+                    if consumed == 0 { break }
+                    continue
+                }
+                switch event {
+                case .head(let head, let framing):
+                    afterHead = true
+                    current = (head, nil)
+                    if let refusal = refusal(for: head, framing: framing) {
+                        refuse(refusal.status, refusal.reason)
+                        return
+                    }
+                case .body:
+                    break  // only methods answered with an error and a close carry bodies
+                case .end:
+                    headStarted = false
+                    if let head = current?.head { dispatch(head) }
+                }
+            } catch let error as HTTPParseError {
+                refuse(error.status, error.reason)
+                return
+            } catch {
+                close()
+                return
+            }
+        }
+        if offset < bytes.count && state != .closed {
+            pending.append(contentsOf: bytes[offset...])
+        }
+    }
+
+    /// Requests the server refuses before any handler sees them.
+    private func refusal(for head: RequestHead, framing: BodyFraming) -> (status: Int, reason: String)? {
+        let hasBody: Bool
+        switch framing {
+        case .none, .length(0): hasBody = false
+        default: hasBody = true
+        }
+        switch head.method {
+        case .get, .head:
+            return hasBody ? (400, "a \(head.method.name) request carries no body") : nil
+        case .unknown(let token):
+            return (501, "method \(token) is not implemented")
+        default:
+            // Known methods that Berth does not serve are answered by the handler
+            // (405 with Allow); a body they carry is not read, so the connection closes after.
+            if hasBody { keepAlive = false; closeAfterResponse = true }
+            return nil
+        }
+    }
+
+    private func refuse(_ status: Int, _ reason: String) {
+        context.server.log(.info, "refused request: \(status) \(reason)")
+        state = .responding
+        keepAlive = false
+        let (contentType, body) = context.server.configuration.errorBody(status, reason)
+        var head = ResponseHead(status: status)
+        head.headers.add("Content-Type", contentType)
+        head.headers.add("Content-Length", String(body.count))
+        head.headers.add("Connection", "close")
+        if status == 405 { head.headers.add("Allow", "GET, HEAD") }
+        current = nil
+        send(head: head, body: body, file: nil)
+    }
+
+    private func dispatch(_ head: RequestHead) {
+        state = .responding
+        responseEnded = false
+        keepAlive = head.keepAlive && !closeAfterResponse
+        let writer = ResponseWriter(request: head, loop: context.loop, connection: self)
+        current = (head, writer)
+        context.server.handler(writer)
+    }
+
+    // MARK: output (called by ResponseWriter)
+
+    func send(head: ResponseHead, body: [UInt8]?, file: (FileDescriptor, Range<UInt64>)?) {
+        var head = head
+        if !keepAlive { head.headers.set("Connection", "close") }
+        head.write(into: &out)
+        if let body { out.append(contentsOf: body) }
+        if let (fd, range) = file { self.file = (fd, range.lowerBound, range.upperBound) }
+        responseEnded = true
+        flushOutput()
+    }
+
+    func sendHead(_ head: ResponseHead) {
+        var head = head
+        if !keepAlive { head.headers.set("Connection", "close") }
+        head.write(into: &out)
+        flushOutput()
+    }
+
+    func queueBody(_ bytes: UnsafeRawBufferPointer, chunked: Bool) -> Bool {
+        if chunked {
+            appendHex(bytes.count, to: &out)
+            out.append(contentsOf: [0x0d, 0x0a])
+            out.append(contentsOf: bytes)
+            out.append(contentsOf: [0x0d, 0x0a])
+        } else {
+            out.append(contentsOf: bytes)
+        }
+        if out.count - outOffset >= Self.lowWater { flushOutput() }
+        if belowHighWater { return true }
+        wantsWritable = true
+        return false
+    }
+
+    func endBody(chunked: Bool) {
+        if chunked { out.append(contentsOf: "0\r\n\r\n".utf8) }
+        responseEnded = true
+        flushOutput()
+    }
+
+    func abort() {
+        close()
+    }
+
+    /// Writes what is queued; finishes the response when everything is out.
+    private func flushOutput() {
+        guard state == .responding else { return }
+        do {
+            if transport.hasPendingOutput, try !transport.flush() { return }
+            while outOffset < out.count {
+                let r = try out.withUnsafeBytes { try transport.write(UnsafeRawBufferPointer(rebasing: $0[outOffset...])) }
+                guard case .processed(let n) = r else { return }
+                outOffset += n
+                lastActivity = context.loop.now
+            }
+            if outOffset > 0 {
+                if out.capacity > 4 * Self.highWater {
+                    out = []
+                } else {
+                    out.removeAll(keepingCapacity: true)
+                }
+                outOffset = 0
+            }
+            if transport.hasPendingOutput, try !transport.flush() { return }
+            if file != nil, !(try sendFileBody()) { return }
+        } catch {
+            context.server.log(.debug, "write failed: \(error)")
+            close()
+            return
+        }
+        if wantsWritable, let writer = current?.writer {
+            wantsWritable = false
+            writer.onWritable?()
+            if state != .responding { return }
+            if outOffset < out.count || file != nil { return }
+        }
+        if responseEnded { finishResponse() }
+    }
+
+    /// Sends the file range; true when it is all sent.
+    private func sendFileBody() throws -> Bool {
+        guard var f = file else { return true }
+        if transport.canSendFile {
+            while f.next < f.end {
+                var offset = off_t(f.next)
+                let count = Int(min(f.end - f.next, 1 << 30))
+                guard case .processed(let n) = try transport.sendFile(from: f.fd.fd, offset: &offset, count: count) else {
+                    file = f
+                    return false
+                }
+                if n == 0 { throw IOError(errno: EIO, call: "sendfile: file shorter than its range") }
+                f.next += UInt64(n)
+            }
+            file = nil
+            return true
+        }
+        // TLS: read the file on the pool (reads may block), encrypt and write on the loop.
+        if f.next >= f.end { file = nil; return true }
+        if fileReadInFlight { return false }
+        fileReadInFlight = true
+        let chunk = Int(min(f.end - f.next, UInt64(Self.highWater)))
+        let fd = f.fd, at = f.next
+        context.server.pool.run(on: context.loop, {
+            var buf = [UInt8](repeating: 0, count: chunk)
+            let n = try buf.withUnsafeMutableBytes { try Posix.pread(fd: fd.fd, into: $0, offset: off_t(at)) }
+            if n == 0 { throw IOError(errno: EIO, call: "pread: file shorter than its range") }
+            buf.removeLast(chunk - n)
+            return buf
+        }, then: { [weak self] result in
+            guard let self, self.state == .responding, var f = self.file else { return }
+            self.fileReadInFlight = false
+            switch result {
+            case .success(let bytes):
+                self.out.append(contentsOf: bytes)
+                f.next += UInt64(bytes.count)
+                self.file = f
+                self.flushOutput()
+            case .failure(let error):
+                self.context.server.log(.warning, "file read failed: \(error)")
+                self.close()
+            }
+        })
+        return false
+    }
+
+    private func finishResponse() {
+        current?.writer?.phase = .done
+        current = nil
+        if !keepAlive || closeAfterResponse {
+            transport.shutdownOutput()
+            close()
+            return
+        }
+        state = .reading
+        lastActivity = context.loop.now
+        if !pending.isEmpty {
+            let bytes = pending
+            pending.removeAll(keepingCapacity: false)
+            bytes.withUnsafeBytes { feed($0) }
+        }
+        if state == .reading {
+            if inputEnded { if isIdle { close() } } else { readRequests() }
+        }
+    }
+
+    // MARK: closing
+
+    func close() {
+        guard state != .closed else { return }
+        state = .closed
+        context.loop.deregister(fd: transport.fd)
+        transport.close()
+        file = nil
+        context.remove(self)
+        if let writer = current?.writer {
+            current = nil
+            writer.connectionClosed()
+        }
+    }
+
+    /// Closes an idle connection now; marks a busy one to close after its response.
+    func closeGracefully() {
+        if isIdle { close() } else { closeAfterResponse = true }
+    }
+}
+
+/// Appends `value` in lowercase hex (a chunk-size line).
+@inline(__always)
+func appendHex(_ value: Int, to out: inout [UInt8]) {
+    if value == 0 { out.append(0x30); return }
+    var shift = (Int.bitWidth - value.leadingZeroBitCount + 3) / 4 * 4 - 4
+    while shift >= 0 {
+        let d = UInt8((value >> shift) & 0xf)
+        out.append(d < 10 ? 0x30 + d : 0x57 + d)
+        shift -= 4
+    }
+}

@@ -29,6 +29,7 @@ let package = Package(
         .target(name: "TLS", dependencies: ["COpenSSL", "Reactor"], swiftSettings: settings),
         .target(name: "HTTP1", dependencies: ["Reactor", "TLS"], swiftSettings: settings),
         .target(name: "Mirror", dependencies: ["HTTP1"], swiftSettings: settings),
+        .target(name: "OCI", swiftSettings: settings),
         .target(
             name: "BerthApp",
             dependencies: [
@@ -49,6 +50,7 @@ let package = Package(
         .testTarget(name: "ReactorTests", dependencies: ["Reactor"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "Reactor"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "Reactor", "TLS"]),
+        .testTarget(name: "OCITests", dependencies: ["OCI"]),
         .testTarget(name: "BerthAppTests", dependencies: ["BerthApp", "Mirror", "HTTP1", "Reactor"]),
     ],
     swiftLanguageModes: [.v5]

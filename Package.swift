@@ -1,7 +1,7 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Module graph (one-way): Reactor → TLS → HTTP1 → (Mirror, OCI, BlobStore) → berth.
+// Module graph (one-way): Reactor → TLS → HTTP1 → Mirror (using OCI and BlobStore) → BerthApp → berth.
 // Swift 5 language mode: the reactor owns its threading model (one loop per
 // thread, explicit hand-offs), documented next to each type, instead of
 // annotating every loop-bound class for the Swift 6 checker.
@@ -28,12 +28,13 @@ let package = Package(
         .target(name: "Reactor", dependencies: ["CLinux"], swiftSettings: settings),
         .target(name: "TLS", dependencies: ["COpenSSL", "Reactor"], swiftSettings: settings),
         .target(name: "HTTP1", dependencies: ["Reactor", "TLS"], swiftSettings: settings),
-        .target(name: "Mirror", dependencies: ["HTTP1"], swiftSettings: settings),
         .target(name: "OCI", swiftSettings: settings),
+        .target(name: "BlobStore", dependencies: ["Reactor", "OCI", "COpenSSL"], swiftSettings: settings),
+        .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor"], swiftSettings: settings),
         .target(
             name: "BerthApp",
             dependencies: [
-                "Reactor", "TLS", "HTTP1", "Mirror",
+                "Reactor", "TLS", "HTTP1", "Mirror", "BlobStore",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],

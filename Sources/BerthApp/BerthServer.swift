@@ -6,6 +6,7 @@ import Reactor
 import TLS
 import HTTP1
 import Mirror
+import BlobStore
 import Synchronization
 
 /// Wires configuration to the runtime: event loops, the blocking pool, the
@@ -19,6 +20,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     private(set) var http: HTTPServer!
     private var tls: ReloadableServerContext?
     private var signals: SignalSource?
+    private var store: BlobStore?
     private let finished = Atomic<Bool>(false)
     /// How long in-flight responses may run after SIGTERM.
     public var shutdownGraceNanos: UInt64 = 15_000_000_000
@@ -41,16 +43,17 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             sc.tls = tls
         }
         sc.errorBody = { status, reason in ("application/json", ociErrorBody(ociCode(forStatus: status), reason)) }
-        let router = Router()
         let log = logger
-        http = HTTPServer(configuration: sc, group: group, pool: pool, logger: { level, message in
+        let logSink: (HTTPServer.LogLevel, String) -> Void = { level, message in
             switch level {
             case .debug: log.debug("\(message)")
             case .info: log.info("\(message)")
             case .warning: log.warning("\(message)")
             case .error: log.error("\(message)")
             }
-        }, handler: router.handle)
+        }
+        let mirror = try makeMirror(log: logSink)
+        http = HTTPServer(configuration: sc, group: group, pool: pool, logger: logSink, handler: mirror.handle)
         try http.start()
         if handleSignals {
             let loop = group.loops[0]
@@ -60,8 +63,35 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         logger.info("berth listening", metadata: [
             "http": "\(http.boundAddresses().map(\.description).joined(separator: ","))",
             "https": "\(config.tls.listen)",
+            "upstream": "\(config.upstream.url)",
+            "cache": "\(config.cache.dir)",
             "workers": "\(group.loops.count)",
         ])
+    }
+
+    private func makeMirror(log: @escaping (HTTPServer.LogLevel, String) -> Void) throws -> Mirror {
+        let u = config.upstream
+        var up = UpstreamConfiguration(url: HTTPURL(u.url)!)
+        up.username = u.username.isEmpty ? nil : u.username
+        var password = u.password
+        if !u.passwordFile.isEmpty {
+            guard let text = readFile(u.passwordFile) else { throw ConfigError(key: "upstream.password_file", "cannot read \(u.passwordFile)") }
+            password = String(text.prefix { $0 != "\n" && $0 != "\r" })
+        }
+        up.password = password.isEmpty ? nil : password
+        up.realmAllowList = u.realmAllow
+        up.connectTimeoutNanos = UInt64(u.connectTimeout * 1e9)
+        up.manifestHeadTimeoutNanos = UInt64(u.manifestTimeout * 1e9)
+        up.blobHeadTimeoutNanos = UInt64(u.blobTimeout * 1e9)
+        up.idleTimeoutNanos = UInt64(u.idleTimeout * 1e9)
+        var mc = MirrorConfiguration(upstream: up)
+        mc.tagTTLNanos = UInt64(config.cache.tagTTL * 1e9)
+        let clientTLS = try TLSContext.makeClient(extraCAPath: u.ca.isEmpty ? nil : u.ca,
+                                                  certificatePath: u.certificate.isEmpty ? nil : u.certificate,
+                                                  privateKeyPath: u.key.isEmpty ? nil : u.key)
+        let store = try BlobStore(root: config.cache.dir, pool: pool)
+        self.store = store
+        return Mirror(config: mc, store: store, group: group, pool: pool, tls: clientTLS, log: log)
     }
 
     /// The addresses bound, plain first (ports resolved).
@@ -105,5 +135,6 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         while !finished.load(ordering: .sequentiallyConsistent) { usleep(20_000) }
         group.shutdown()
         pool.shutdown()
+        store?.index.flush()
     }
 }

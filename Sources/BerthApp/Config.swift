@@ -1,5 +1,6 @@
 import Yams
 import Reactor
+import HTTP1
 
 /// Berth's configuration: `conf/berth.yaml` documents every key and its
 /// default; the defaults here are the embedded configuration `berth serve`
@@ -13,6 +14,35 @@ public struct BerthConfig: Equatable, Sendable {
     /// Event-loop threads; 0 means one per core.
     public var workers = 0
     public var log = LogSection()
+    public var upstream = UpstreamSection()
+    public var cache = CacheSection()
+
+    public struct UpstreamSection: Equatable, Sendable {
+        /// The registry mirrored. Docker Hub by default.
+        public var url = "https://registry-1.docker.io"
+        public var username = ""
+        /// Prefer `password_file` or BERTH_UPSTREAM_PASSWORD: flags show in `ps`.
+        public var password = ""
+        public var passwordFile = ""
+        /// Extra PEM CA bundle trusted for the upstream (besides the system store).
+        public var ca = ""
+        /// Client certificate and key for upstreams that want one.
+        public var certificate = ""
+        public var key = ""
+        /// Token-realm hosts trusted beyond the upstream's own domain.
+        public var realmAllow: [String] = []
+        public var connectTimeout = 5.0
+        public var manifestTimeout = 15.0
+        public var blobTimeout = 30.0
+        public var idleTimeout = 30.0
+    }
+
+    public struct CacheSection: Equatable, Sendable {
+        /// Where blobs, manifests and the index live.
+        public var dir = "./data"
+        /// How long a tag → digest mapping is trusted before revalidation.
+        public var tagTTL = 300.0
+    }
 
     public struct TLSSection: Equatable, Sendable {
         /// HTTPS address; empty turns HTTPS off.
@@ -51,6 +81,35 @@ public struct BerthConfig: Equatable, Sendable {
                     default: throw ConfigError(key: "tls.\(tk)", "unknown key")
                     }
                 }
+            case "upstream":
+                for (uk, uv) in try table(v, key: "upstream") {
+                    let key = "upstream.\(uk)"
+                    switch uk {
+                    case "url": c.upstream.url = try string(uv, key: key)
+                    case "username": c.upstream.username = try string(uv, key: key)
+                    case "password": c.upstream.password = try string(uv, key: key)
+                    case "password_file": c.upstream.passwordFile = try string(uv, key: key)
+                    case "ca": c.upstream.ca = try string(uv, key: key)
+                    case "certificate": c.upstream.certificate = try string(uv, key: key)
+                    case "key": c.upstream.key = try string(uv, key: key)
+                    case "realm_allow":
+                        guard let list = uv as? [Any] else { throw ConfigError(key: key, "expected a list of host names") }
+                        c.upstream.realmAllow = try list.map { try string($0, key: key) }
+                    case "connect_timeout": c.upstream.connectTimeout = try duration(uv, key: key)
+                    case "manifest_timeout": c.upstream.manifestTimeout = try duration(uv, key: key)
+                    case "blob_timeout": c.upstream.blobTimeout = try duration(uv, key: key)
+                    case "idle_timeout": c.upstream.idleTimeout = try duration(uv, key: key)
+                    default: throw ConfigError(key: key, "unknown key")
+                    }
+                }
+            case "cache":
+                for (ck, cv) in try table(v, key: "cache") {
+                    switch ck {
+                    case "dir": c.cache.dir = try string(cv, key: "cache.dir")
+                    case "tag_ttl": c.cache.tagTTL = try duration(cv, key: "cache.tag_ttl")
+                    default: throw ConfigError(key: "cache.\(ck)", "unknown key")
+                    }
+                }
             case "log":
                 for (lk, lv) in try table(v, key: "log") {
                     switch lk {
@@ -77,6 +136,15 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_TLS_CERTIFICATE"] { tls.certificate = v }
         if let v = env["BERTH_TLS_KEY"] { tls.key = v }
         if let v = env["BERTH_LOG_LEVEL"] { log.level = v }
+        if let v = env["BERTH_UPSTREAM_URL"] { upstream.url = v }
+        if let v = env["BERTH_UPSTREAM_USERNAME"] { upstream.username = v }
+        if let v = env["BERTH_UPSTREAM_PASSWORD"] { upstream.password = v }
+        if let v = env["BERTH_UPSTREAM_PASSWORD_FILE"] { upstream.passwordFile = v }
+        if let v = env["BERTH_UPSTREAM_CA"] { upstream.ca = v }
+        if let v = env["BERTH_UPSTREAM_CERTIFICATE"] { upstream.certificate = v }
+        if let v = env["BERTH_UPSTREAM_KEY"] { upstream.key = v }
+        if let v = env["BERTH_CACHE_DIR"] { cache.dir = v }
+        if let v = env["BERTH_CACHE_TAG_TTL"] { cache.tagTTL = try Self.duration(v, key: "cache.tag_ttl") }
         try validate()
     }
 
@@ -93,6 +161,19 @@ public struct BerthConfig: Equatable, Sendable {
             if tls.key.isEmpty { throw ConfigError(key: "tls.key", "required when tls.listen is set") }
         }
         guard (0...256).contains(workers) else { throw ConfigError(key: "workers", "\(workers) is out of range 0...256") }
+        guard HTTPURL(upstream.url) != nil else {
+            throw ConfigError(key: "upstream.url", "\"\(upstream.url)\" is not an http(s) URL such as https://registry-1.docker.io")
+        }
+        if upstream.certificate.isEmpty != upstream.key.isEmpty {
+            throw ConfigError(key: upstream.certificate.isEmpty ? "upstream.certificate" : "upstream.key",
+                              "upstream.certificate and upstream.key go together")
+        }
+        for (key, v) in [("upstream.connect_timeout", upstream.connectTimeout), ("upstream.manifest_timeout", upstream.manifestTimeout),
+                         ("upstream.blob_timeout", upstream.blobTimeout), ("upstream.idle_timeout", upstream.idleTimeout)] where !(v > 0) {
+            throw ConfigError(key: key, "must be a positive duration such as 30s")
+        }
+        if cache.dir.isEmpty { throw ConfigError(key: "cache.dir", "must name a directory") }
+        guard cache.tagTTL >= 0 else { throw ConfigError(key: "cache.tag_ttl", "must not be negative") }
         guard Self.logLevels.contains(log.level) else {
             throw ConfigError(key: "log.level", "\"\(log.level)\" is not one of \(Self.logLevels.joined(separator: ", "))")
         }
@@ -109,6 +190,21 @@ public struct BerthConfig: Equatable, Sendable {
         if let s = v as? String { return s }
         if let i = v as? Int { return String(i) }
         throw ConfigError(key: key, "expected a string")
+    }
+
+    /// `30s`, `5m`, `1h`, `250ms`, or a bare number of seconds.
+    public static func parseDuration(_ v: Any, key: String) throws -> Double { try duration(v, key: key) }
+
+    static func duration(_ v: Any, key: String) throws -> Double {
+        if let i = v as? Int { return Double(i) }
+        if let d = v as? Double { return d }
+        guard let s = v as? String else { throw ConfigError(key: key, "expected a duration such as 30s or 5m") }
+        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+        for (suffix, scale) in units where s.hasSuffix(suffix) {
+            if let n = Double(s.dropLast(suffix.count)), n >= 0 { return n * scale }
+        }
+        if let n = Double(s) { return n }
+        throw ConfigError(key: key, "\"\(s)\" is not a duration such as 30s or 5m")
     }
 
     private static func int(_ v: Any, key: String) throws -> Int {

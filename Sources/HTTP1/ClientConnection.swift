@@ -157,9 +157,11 @@ final class ClientConnection: Selectable {
 
     private func consume(_ bytes: UnsafeRawBufferPointer) {
         var offset = 0
-        var afterHead = false  // `.end` of a bodiless response comes from a call with no bytes left
-        while offset < bytes.count || afterHead, let task {
-            afterHead = false
+        // The parser may still have an event after the input is used up (`.end`
+        // after a head or a body's last byte): call it until it returns nil.
+        var mayHaveEvent = true
+        while offset < bytes.count || mayHaveEvent, let task {
+            mayHaveEvent = false
             let event: ParseEvent<ResponseHead>?
             let consumed: Int
             do {
@@ -175,9 +177,9 @@ final class ClientConnection: Selectable {
                 if consumed == 0 { break }
                 continue
             }
+            mayHaveEvent = true
             switch event {
             case .head(let head, _):
-                afterHead = true
                 keepAlive = head.keepAlive
                 task.connectionReceivedHead(head)
             case .body(let range):

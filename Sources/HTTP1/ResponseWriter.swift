@@ -88,6 +88,21 @@ public final class ResponseWriter {
         return c.queueBody(bytes, chunked: chunked)
     }
 
+    /// Appends `range` of `file` to a streamed body with a declared length
+    /// (zero-copy on plain connections). Consecutive ranges of one file join
+    /// into one pending send, so a reader following a growing file just calls
+    /// this as bytes land.
+    public func writeFile(_ file: FileDescriptor, range: Range<UInt64>) {
+        guard case .streaming(let chunked, let remaining) = phase, let c = connection, !range.isEmpty else { return }
+        precondition(!chunked, "file ranges need a declared Content-Length")
+        if isHeadOnly { return }
+        if let remaining {
+            precondition(UInt64(range.count) <= remaining, "streamed body longer than its Content-Length")
+            phase = .streaming(chunked: false, remaining: remaining - UInt64(range.count))
+        }
+        c.queueFile(file, range: range)
+    }
+
     /// Ends a streamed body. Ending short of the declared length cuts the connection:
     /// a client must never take a truncated body for a whole one.
     public func end() {
@@ -104,6 +119,13 @@ public final class ResponseWriter {
     public func abort() {
         phase = .done
         connection?.abort()
+    }
+
+    /// The response is out: drop callbacks (they often capture this writer).
+    func finished() {
+        phase = .done
+        onClose = nil
+        onWritable = nil
     }
 
     func connectionClosed() {

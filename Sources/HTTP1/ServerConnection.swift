@@ -95,9 +95,11 @@ final class ServerConnection: Selectable {
     /// Parses `bytes`; stops at the end of a request and keeps the rest in `pending`.
     private func feed(_ bytes: UnsafeRawBufferPointer) {
         var offset = 0
-        var afterHead = false  // `.end` of a bodiless message comes from a call with no bytes left
-        while (offset < bytes.count || afterHead) && state == .reading {
-            afterHead = false
+        // The parser may still have an event after the input is used up (`.end`
+        // after a head or a body's last byte): call it until it returns nil.
+        var mayHaveEvent = true
+        while (offset < bytes.count || mayHaveEvent) && state == .reading {
+            mayHaveEvent = false
             do {
                 let (event, consumed) = try parser.parse(UnsafeRawBufferPointer(rebasing: bytes[offset...]))
                 offset += consumed
@@ -106,9 +108,9 @@ final class ServerConnection: Selectable {
                     if consumed == 0 { break }
                     continue
                 }
+                mayHaveEvent = true
                 switch event {
                 case .head(let head, let framing):
-                    afterHead = true
                     current = (head, nil)
                     if let refusal = refusal(for: head, framing: framing) {
                         refuse(refusal.status, refusal.reason)
@@ -210,6 +212,17 @@ final class ServerConnection: Selectable {
         return false
     }
 
+    func queueFile(_ fd: FileDescriptor, range: Range<UInt64>) {
+        if var f = file {
+            precondition(f.fd === fd && f.end == range.lowerBound, "file ranges must follow each other")
+            f.end = range.upperBound
+            file = f
+        } else {
+            file = (fd, range.lowerBound, range.upperBound)
+        }
+        flushOutput()
+    }
+
     func endBody(chunked: Bool) {
         if chunked { out.append(contentsOf: "0\r\n\r\n".utf8) }
         responseEnded = true
@@ -302,7 +315,7 @@ final class ServerConnection: Selectable {
     }
 
     private func finishResponse() {
-        current?.writer?.phase = .done
+        current?.writer?.finished()
         current = nil
         if !keepAlive || closeAfterResponse {
             transport.shutdownOutput()

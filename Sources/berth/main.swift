@@ -33,6 +33,24 @@ struct Serve: ParsableCommand {
     var workers: Int?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (log.level).")
     var logLevel: String?
+    @Option(name: .long, help: "Upstream registry URL (upstream.url), e.g. https://ghcr.io.")
+    var upstream: String?
+    @Option(name: .customLong("upstream-user"), help: "Upstream username (upstream.username); the password comes from BERTH_UPSTREAM_PASSWORD or --upstream-password-file.")
+    var upstreamUser: String?
+    @Option(name: .customLong("upstream-password-file"), help: "File holding the upstream password (upstream.password_file).")
+    var upstreamPasswordFile: String?
+    @Option(name: .customLong("upstream-ca"), help: "Extra PEM CA bundle for the upstream (upstream.ca).")
+    var upstreamCA: String?
+    @Option(name: .customLong("upstream-certificate"), help: "Client certificate for the upstream (upstream.certificate).")
+    var upstreamCertificate: String?
+    @Option(name: .customLong("upstream-key"), help: "Client key for the upstream (upstream.key).")
+    var upstreamKey: String?
+    @Option(name: .customLong("realm-allow"), help: "Extra trusted token-realm host (upstream.realm_allow); repeatable.")
+    var realmAllow: [String] = []
+    @Option(name: .customLong("cache-dir"), help: "Cache directory (cache.dir).")
+    var cacheDir: String?
+    @Option(name: .customLong("tag-ttl"), help: "How long a tag mapping is trusted, e.g. 5m (cache.tag_ttl).")
+    var tagTTL: String?
 
     func run() throws {
         var c = BerthConfig()
@@ -48,6 +66,15 @@ struct Serve: ParsableCommand {
             if let tlsKey { c.tls.key = tlsKey }
             if let workers { c.workers = workers }
             if let logLevel { c.log.level = logLevel }
+            if let upstream { c.upstream.url = upstream }
+            if let upstreamUser { c.upstream.username = upstreamUser }
+            if let upstreamPasswordFile { c.upstream.passwordFile = upstreamPasswordFile }
+            if let upstreamCA { c.upstream.ca = upstreamCA }
+            if let upstreamCertificate { c.upstream.certificate = upstreamCertificate }
+            if let upstreamKey { c.upstream.key = upstreamKey }
+            if !realmAllow.isEmpty { c.upstream.realmAllow = realmAllow }
+            if let cacheDir { c.cache.dir = cacheDir }
+            if let tagTTL { c.cache.tagTTL = try BerthConfig.parseDuration(tagTTL, key: "cache.tag_ttl") }
             try c.validate()
         } catch let e as ConfigError {
             FileOut.stderr("berth: \(e)\n")

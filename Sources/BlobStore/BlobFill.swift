@@ -1,0 +1,215 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Reactor
+import OCI
+import Synchronization
+
+/// One blob being fetched into the cache, shared by every client that wants it.
+///
+/// The fetch (driven by whoever started it, on its loop) appends bytes: they
+/// are hashed and written to a temp file. Readers on any loop subscribe and
+/// send from that file as it grows, each from its own offset (a Range request
+/// joins the same fill). When the last byte arrives the digest is checked:
+/// only then may a reader send a body's final byte, so a client never takes a
+/// corrupt blob for a whole one. The file is then fsynced and renamed into the
+/// store on the blocking pool. A fill runs to the end even if every reader
+/// has left.
+public final class BlobFill: @unchecked Sendable {  // mutable state behind `state`; the hasher is touched on the owner loop only
+    public enum Outcome: Equatable, Sendable {
+        case filling
+        case verified
+        /// The upstream answered `status` (404, 429, …) or the transfer broke (status 0).
+        case failed(status: Int, retryAfter: String?, reason: String)
+    }
+
+    public struct Progress: Equatable, Sendable {
+        public var written: UInt64 = 0
+        public var total: UInt64?
+        public var outcome: Outcome = .filling
+    }
+
+    public let digest: Digest
+    public let ownerLoop: EventLoop
+    public let file: FileDescriptor
+    let tempPath: String
+    unowned let registry: FillRegistry
+    private let hasher = SHA256Hasher()            // owner loop only
+    private let state = Mutex(State())
+
+    private struct State {
+        var progress = Progress()
+        var subscribers: [Subscriber] = []
+    }
+
+    /// A reader's callback on its loop; `pending` coalesces notifications.
+    final class Subscriber: @unchecked Sendable {  // `pending` is atomic; `callback` runs on `loop` only
+        let loop: EventLoop
+        let callback: (Progress) -> Void
+        let pending = Atomic<Bool>(false)
+        let cancelled = Atomic<Bool>(false)
+        init(loop: EventLoop, callback: @escaping (Progress) -> Void) {
+            self.loop = loop
+            self.callback = callback
+        }
+    }
+
+    init(digest: Digest, ownerLoop: EventLoop, tempPath: String, file: FileDescriptor, registry: FillRegistry) {
+        self.digest = digest
+        self.ownerLoop = ownerLoop
+        self.tempPath = tempPath
+        self.file = file
+        self.registry = registry
+    }
+
+    public var progress: Progress { state.withLock { $0.progress } }
+
+    /// Calls `callback` on `loop` now and after each change, until `unsubscribe`
+    /// or the outcome is final.
+    public func subscribe(on loop: EventLoop, _ callback: @escaping (Progress) -> Void) -> AnyObject {
+        let s = Subscriber(loop: loop, callback: callback)
+        state.withLock { $0.subscribers.append(s) }
+        notify(s)
+        return s
+    }
+
+    public func unsubscribe(_ token: AnyObject) {
+        guard let s = token as? Subscriber else { return }
+        s.cancelled.store(true, ordering: .relaxed)
+        state.withLock { $0.subscribers.removeAll { $0 === s } }
+    }
+
+    private func notify(_ s: Subscriber) {
+        if s.loop === ownerLoop && s.loop.inLoop {
+            s.callback(progress)
+            return
+        }
+        guard !s.pending.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        s.loop.execute { [self] in
+            s.pending.store(false, ordering: .releasing)
+            if !s.cancelled.load(ordering: .relaxed) { s.callback(progress) }
+        }
+    }
+
+    private func notifyAll() {
+        for s in state.withLock({ $0.subscribers }) { notify(s) }
+    }
+
+    // MARK: the fetch side (owner loop)
+
+    /// The body's length, once the upstream said it.
+    public func setTotal(_ total: UInt64) {
+        state.withLock { $0.progress.total = total }
+        notifyAll()
+    }
+
+    /// Hashes and writes the next bytes. Throws on a write error (ENOSPC, EIO).
+    public func append(_ bytes: UnsafeRawBufferPointer) throws {
+        hasher.update(bytes)
+        var off = 0
+        let base = state.withLock { $0.progress.written }
+        while off < bytes.count {
+            let n = pwrite(file.fd, bytes.baseAddress! + off, bytes.count - off, off_t(base) + off_t(off))
+            if n < 0 {
+                if errno == EINTR { continue }
+                throw IOError(errno: errno, call: "pwrite \(tempPath)")
+            }
+            off += n
+        }
+        let over = state.withLock { s -> Bool in
+            s.progress.written += UInt64(bytes.count)
+            if let t = s.progress.total { return s.progress.written > t }
+            return false
+        }
+        if over { fail(status: 0, retryAfter: nil, reason: "upstream sent more bytes than its Content-Length"); return }
+        notifyAll()
+    }
+
+    /// The upstream body ended: verify, publish, tell the readers.
+    public func finish(store: BlobStore, pool: BlockingPool, onCommitted: @escaping (Bool) -> Void = { _ in }) {
+        let p = progress
+        guard p.outcome == .filling else { return }
+        let hex = hasher.finalizeHex()
+        if let t = p.total, t != p.written {
+            fail(status: 0, retryAfter: nil, reason: "short body: \(p.written) of \(t) bytes")
+            onCommitted(false)
+            return
+        }
+        guard digest.algorithm == .sha256, hex == digest.hex else {
+            fail(status: 0, retryAfter: nil, reason: "digest mismatch: upstream bytes hash to sha256:\(hex)")
+            onCommitted(false)
+            return
+        }
+        state.withLock { s in
+            s.progress.total = s.progress.written
+            s.progress.outcome = .verified
+        }
+        notifyAll()
+        let (path, file, digest, registry) = (tempPath, self.file, self.digest, self.registry)
+        pool.submit {
+            var ok = true
+            do { try store.commit(tempPath: path, file: file, digest: digest) } catch {
+                ok = false
+                store.discard(tempPath: path)
+            }
+            registry.remove(digest)
+            onCommitted(ok)
+        }
+    }
+
+    /// The fetch failed: readers without a response get `status`, others are cut.
+    public func fail(status: Int, retryAfter: String?, reason: String) {
+        let changed = state.withLock { s -> Bool in
+            guard s.progress.outcome == .filling else { return false }
+            s.progress.outcome = .failed(status: status, retryAfter: retryAfter, reason: reason)
+            return true
+        }
+        guard changed else { return }
+        notifyAll()
+        let (path, digest, registry, store) = (tempPath, self.digest, self.registry, registry.store)
+        registry.pool.submit {
+            store.discard(tempPath: path)
+            registry.remove(digest)
+        }
+    }
+}
+
+/// The fills in progress, by digest: the single-flight table.
+public final class FillRegistry: @unchecked Sendable {  // `fills` behind a lock
+    let store: BlobStore
+    let pool: BlockingPool
+    private let fills = Mutex<[Digest: BlobFill]>([:])
+
+    public init(store: BlobStore, pool: BlockingPool) {
+        self.store = store
+        self.pool = pool
+    }
+
+    public enum Lookup {
+        case cached
+        case joined(BlobFill)
+        /// The caller must start fetching into this new fill.
+        case started(BlobFill)
+    }
+
+    /// Joins the fill for `digest`, or reports it cached, or creates a new
+    /// fill owned by `loop`. Checked under one lock, so a fill that completes
+    /// meanwhile is seen as cached, never started twice.
+    public func lookup(_ digest: Digest, loop: EventLoop) throws -> Lookup {
+        try fills.withLock { f in
+            if let existing = f[digest] { return .joined(existing) }
+            if store.contains(digest) { return .cached }
+            let (path, file) = try store.makeTempFile(for: digest)
+            let fill = BlobFill(digest: digest, ownerLoop: loop, tempPath: path, file: file, registry: self)
+            f[digest] = fill
+            return .started(fill)
+        }
+    }
+
+    func remove(_ digest: Digest) {
+        _ = fills.withLock { $0.removeValue(forKey: digest) }
+    }
+
+    /// Fills in progress (tests, metrics).
+    public var count: Int { fills.withLock { $0.count } }
+}

@@ -1,0 +1,113 @@
+import HTTP1
+import OCI
+import BlobStore
+
+/// `GET /v2/<name>/tags/list`: forwarded, then answered the way the spec
+/// says whatever the upstream did (sorted, `n` and `last` honoured, `Link` for
+/// the next page). When the upstream cannot answer, the tags Berth has cached
+/// for the repository are served.
+final class TagsRequest {
+    let mirror: Mirror
+    let w: ResponseWriter
+    let name: String
+    let repo: String
+    let query: Substring
+
+    init(mirror: Mirror, writer: ResponseWriter, name: String, query: Substring) {
+        self.mirror = mirror
+        self.w = writer
+        self.name = name
+        self.repo = mirror.upstreamName(name)
+        self.query = query
+    }
+
+    func run() {
+        let nText = queryValue(query, "n")
+        let n: Int?
+        if let nText {
+            guard let v = Int(nText), v >= 0 else { return Mirror.error(w, .unsupported, "n must be a non-negative integer", status: 400) }
+            n = min(v, 10_000)
+        } else {
+            n = nil
+        }
+        let last = queryValue(query, "last")
+        // Ask for everything (bounded): paging is redone here so it follows the spec exactly.
+        mirror.upstream(for: w.loop).fetch(.get, "/v2/\(repo)/tags/list", repository: repo,
+                                           headTimeout: mirror.config.upstream.manifestHeadTimeoutNanos, maxBytes: 4 << 20) { [self] result in
+            switch result {
+            case .success(let (head, body)) where head.status == 200:
+                guard let list = try? TagList.parse(body) else {
+                    return mirror.error(w, UpstreamError(status: 502, code: .unavailable, message: "upstream tag list is not valid JSON"))
+                }
+                answer(TagList(name: name, tags: list.tags), n: n, last: last, cacheStatus: "fwd=miss")
+            case .success(let (head, _)) where head.status != 429 && head.status < 500:
+                mirror.error(w, .from(status: head.status, headers: head.headers, notFound: .nameUnknown, what: "repository \(name)"))
+            default:
+                let cached = mirror.store.index.tags(of: repo)
+                guard !cached.isEmpty else {
+                    if case .failure(let e) = result { return mirror.error(w, e) }
+                    if case .success(let (head, _)) = result {
+                        return mirror.error(w, .from(status: head.status, headers: head.headers, notFound: .nameUnknown, what: "repository \(name)"))
+                    }
+                    return
+                }
+                mirror.log(.warning, "tags of \(name) served from the cache: upstream unavailable")
+                answer(TagList(name: name, tags: cached), n: n, last: last, cacheStatus: "hit; fwd=stale")
+            }
+        }
+    }
+
+    private func answer(_ list: TagList, n: Int?, last: String?, cacheStatus: String) {
+        let page = list.page(n: n, last: last)
+        var head = ResponseHead(status: 200)
+        head.headers.add("Content-Type", "application/json")
+        head.headers.add("Docker-Distribution-API-Version", "registry/2.0")
+        head.headers.add("Cache-Status", "Berth; " + cacheStatus)
+        if page.more, let n, let lastTag = page.tags.last {
+            head.headers.add("Link", "</v2/\(name)/tags/list?n=\(n)&last=\(percentEncoded(lastTag))>; rel=\"next\"")
+        }
+        w.respond(head, body: TagList(name: list.name, tags: page.tags).encoded())
+    }
+}
+
+/// `GET /v2/<name>/referrers/<digest>`: forwarded; an upstream without the
+/// referrers API (404) yields an empty index, as the spec allows.
+final class ReferrersRequest {
+    let mirror: Mirror
+    let w: ResponseWriter
+    let name: String
+    let repo: String
+    let digest: Digest
+    let query: Substring
+
+    init(mirror: Mirror, writer: ResponseWriter, name: String, digest: Digest, query: Substring) {
+        self.mirror = mirror
+        self.w = writer
+        self.name = name
+        self.repo = mirror.upstreamName(name)
+        self.digest = digest
+        self.query = query
+    }
+
+    func run() {
+        var path = "/v2/\(repo)/referrers/\(digest)"
+        if let t = queryValue(query, "artifactType") { path += "?artifactType=\(t)" }
+        mirror.upstream(for: w.loop).fetch(.get, path, repository: repo, headTimeout: mirror.config.upstream.manifestHeadTimeoutNanos,
+                                           maxBytes: mirror.config.maxManifestBytes) { [self] result in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", MediaType.ociIndex)
+            head.headers.add("Docker-Distribution-API-Version", "registry/2.0")
+            switch result {
+            case .success(let (up, body)) where up.status == 200:
+                if let f = up.headers["OCI-Filters-Applied"] { head.headers.add("OCI-Filters-Applied", f) }
+                w.respond(head, body: body)
+            case .success(let (up, _)) where up.status == 404:
+                w.respond(head, body: Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.utf8))
+            case .success(let (up, _)):
+                mirror.error(w, .from(status: up.status, headers: up.headers, notFound: .manifestUnknown, what: "referrers of \(digest)"))
+            case .failure(let e):
+                mirror.error(w, e)
+            }
+        }
+    }
+}

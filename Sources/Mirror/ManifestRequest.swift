@@ -1,0 +1,185 @@
+import Reactor
+import HTTP1
+import OCI
+import BlobStore
+
+/// `GET`/`HEAD /v2/<name>/manifests/<reference>`.
+///
+/// By digest: answered from the cache forever (after one upstream HEAD if
+/// this repository has not been seen to contain the digest). By tag: a fresh
+/// mapping (younger than the TTL) is answered from the cache; an expired one
+/// is revalidated with one HEAD; when the upstream is unreachable, rate
+/// limited or failing, the last known mapping is served (stale-if-error).
+/// Manifest bytes are stored exactly as received, verified against their
+/// digest, never converted or trimmed.
+final class ManifestRequest {
+    let mirror: Mirror
+    let w: ResponseWriter
+    let name: String
+    let reference: Reference
+    let repo: String            // upstream name
+    let upstream: Upstream
+    var index: CacheIndex { mirror.store.index }
+
+    init(mirror: Mirror, writer: ResponseWriter, name: String, reference: Reference) {
+        self.mirror = mirror
+        self.w = writer
+        self.name = name
+        self.reference = reference
+        self.repo = mirror.upstreamName(name)
+        self.upstream = mirror.upstream(for: writer.loop)
+    }
+
+    private var path: String { "/v2/\(repo)/manifests/\(reference)" }
+
+    /// The client's Accept list, or every manifest type.
+    private var accept: String { w.request.headers.values("Accept").joined(separator: ", ").nonEmpty ?? MediaType.defaultAccept }
+
+    private func accepts(_ mediaType: String) -> Bool {
+        let values = w.request.headers.values("Accept")
+        if values.isEmpty { return true }
+        let items = values.flatMap { $0.split(separator: ",") }.map { $0.split(separator: ";")[0].trimmingSpaces() }
+        // Schema-1 fallbacks aside, a client that lists nothing we have cached gets an upstream answer.
+        return items.contains(mediaType) || items.contains("*/*") || items.contains("application/*")
+    }
+
+    func run() {
+        switch reference {
+        case .digest(let digest):
+            guard let type = index.mediaType(of: digest), mirror.store.contains(digest) else { return fetch(stale: nil) }
+            if index.isLinked(repo, digest) { return serveCached(digest, type, cacheStatus: "hit") }
+            confirmAccess(digest, type)
+        case .tag(let tag):
+            guard let rec = index.tag(repo, tag), mirror.store.contains(rec.digest), accepts(rec.mediaType) else {
+                return fetch(stale: nil)
+            }
+            let age = unixNow() - rec.confirmedAt
+            if age >= 0 && UInt64(age) * 1_000_000_000 < mirror.config.tagTTLNanos {
+                return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit")
+            }
+            revalidate(tag, rec)
+        }
+    }
+
+    /// One HEAD for a repository not yet known to hold `digest`.
+    private func confirmAccess(_ digest: Digest, _ type: String) {
+        upstream.fetch(.head, path, repository: repo, headers: acceptHeaders(), headTimeout: mirror.config.upstream.manifestHeadTimeoutNanos,
+                       maxBytes: 0) { [self] result in
+            switch result {
+            case .success(let (head, _)) where head.status == 200:
+                index.link(repo, [digest])
+                serveCached(digest, type, cacheStatus: "hit; detail=access-checked")
+            case .success(let (head, _)):
+                mirror.error(w, .from(status: head.status, headers: head.headers, notFound: .manifestUnknown, what: "manifest \(name)@\(digest)"))
+            case .failure(let e):
+                mirror.error(w, e)
+            }
+        }
+    }
+
+    /// An expired tag: one HEAD; same digest → serve the cache, new digest → fetch, failure → stale.
+    private func revalidate(_ tag: String, _ rec: CacheIndex.TagRecord) {
+        upstream.fetch(.head, path, repository: repo, headers: acceptHeaders(), headTimeout: mirror.config.upstream.manifestHeadTimeoutNanos,
+                       maxBytes: 0) { [self] result in
+            switch result {
+            case .success(let (head, _)) where head.status == 200:
+                if head.headers["Docker-Content-Digest"] == rec.digest.description {
+                    var r = rec
+                    r.confirmedAt = unixNow()
+                    index.setTag(repo, tag, r)
+                    serveCached(rec.digest, rec.mediaType, cacheStatus: "hit; detail=revalidated")
+                } else {
+                    fetch(stale: rec)
+                }
+            case .success(let (head, _)) where head.status == 429 || head.status >= 500:
+                serveStale(rec, reason: "upstream answered \(head.status)")
+            case .success(let (head, _)):
+                mirror.error(w, .from(status: head.status, headers: head.headers, notFound: .manifestUnknown, what: "manifest \(name):\(tag)"))
+            case .failure(let e) where e.allowsStale:
+                serveStale(rec, reason: e.message)
+            case .failure(let e):
+                mirror.error(w, e)
+            }
+        }
+    }
+
+    private func serveStale(_ rec: CacheIndex.TagRecord, reason: String) {
+        mirror.log(.warning, "serving stale \(name):\(reference) → \(rec.digest): \(reason)")
+        serveCached(rec.digest, rec.mediaType, cacheStatus: "hit; fwd=stale; detail=upstream-error")
+    }
+
+    private func acceptHeaders() -> HTTPHeaders {
+        var h = HTTPHeaders()
+        h.add("Accept", accept)
+        return h
+    }
+
+    /// Answers from the cached file (sendfile on plain connections).
+    private func serveCached(_ digest: Digest, _ type: String, cacheStatus: String) {
+        guard let file = mirror.store.open(digest), let size = try? file.size() else {
+            return fetch(stale: nil)
+        }
+        let head = Mirror.contentHead(status: 200, digest: digest, mediaType: type, cacheStatus: cacheStatus)
+        w.respond(head, file: file, range: 0..<size)
+    }
+
+    /// GET from the upstream, verify, store, answer. `stale` is served if the upstream fails.
+    private func fetch(stale: CacheIndex.TagRecord?) {
+        upstream.fetch(.get, path, repository: repo, headers: acceptHeaders(), headTimeout: mirror.config.upstream.manifestHeadTimeoutNanos,
+                       maxBytes: mirror.config.maxManifestBytes) { [self] result in
+            switch result {
+            case .failure(let e):
+                if let stale, e.allowsStale { return serveStale(stale, reason: e.message) }
+                mirror.error(w, e)
+            case .success(let (head, _)) where head.status != 200:
+                if let stale, head.status == 429 || head.status >= 500 { return serveStale(stale, reason: "upstream answered \(head.status)") }
+                mirror.error(w, .from(status: head.status, headers: head.headers, notFound: .manifestUnknown, what: "manifest \(name):\(reference)"))
+            case .success(let (head, body)):
+                received(head, body)
+            }
+        }
+    }
+
+    private func received(_ head: ResponseHead, _ body: [UInt8]) {
+        let computed = Digest(algorithm: .sha256, hex: SHA256Hasher.hex(body))!
+        if case .digest(let wanted) = reference, wanted != computed {
+            return mirror.error(w, UpstreamError(status: 502, code: .manifestInvalid,
+                                                 message: "upstream manifest for \(wanted) hashes to \(computed)"))
+        }
+        if let claimed = head.headers["Docker-Content-Digest"], let d = Digest(claimed), d.algorithm == .sha256, d != computed {
+            return mirror.error(w, UpstreamError(status: 502, code: .manifestInvalid,
+                                                 message: "upstream says \(d) but the manifest hashes to \(computed)"))
+        }
+        let summary: ManifestSummary
+        do { summary = try ManifestSummary.parse(body, contentType: head.headers["Content-Type"]) } catch {
+            return mirror.error(w, UpstreamError(status: 502, code: .manifestInvalid, message: "upstream manifest refused: \(error)"))
+        }
+        // Answer now from memory; persist on the pool.
+        let out = Mirror.contentHead(status: 200, digest: computed, mediaType: summary.mediaType, cacheStatus: "fwd=miss; stored")
+        w.respond(out, body: body)
+        let (store, repo, reference) = (mirror.store, repo, reference)
+        let children = summary.blobs.map(\.digest) + summary.manifests.map(\.digest)
+        mirror.pool.submit { [log = mirror.log] in
+            do {
+                try store.store(body, as: computed)
+                store.index.setMediaType(computed, summary.mediaType)
+                store.index.link(repo, [computed] + children)
+                if case .tag(let tag) = reference {
+                    store.index.setTag(repo, tag, .init(digest: computed, mediaType: summary.mediaType, confirmedAt: unixNow()))
+                }
+            } catch {
+                log(.error, "cannot store manifest \(computed): \(error)")
+            }
+        }
+    }
+}
+
+extension String {
+    var nonEmpty: String? { isEmpty ? nil : self }
+}
+
+extension Substring {
+    func trimmingSpaces() -> String {
+        String(drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
+    }
+}

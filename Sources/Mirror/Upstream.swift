@@ -1,0 +1,261 @@
+import Reactor
+import HTTP1
+import OCI
+
+/// Requests to the upstream from one loop, carrying valid credentials the
+/// first time: the challenge is learned once (a `/v2/` ping), a bearer token
+/// is fetched per repository scope and cached, and a 401 on a content request
+/// costs one token refresh and one retry. Loop thread only.
+final class Upstream {
+    let client: HTTPClient
+    let auth: UpstreamAuth
+    var config: UpstreamConfiguration { auth.config }
+    private var pingWaiters: [(Result<UpstreamAuth.Challenge, UpstreamError>) -> Void]?
+    private var tokenWaiters: [String: [(Result<String?, UpstreamError>) -> Void]] = [:]
+
+    init(client: HTTPClient, auth: UpstreamAuth) {
+        self.client = client
+        self.auth = auth
+    }
+
+    var loop: EventLoop { client.loop }
+
+    func request(_ method: HTTPMethod, _ path: String, headers: HTTPHeaders = HTTPHeaders(), headTimeout: UInt64) -> ClientRequest {
+        var url = config.url
+        url.pathAndQuery = path
+        var r = ClientRequest(method: method, url: url, headers: headers)
+        r.connectTimeoutNanos = config.connectTimeoutNanos
+        r.headTimeoutNanos = headTimeout
+        r.idleTimeoutNanos = config.idleTimeoutNanos
+        return r
+    }
+
+    // MARK: challenge and tokens
+
+    /// The upstream's challenge, pinging `/v2/` on first use (one ping per loop at a time).
+    func challenge(_ done: @escaping (Result<UpstreamAuth.Challenge, UpstreamError>) -> Void) {
+        if let c = auth.challenge { done(.success(c)); return }
+        if pingWaiters != nil { pingWaiters!.append(done); return }
+        pingWaiters = [done]
+        client.fetch(request(.get, "/v2/", headTimeout: config.manifestHeadTimeoutNanos), maxBytes: 64 * 1024) { [self] result in
+            let outcome: Result<UpstreamAuth.Challenge, UpstreamError>
+            switch result {
+            case .failure(let e):
+                outcome = .failure(.from(e, what: "/v2/"))
+            case .success(let (head, _)):
+                if head.status == 401 {
+                    outcome = Result { try auth.learn(wwwAuthenticate: head.headers["WWW-Authenticate"]) }.mapError { $0 as! UpstreamError }
+                } else if head.status < 500 {
+                    outcome = .success((try? auth.learn(wwwAuthenticate: nil)) ?? .none)
+                } else {
+                    outcome = .failure(UpstreamError(status: 502, code: .unavailable, message: "upstream /v2/ answered \(head.status)"))
+                }
+            }
+            let waiters = pingWaiters ?? []
+            pingWaiters = nil
+            for w in waiters { w(outcome) }
+        }
+    }
+
+    /// The `Authorization` value for pulling `repository`, nil when none is needed.
+    func authorization(repository: String, refresh: Bool = false, _ done: @escaping (Result<String?, UpstreamError>) -> Void) {
+        challenge { [self] result in
+            switch result {
+            case .failure(let e): done(.failure(e))
+            case .success(.none): done(.success(nil))
+            case .success(.basic): done(.success(config.basicCredentials))
+            case .success(.bearer(let realm, let service)):
+                let scope = "repository:\(repository):pull"
+                if refresh { auth.dropToken(scope: scope) }
+                if let t = auth.cachedToken(scope: scope, now: loop.now) { done(.success("Bearer " + t)); return }
+                fetchToken(realm: realm, service: service, scope: scope, done)
+            }
+        }
+    }
+
+    private func fetchToken(realm: HTTPURL, service: String?, scope: String,
+                            _ done: @escaping (Result<String?, UpstreamError>) -> Void) {
+        if tokenWaiters[scope] != nil { tokenWaiters[scope]!.append(done); return }
+        tokenWaiters[scope] = [done]
+        var url = realm
+        var query = [("scope", scope)]
+        if let service { query.insert(("service", service), at: 0) }
+        let q = query.map { "\($0.0)=\(percentEncoded($0.1))" }.joined(separator: "&")
+        url.pathAndQuery += (url.pathAndQuery.contains("?") ? "&" : "?") + q
+        var headers = HTTPHeaders()
+        // Credentials go to the realm only over https or to the upstream's own host (RealmPolicy checked both).
+        if let basic = config.basicCredentials { headers.add("Authorization", basic) }
+        var r = ClientRequest(method: .get, url: url, headers: headers)
+        r.connectTimeoutNanos = config.connectTimeoutNanos
+        r.headTimeoutNanos = config.manifestHeadTimeoutNanos
+        r.maxRedirects = 0
+        client.fetch(r, maxBytes: 1 << 20) { [self] result in
+            let outcome: Result<String?, UpstreamError>
+            switch result {
+            case .failure(let e):
+                outcome = .failure(.from(e, what: "a token"))
+            case .success(let (head, body)) where head.status == 200:
+                if let t = try? TokenResponse.parse(body) {
+                    auth.store(token: t.token, scope: scope, expiresIn: t.expiresIn, now: loop.now)
+                    outcome = .success("Bearer " + t.token)
+                } else {
+                    outcome = .failure(UpstreamError(status: 502, code: .unauthorized, message: "token service answered without a token"))
+                }
+            case .success(let (head, _)):
+                let code: OCIErrorCode = head.status == 401 ? .unauthorized : head.status == 429 ? .tooManyRequests : .denied
+                let status = head.status == 401 || head.status == 403 || head.status == 429 ? head.status : 502
+                outcome = .failure(UpstreamError(status: status, code: code, message: "token service answered \(head.status)",
+                                                 retryAfter: head.headers["Retry-After"]))
+            }
+            let waiters = tokenWaiters.removeValue(forKey: scope) ?? []
+            for w in waiters { w(outcome) }
+        }
+    }
+
+    // MARK: content requests
+
+    /// Sends a request for `repository` with credentials; a 401 answer refreshes
+    /// the token and retries once, invisibly to `delegate`.
+    func send(_ method: HTTPMethod, _ path: String, repository: String, headers: HTTPHeaders = HTTPHeaders(),
+              headTimeout: UInt64, delegate: UpstreamDelegate) {
+        let retrying = RetryOn401(upstream: self, method: method, path: path, repository: repository,
+                                  headers: headers, headTimeout: headTimeout, delegate: delegate)
+        retrying.attempt(refresh: false)
+    }
+
+    /// A whole bounded response for `repository`.
+    func fetch(_ method: HTTPMethod, _ path: String, repository: String, headers: HTTPHeaders = HTTPHeaders(),
+               headTimeout: UInt64, maxBytes: Int,
+               completion: @escaping (Result<(ResponseHead, [UInt8]), UpstreamError>) -> Void) {
+        send(method, path, repository: repository, headers: headers, headTimeout: headTimeout,
+             delegate: Collector(maxBytes: maxBytes, what: path, completion: completion))
+    }
+}
+
+/// Wraps a delegate: swallows a first 401, refreshes credentials and tries again.
+private final class RetryOn401: ClientResponseDelegate {
+    let upstream: Upstream
+    let method: HTTPMethod, path: String, repository: String, headers: HTTPHeaders, headTimeout: UInt64
+    let delegate: UpstreamDelegate
+    var retried = false
+    var swallowing = false
+    var challengeHeader: String?
+
+    init(upstream: Upstream, method: HTTPMethod, path: String, repository: String, headers: HTTPHeaders,
+         headTimeout: UInt64, delegate: UpstreamDelegate) {
+        self.upstream = upstream
+        self.method = method
+        self.path = path
+        self.repository = repository
+        self.headers = headers
+        self.headTimeout = headTimeout
+        self.delegate = delegate
+    }
+
+    func attempt(refresh: Bool) {
+        upstream.authorization(repository: repository, refresh: refresh) { [self] result in
+            switch result {
+            case .failure(let e):
+                delegate.upstreamFailed(e)
+            case .success(let authorization):
+                var h = headers
+                if let authorization { h.set("Authorization", authorization) }
+                upstream.client.execute(upstream.request(method, path, headers: h, headTimeout: headTimeout), delegate: self)
+            }
+        }
+    }
+
+    func didReceiveHead(_ head: ResponseHead, url: HTTPURL, task: ClientTask) {
+        if head.status == 401 && !retried {
+            swallowing = true
+            challengeHeader = head.headers["WWW-Authenticate"]
+            return
+        }
+        delegate.didReceiveHead(head, url: url, task: task)
+    }
+
+    func didReceiveBody(_ bytes: UnsafeRawBufferPointer, task: ClientTask) -> Bool {
+        swallowing ? true : delegate.didReceiveBody(bytes, task: task)
+    }
+
+    func didFinish(_ error: HTTPClientError?, task: ClientTask) {
+        if swallowing {
+            swallowing = false
+            retried = true
+            // The upstream may have changed its mind about the realm or scheme.
+            if let c = challengeHeader, (try? upstream.auth.learn(wwwAuthenticate: c)) == nil {
+                delegate.upstreamFailed(UpstreamError(status: 502, code: .unauthorized, message: "upstream token realm is not allowed"))
+                return
+            }
+            attempt(refresh: true)
+            return
+        }
+        delegate.didFinish(error, task: task)
+    }
+}
+
+/// A response delegate that also hears failures before any request went out
+/// (the ping, the token service).
+protocol UpstreamDelegate: ClientResponseDelegate {
+    func upstreamFailed(_ e: UpstreamError)
+}
+
+/// Collects a bounded body.
+final class Collector: UpstreamDelegate {
+    let maxBytes: Int
+    let what: String
+    let completion: (Result<(ResponseHead, [UInt8]), UpstreamError>) -> Void
+    var head: ResponseHead?
+    var body: [UInt8] = []
+    var error: UpstreamError?
+    var done = false
+
+    init(maxBytes: Int, what: String, completion: @escaping (Result<(ResponseHead, [UInt8]), UpstreamError>) -> Void) {
+        self.maxBytes = maxBytes
+        self.what = what
+        self.completion = completion
+    }
+
+    func didReceiveHead(_ head: ResponseHead, url: HTTPURL, task: ClientTask) { self.head = head }
+
+    func didReceiveBody(_ bytes: UnsafeRawBufferPointer, task: ClientTask) -> Bool {
+        if body.count + bytes.count > maxBytes {
+            error = UpstreamError(status: 502, code: .manifestInvalid, message: "\(what): upstream body over \(maxBytes) bytes")
+            task.cancel()
+            return false
+        }
+        body.append(contentsOf: bytes)
+        return true
+    }
+
+    func didFinish(_ e: HTTPClientError?, task: ClientTask) {
+        if let error { return complete(.failure(error)) }
+        if let e { return complete(.failure(.from(e, what: what))) }
+        guard let head else { return complete(.failure(UpstreamError(status: 502, code: .unavailable, message: "no response for \(what)"))) }
+        complete(.success((head, body)))
+    }
+
+    func upstreamFailed(_ e: UpstreamError) { complete(.failure(e)) }
+
+    private func complete(_ r: Result<(ResponseHead, [UInt8]), UpstreamError>) {
+        guard !done else { return }
+        done = true
+        completion(r)
+    }
+}
+
+/// Percent-encodes everything but RFC 3986 unreserved characters.
+func percentEncoded(_ s: String) -> String {
+    var out = ""
+    for b in s.utf8 {
+        switch b {
+        case UInt8(ascii: "A")...UInt8(ascii: "Z"), UInt8(ascii: "a")...UInt8(ascii: "z"), UInt8(ascii: "0")...UInt8(ascii: "9"),
+             UInt8(ascii: "-"), UInt8(ascii: "."), UInt8(ascii: "_"), UInt8(ascii: "~"):
+            out.unicodeScalars.append(UnicodeScalar(b))
+        default:
+            let hex = Array("0123456789ABCDEF".unicodeScalars)
+            out += "%" + String(hex[Int(b >> 4)]) + String(hex[Int(b & 0xf)])
+        }
+    }
+    return out
+}

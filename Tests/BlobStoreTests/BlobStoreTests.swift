@@ -1,0 +1,145 @@
+import Foundation
+import XCTest
+import Reactor
+import OCI
+@testable import BlobStore
+
+/// The cache on disk: fills verify before anything is published, nothing
+/// half-written looks like a blob, and the index survives a restart.
+final class BlobStoreTests: XCTestCase {
+    var dir: String!
+    var pool: BlockingPool!
+    var group: EventLoopGroup!
+    var loop: EventLoop { group.loops[0] }
+
+    override func setUpWithError() throws {
+        dir = NSTemporaryDirectory() + "berth-store-" + UUID().uuidString
+        pool = BlockingPool(threads: 2)
+        group = try EventLoopGroup(count: 1)
+        group.start()
+    }
+
+    override func tearDown() {
+        group.shutdown()
+        pool.shutdown()
+        try? FileManager.default.removeItem(atPath: dir)
+    }
+
+    private func digest(of bytes: [UInt8]) -> Digest {
+        Digest(algorithm: .sha256, hex: SHA256Hasher.hex(bytes))!
+    }
+
+    /// Runs `body` on the loop and waits for it to call `done`.
+    private func onLoop(_ body: @escaping (@escaping () -> Void) -> Void) {
+        let e = expectation(description: "loop")
+        loop.execute { body { e.fulfill() } }
+        wait(for: [e], timeout: 20)
+    }
+
+    func testSHA256MatchesKnownVector() {
+        XCTAssertEqual(SHA256Hasher.hex(Array("abc".utf8)), "ba7816bf8f01cfea414140de5dae2223b00361a396177a9cb410ff61f20015ad")
+    }
+
+    func testStartupRemovesLeftoverTempFiles() throws {
+        _ = try BlobStore(root: dir, pool: pool)
+        let leftover = dir + "/tmp/" + String(repeating: "a", count: 64) + ".1.1.partial"
+        XCTAssertTrue(FileManager.default.createFile(atPath: leftover, contents: Data([1, 2, 3])))
+        _ = try BlobStore(root: dir, pool: pool)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: leftover))
+    }
+
+    func testStoreAndOpen() throws {
+        let store = try BlobStore(root: dir, pool: pool)
+        let bytes = Array("hello manifest".utf8)
+        let d = digest(of: bytes)
+        XCTAssertFalse(store.contains(d))
+        try store.store(bytes, as: d)
+        XCTAssertTrue(store.contains(d))
+        XCTAssertEqual(try store.read(d, maxBytes: 1024), bytes)
+        XCTAssertEqual(store.path(for: d), "\(dir!)/blobs/sha256/\(d.hex.prefix(2))/\(d.hex)")
+    }
+
+    /// Runs a fill with `chunks`, returning what readers saw and whether it was published.
+    private func runFill(_ d: Digest, declaredTotal: UInt64?, chunks: [[UInt8]]) throws -> (outcome: BlobFill.Outcome, published: Bool) {
+        let store = try BlobStore(root: dir, pool: pool)
+        let registry = FillRegistry(store: store, pool: pool)
+        var outcome = BlobFill.Outcome.filling
+        var committedResult: Bool?
+        let committed = expectation(description: "commit")
+        onLoop { done in
+            guard case .started(let fill)? = try? registry.lookup(d, loop: self.loop) else { XCTFail("not started"); done(); return }
+            if case .joined? = try? registry.lookup(d, loop: self.loop) {} else { XCTFail("second lookup should join") }
+            _ = fill.subscribe(on: self.loop) { p in outcome = p.outcome }
+            if let t = declaredTotal { fill.setTotal(t) }
+            for c in chunks { c.withUnsafeBytes { try? fill.append($0) } }
+            fill.finish(store: store, pool: self.pool) { ok in
+                committedResult = ok
+                committed.fulfill()
+            }
+            done()
+        }
+        wait(for: [committed], timeout: 20)
+        XCTAssertTrue(waitFor { registry.count == 0 }, "the fill leaves the registry")
+        XCTAssertTrue(waitFor { (try? FileManager.default.contentsOfDirectory(atPath: self.dir + "/tmp"))?.isEmpty == true },
+                      "no temp file stays")
+        return (outcome, committedResult == true && store.contains(d))
+    }
+
+    private func waitFor(_ cond: () -> Bool) -> Bool {
+        for _ in 0..<500 { if cond() { return true }; usleep(10_000) }
+        return cond()
+    }
+
+    func testFillVerifiesAndPublishes() throws {
+        let bytes = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 * 7) }
+        let d = digest(of: bytes)
+        let r = try runFill(d, declaredTotal: UInt64(bytes.count), chunks: [Array(bytes[0..<1000]), Array(bytes[1000...])])
+        XCTAssertEqual(r.outcome, .verified)
+        XCTAssertTrue(r.published)
+        let f = try XCTUnwrap(FileManager.default.contents(atPath: "\(dir!)/blobs/sha256/\(d.hex.prefix(2))/\(d.hex)"))
+        XCTAssertEqual(Array(f), bytes)
+    }
+
+    func testFillWithWrongBytesIsNeverPublished() throws {
+        let bytes = Array(repeating: UInt8(1), count: 5000)
+        var wrong = bytes
+        wrong[4999] = 2
+        let d = digest(of: bytes)
+        let r = try runFill(d, declaredTotal: 5000, chunks: [wrong])
+        guard case .failed = r.outcome else { return XCTFail("expected failure, got \(r.outcome)") }
+        XCTAssertFalse(r.published)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: "\(dir!)/blobs/sha256/\(d.hex.prefix(2))/\(d.hex)"))
+    }
+
+    func testShortFillIsNeverPublished() throws {
+        let bytes = Array(repeating: UInt8(9), count: 5000)
+        let d = digest(of: bytes)
+        let r = try runFill(d, declaredTotal: 6000, chunks: [bytes])
+        guard case .failed = r.outcome else { return XCTFail("expected failure, got \(r.outcome)") }
+        XCTAssertFalse(r.published)
+    }
+
+    func testIndexSurvivesReopenAndIgnoresTornLine() throws {
+        let d = digest(of: [1, 2, 3])
+        do {
+            let store = try BlobStore(root: dir, pool: pool)
+            store.index.setTag("library/alpine", "3.20", .init(digest: d, mediaType: "application/vnd.oci.image.index.v1+json", confirmedAt: 1234))
+            store.index.setMediaType(d, "application/vnd.oci.image.index.v1+json")
+            store.index.link("library/alpine", [d])
+            store.index.flush()
+        }
+        // A crash mid-append leaves half a record.
+        let h = try XCTUnwrap(FileHandle(forWritingAtPath: dir + "/index.log"))
+        h.seekToEndOfFile()
+        h.write(Data("T\tlibrary/alpine\tedge\tsha256:12".utf8))
+        h.closeFile()
+        let store = try BlobStore(root: dir, pool: pool)
+        XCTAssertEqual(store.index.tag("library/alpine", "3.20")?.digest, d)
+        XCTAssertEqual(store.index.tag("library/alpine", "3.20")?.confirmedAt, 1234)
+        XCTAssertNil(store.index.tag("library/alpine", "edge"))
+        XCTAssertEqual(store.index.mediaType(of: d), "application/vnd.oci.image.index.v1+json")
+        XCTAssertTrue(store.index.isLinked("library/alpine", d))
+        XCTAssertFalse(store.index.isLinked("other/repo", d))
+        XCTAssertEqual(store.index.tags(of: "library/alpine"), ["3.20"])
+    }
+}

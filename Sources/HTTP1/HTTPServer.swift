@@ -33,6 +33,7 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
     let handler: (ResponseWriter) -> Void
     let logger: (LogLevel, String) -> Void
     private var contexts: [LoopContext] = []
+    private var bound: [SocketAddress] = []   // written once in `start`
     private let openConnections = Atomic<Int>(0)
 
     /// `handler` runs on the connection's loop for every request that passed the
@@ -70,6 +71,7 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
             for fds in listeners { for (fd, _) in fds { Posix.close(fd: fd) } }
             throw error
         }
+        bound = (listeners.first ?? []).compactMap { try? Posix.localAddress(fd: $0.0) }
         for (loop, fds) in zip(group.loops, listeners) {
             let context = LoopContext(loop: loop, server: self)
             contexts.append(context)
@@ -81,10 +83,7 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
     }
 
     /// The addresses actually bound (ports resolved when 0 was asked).
-    public func boundAddresses() -> [SocketAddress] {
-        guard let c = contexts.first else { return [] }
-        return c.listenerAddresses
-    }
+    public func boundAddresses() -> [SocketAddress] { bound }
 
     /// Stops accepting, closes idle connections, and lets busy ones finish their
     /// response and close. Returns at once; poll `connectionCount`.
@@ -103,7 +102,6 @@ final class LoopContext {
     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     private(set) var connections: [ServerConnection] = []
     private var listeners: [Listener] = []
-    private(set) var listenerAddresses: [SocketAddress] = []
     private var shuttingDown = false
 
     init(loop: EventLoop, server: HTTPServer) {
@@ -115,7 +113,6 @@ final class LoopContext {
 
     func addListener(fd: Int32, secure: Bool) {
         let l = Listener(fd: fd, secure: secure, context: self)
-        if let a = try? Posix.localAddress(fd: fd) { listenerAddresses.append(a) }
         do {
             try loop.register(fd: fd, events: Readiness.readable, handler: l)
             listeners.append(l)

@@ -20,6 +20,7 @@ public struct AuthChallenge: Equatable, Sendable {
     /// The `scope` parameter sent back to the token service.
     public var scope: String? { parameters["scope"] }
 
+    /// A challenge from its parts; `parameters` keys are expected lowercased.
     public init(scheme: Scheme, parameters: [String: String]) {
         self.scheme = scheme
         self.parameters = parameters

@@ -20,6 +20,7 @@ public struct AuthChallenge: Equatable, Sendable {
     /// The `scope` parameter sent back to the token service.
     public var scope: String? { parameters["scope"] }
 
+    /// A challenge from its parts; `parameters` keys are expected lowercased.
     public init(scheme: Scheme, parameters: [String: String]) {
         self.scheme = scheme
         self.parameters = parameters
@@ -29,7 +30,7 @@ public struct AuthChallenge: Equatable, Sendable {
     ///
     /// Accepts several challenges in one value
     /// (`Basic realm="x", Bearer realm="y",service="z"`), quoted-strings with
-    /// backslash escapes and commas inside, unquoted token values, optional
+    /// backslash escapes and commas inside, unquoted values (bare URLs too), optional
     /// whitespace around `=` and `,`, any case for schemes and keys. A token68
     /// credential (`Negotiate abc==`) is skipped. Junk is skipped up to the next
     /// comma; parsing never traps and always terminates.
@@ -96,7 +97,7 @@ private struct ChallengeScanner {
             if !atEnd && current == UInt8(ascii: "\"") {
                 value = quotedString()
             } else {
-                value = token()
+                value = bareValue()
             }
             guard let value else {
                 // `abc==` (token68) or `realm=` with nothing usable.
@@ -129,6 +130,20 @@ private struct ChallengeScanner {
     mutating func token() -> String? {
         let start = i
         while !atEnd, Self.isTokenByte(current) { i += 1 }
+        return i > start ? String(decoding: bytes[start..<i], as: UTF8.self) : nil
+    }
+
+    /// An unquoted value. RFC 9110 wants a token, but registries in the wild
+    /// send bare URLs (`realm=https://…`): take everything up to a comma,
+    /// whitespace or quote. Nil when empty or when it starts with '=' (the
+    /// padding of a token68 such as `abc==`).
+    mutating func bareValue() -> String? {
+        guard !atEnd, current != UInt8(ascii: "=") else { return nil }
+        let start = i
+        while !atEnd, current != UInt8(ascii: ","), current != UInt8(ascii: " "), current != UInt8(ascii: "\t"),
+              current != UInt8(ascii: "\"") {
+            i += 1
+        }
         return i > start ? String(decoding: bytes[start..<i], as: UTF8.self) : nil
     }
 

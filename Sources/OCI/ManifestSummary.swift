@@ -9,6 +9,7 @@ public struct Descriptor: Equatable, Sendable {
     /// The referenced content's size in bytes; -1 only where a document cannot say (never from `parse`).
     public let size: Int64
 
+    /// A descriptor from its parts.
     public init(mediaType: String, digest: Digest, size: Int64) {
         self.mediaType = mediaType
         self.digest = digest
@@ -23,6 +24,7 @@ public struct ManifestError: Error, Equatable, Sendable {
     /// The OCI error code for every manifest refusal.
     public var code: String { "MANIFEST_INVALID" }
 
+    /// A refusal with its reason.
     public init(message: String) { self.message = message }
 }
 
@@ -113,6 +115,7 @@ public struct ManifestSummary: Equatable, Sendable {
         )
     }
 
+    /// A summary from its parts (for tests and for documents Berth builds itself).
     public init(
         mediaType: String, isIndex: Bool, config: Descriptor?, layers: [Descriptor], manifests: [Descriptor],
         subject: Descriptor?, artifactType: String? = nil

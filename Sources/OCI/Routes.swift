@@ -21,6 +21,7 @@ public struct RouteError: Error, Equatable, Sendable {
     /// Human-readable detail for the error body.
     public let message: String
 
+    /// An error from its parts.
     public init(code: String, status: Int, message: String) {
         self.code = code
         self.status = status

@@ -13,6 +13,7 @@ public struct TagList: Equatable, Sendable {
     /// The tags, sorted by byte order, deduplicated, invalid tags dropped.
     public let tags: [String]
 
+    /// A tag list; `tags` are filtered to valid tags, deduplicated and sorted by byte order.
     public init(name: String, tags: [String]) {
         self.name = name
         self.tags = Array(Set(tags.filter { Tag.isValid($0) })).sorted(by: TagList.precedes)

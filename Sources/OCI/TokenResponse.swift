@@ -5,6 +5,7 @@ public struct DocumentError: Error, Equatable, Sendable {
     /// What is wrong with the document.
     public let message: String
 
+    /// A refusal with its reason.
     public init(message: String) { self.message = message }
 }
 
@@ -26,6 +27,7 @@ public struct TokenResponse: Equatable, Sendable {
     /// The `issued_at` timestamp as sent (RFC 3339), if any.
     public let issuedAt: String?
 
+    /// A token answer from its parts, taken as given (no clamping).
     public init(token: String, expiresIn: Int, issuedAt: String? = nil) {
         self.token = token
         self.expiresIn = expiresIn

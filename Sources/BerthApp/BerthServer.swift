@@ -80,6 +80,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         }
         up.password = password.isEmpty ? nil : password
         up.realmAllowList = u.realmAllow
+        if u.dockerhub != "auto" { up.dockerHubNames = u.dockerhub == "true" }
         up.connectTimeoutNanos = UInt64(u.connectTimeout * 1e9)
         up.manifestHeadTimeoutNanos = UInt64(u.manifestTimeout * 1e9)
         up.blobHeadTimeoutNanos = UInt64(u.blobTimeout * 1e9)

@@ -31,6 +31,8 @@ public struct BerthConfig: Equatable, Sendable {
         public var key = ""
         /// Token-realm hosts trusted beyond the upstream's own domain.
         public var realmAllow: [String] = []
+        /// `auto` (Docker Hub's hosts get the `library/` rule), `true` or `false`.
+        public var dockerhub = "auto"
         public var connectTimeout = 5.0
         public var manifestTimeout = 15.0
         public var blobTimeout = 30.0
@@ -95,6 +97,7 @@ public struct BerthConfig: Equatable, Sendable {
                     case "realm_allow":
                         guard let list = uv as? [Any] else { throw ConfigError(key: key, "expected a list of host names") }
                         c.upstream.realmAllow = try list.map { try string($0, key: key) }
+                    case "dockerhub": c.upstream.dockerhub = try string(uv, key: key)
                     case "connect_timeout": c.upstream.connectTimeout = try duration(uv, key: key)
                     case "manifest_timeout": c.upstream.manifestTimeout = try duration(uv, key: key)
                     case "blob_timeout": c.upstream.blobTimeout = try duration(uv, key: key)
@@ -143,6 +146,7 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_UPSTREAM_CA"] { upstream.ca = v }
         if let v = env["BERTH_UPSTREAM_CERTIFICATE"] { upstream.certificate = v }
         if let v = env["BERTH_UPSTREAM_KEY"] { upstream.key = v }
+        if let v = env["BERTH_UPSTREAM_DOCKERHUB"] { upstream.dockerhub = v }
         if let v = env["BERTH_CACHE_DIR"] { cache.dir = v }
         if let v = env["BERTH_CACHE_TAG_TTL"] { cache.tagTTL = try Self.duration(v, key: "cache.tag_ttl") }
         try validate()
@@ -171,6 +175,9 @@ public struct BerthConfig: Equatable, Sendable {
         for (key, v) in [("upstream.connect_timeout", upstream.connectTimeout), ("upstream.manifest_timeout", upstream.manifestTimeout),
                          ("upstream.blob_timeout", upstream.blobTimeout), ("upstream.idle_timeout", upstream.idleTimeout)] where !(v > 0) {
             throw ConfigError(key: key, "must be a positive duration such as 30s")
+        }
+        guard ["auto", "true", "false"].contains(upstream.dockerhub) else {
+            throw ConfigError(key: "upstream.dockerhub", "\"\(upstream.dockerhub)\" is not one of auto, true, false")
         }
         if cache.dir.isEmpty { throw ConfigError(key: "cache.dir", "must name a directory") }
         guard cache.tagTTL >= 0 else { throw ConfigError(key: "cache.tag_ttl", "must not be negative") }

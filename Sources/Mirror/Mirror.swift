@@ -89,7 +89,8 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
 
     /// The repository name as the upstream knows it (Docker Hub's `library/`).
     func upstreamName(_ name: String) -> String {
-        DockerHub.upstreamName(name, host: config.upstream.url.host)
+        guard config.upstream.dockerHubNames, !name.contains("/") else { return name }
+        return "library/" + name
     }
 
     // MARK: answers

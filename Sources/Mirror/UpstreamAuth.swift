@@ -10,12 +10,18 @@ public struct UpstreamConfiguration: Sendable {
     public var password: String?
     /// Extra token-realm hosts to trust beyond the upstream's own domain.
     public var realmAllowList: [String] = []
+    /// Docker Hub's naming: single-component names live under `library/`.
+    /// On by default when the upstream's host is Docker Hub's.
+    public var dockerHubNames: Bool
     public var connectTimeoutNanos: UInt64 = 5_000_000_000
     public var manifestHeadTimeoutNanos: UInt64 = 15_000_000_000
     public var blobHeadTimeoutNanos: UInt64 = 30_000_000_000
     public var idleTimeoutNanos: UInt64 = 30_000_000_000
 
-    public init(url: HTTPURL) { self.url = url }
+    public init(url: HTTPURL) {
+        self.url = url
+        dockerHubNames = DockerHub.isDockerHub(host: url.host)
+    }
 
     var basicCredentials: String? {
         guard let u = username, !u.isEmpty else { return nil }

@@ -47,6 +47,8 @@ struct Serve: ParsableCommand {
     var upstreamKey: String?
     @Option(name: .customLong("realm-allow"), help: "Extra trusted token-realm host (upstream.realm_allow); repeatable.")
     var realmAllow: [String] = []
+    @Option(name: .customLong("upstream-dockerhub"), help: "Docker Hub naming (library/ for single names): auto, true, false (upstream.dockerhub).")
+    var upstreamDockerhub: String?
     @Option(name: .customLong("cache-dir"), help: "Cache directory (cache.dir).")
     var cacheDir: String?
     @Option(name: .customLong("tag-ttl"), help: "How long a tag mapping is trusted, e.g. 5m (cache.tag_ttl).")
@@ -73,6 +75,7 @@ struct Serve: ParsableCommand {
             if let upstreamCertificate { c.upstream.certificate = upstreamCertificate }
             if let upstreamKey { c.upstream.key = upstreamKey }
             if !realmAllow.isEmpty { c.upstream.realmAllow = realmAllow }
+            if let upstreamDockerhub { c.upstream.dockerhub = upstreamDockerhub }
             if let cacheDir { c.cache.dir = cacheDir }
             if let tagTTL { c.cache.tagTTL = try BerthConfig.parseDuration(tagTTL, key: "cache.tag_ttl") }
             try c.validate()

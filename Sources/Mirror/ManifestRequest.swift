@@ -38,9 +38,8 @@ final class ManifestRequest {
     private func accepts(_ mediaType: String) -> Bool {
         let values = w.request.headers.values("Accept")
         if values.isEmpty { return true }
-        let items = values.flatMap { $0.split(separator: ",") }.map { $0.split(separator: ";")[0].trimmingSpaces() }
-        // Schema-1 fallbacks aside, a client that lists nothing we have cached gets an upstream answer.
-        return items.contains(mediaType) || items.contains("*/*") || items.contains("application/*")
+        // A client that lists nothing we have cached gets an upstream answer.
+        return values.contains { acceptList($0, contains: mediaType) }
     }
 
     func run() {
@@ -178,8 +177,19 @@ extension String {
     var nonEmpty: String? { isEmpty ? nil : self }
 }
 
-extension Substring {
-    func trimmingSpaces() -> String {
-        String(drop(while: { $0 == " " || $0 == "\t" }).reversed().drop(while: { $0 == " " || $0 == "\t" }).reversed())
+/// True when a comma-separated Accept value lists `mediaType` (parameters
+/// ignored), `*/*` or `application/*`. Scans bytes: this runs on every
+/// manifest request.
+func acceptList(_ value: String, contains mediaType: String) -> Bool {
+    let v = Array(value.utf8), m = Array(mediaType.utf8)
+    var i = 0
+    while i < v.count {
+        while i < v.count && (v[i] == 0x20 || v[i] == 0x09 || v[i] == 0x2c) { i += 1 }
+        let start = i
+        while i < v.count && v[i] != 0x2c && v[i] != 0x3b && v[i] != 0x20 && v[i] != 0x09 { i += 1 }
+        let item = v[start..<i]
+        if item.elementsEqual(m) || item.elementsEqual("*/*".utf8) || item.elementsEqual("application/*".utf8) { return true }
+        while i < v.count && v[i] != 0x2c { i += 1 }
     }
+    return false
 }

@@ -15,7 +15,7 @@ import Synchronization
 /// corrupt blob for a whole one. The file is then fsynced and renamed into the
 /// store on the blocking pool. A fill runs to the end even if every reader
 /// has left.
-public final class BlobFill: @unchecked Sendable {  // mutable state behind `state`; the hasher is touched on the owner loop only
+public final class BlobFill: @unchecked Sendable {  // mutable state behind `state`; `hashing` is fed from the owner loop only
     public enum Outcome: Equatable, Sendable {
         case filling
         case verified
@@ -34,7 +34,7 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
     public let file: FileDescriptor
     let tempPath: String
     unowned let registry: FillRegistry
-    private let hasher = SHA256Hasher()            // owner loop only
+    private let hashing: HashPipeline
     private let state = Mutex(State())
 
     private struct State {
@@ -60,6 +60,7 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
         self.tempPath = tempPath
         self.file = file
         self.registry = registry
+        self.hashing = HashPipeline(pool: registry.pool)
     }
 
     public var progress: Progress { state.withLock { $0.progress } }
@@ -103,9 +104,11 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
         notifyAll()
     }
 
-    /// Hashes and writes the next bytes. Throws on a write error (ENOSPC, EIO).
-    public func append(_ bytes: UnsafeRawBufferPointer) throws {
-        hasher.update(bytes)
+    /// Writes the next bytes and queues them for hashing. Returns false when
+    /// hashing lags: pause the producer until `whenReady`. Throws on a write
+    /// error (ENOSPC, EIO).
+    @discardableResult
+    public func append(_ bytes: UnsafeRawBufferPointer) throws -> Bool {
         var off = 0
         let base = state.withLock { $0.progress.written }
         while off < bytes.count {
@@ -121,24 +124,37 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
             if let t = s.progress.total { return s.progress.written > t }
             return false
         }
-        if over { fail(status: 0, retryAfter: nil, reason: "upstream sent more bytes than its Content-Length"); return }
+        if over { fail(status: 0, retryAfter: nil, reason: "upstream sent more bytes than its Content-Length"); return true }
+        let keepGoing = hashing.enqueue(bytes)
         notifyAll()
+        return keepGoing
     }
 
-    /// The upstream body ended: verify, publish, tell the readers.
+    /// Runs `body` on the owner loop once hashing has caught up.
+    public func whenReady(_ body: @escaping () -> Void) {
+        let loop = ownerLoop
+        hashing.whenBelowLimit { loop.execute(body) }
+    }
+
+    /// The upstream body ended: once hashing catches up, verify, publish, tell
+    /// the readers. `onCommitted` runs once, on the pool or the owner loop.
     public func finish(store: BlobStore, pool: BlockingPool, onCommitted: @escaping (Bool) -> Void = { _ in }) {
+        let loop = ownerLoop
+        hashing.finish { [self] hex in
+            loop.execute { self.verify(hex, store: store, pool: pool, onCommitted: onCommitted) }
+        }
+    }
+
+    private func verify(_ hex: String, store: BlobStore, pool: BlockingPool, onCommitted: @escaping (Bool) -> Void) {
         let p = progress
-        guard p.outcome == .filling else { return }
-        let hex = hasher.finalizeHex()
+        guard p.outcome == .filling else { return onCommitted(false) }
         if let t = p.total, t != p.written {
             fail(status: 0, retryAfter: nil, reason: "short body: \(p.written) of \(t) bytes")
-            onCommitted(false)
-            return
+            return onCommitted(false)
         }
         guard digest.algorithm == .sha256, hex == digest.hex else {
             fail(status: 0, retryAfter: nil, reason: "digest mismatch: upstream bytes hash to sha256:\(hex)")
-            onCommitted(false)
-            return
+            return onCommitted(false)
         }
         state.withLock { s in
             s.progress.total = s.progress.written

@@ -175,13 +175,17 @@ final class BlobFetch: UpstreamDelegate {
     }
 
     func didReceiveBody(_ bytes: UnsafeRawBufferPointer, task: ClientTask) -> Bool {
-        do { try fill.append(bytes) } catch {
+        do {
+            if try fill.append(bytes) { return true }
+            // Hashing lags behind the network: pause the upstream until it catches up.
+            fill.whenReady { task.resume() }
+            return false
+        } catch {
             mirror.log(.error, "fill \(fill.digest): \(error)")
             fill.fail(status: 0, retryAfter: nil, reason: "cache write failed: \(error)")
             task.cancel()
             return false
         }
-        return true
     }
 
     func didFinish(_ error: HTTPClientError?, task: ClientTask) {

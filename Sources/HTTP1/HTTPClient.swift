@@ -222,11 +222,14 @@ public final class ClientTask {
         c.send(head, for: self)
     }
 
-    /// Sets the timeout that applies from now on.
+    /// Sets the timeout that applies from now on. The timer is rescheduled:
+    /// one left from a longer limit (connect 5 s) would otherwise only notice
+    /// a shorter one (head, idle) when it fires.
     private func arm(_ nanos: UInt64, _ kind: HTTPClientError.Kind) {
         limit = (nanos, kind)
         lastProgress = client.loop.now
-        if timer == nil { scheduleTimer(after: nanos) }
+        timer?.cancel()
+        scheduleTimer(after: nanos)
     }
 
     private func scheduleTimer(after nanos: UInt64) {
@@ -261,7 +264,7 @@ public final class ClientTask {
             url = next
             return
         }
-        limit = (request.idleTimeoutNanos, .idleTimeout)
+        arm(request.idleTimeoutNanos, .idleTimeout)
         delegate?.didReceiveHead(head, url: url, task: self)
     }
 

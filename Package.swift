@@ -49,7 +49,7 @@ let package = Package(
         .testTarget(name: "ReactorTests", dependencies: ["Reactor"]),
         .testTarget(name: "TLSTests", dependencies: ["TLS", "Reactor"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "Reactor", "TLS"]),
-        .testTarget(name: "BerthAppTests", dependencies: ["BerthApp", "Mirror", "HTTP1", "Reactor"]),
+        .testTarget(name: "BerthAppTests", dependencies: ["BerthApp", "Mirror", "HTTP1", "Reactor", "TLS"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -120,8 +120,13 @@ public final class HTTPClient {
         sweeping = true
         loop.schedule(afterNanos: 5_000_000_000) { [weak self] in
             guard let self else { return }
-            for (_, list) in self.idle {
-                for c in list where !c.isReusable(now: self.loop.now, idleTimeout: self.idleTimeoutNanos) { c.close() }
+            for (key, list) in self.idle {
+                let kept = list.filter { c in
+                    if c.isReusable(now: self.loop.now, idleTimeout: self.idleTimeoutNanos) { return true }
+                    c.close()
+                    return false
+                }
+                self.idle[key] = kept.isEmpty ? nil : kept
             }
             if self.idle.isEmpty { self.sweeping = false } else { self.sweep() }
         }

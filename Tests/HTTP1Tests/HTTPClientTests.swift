@@ -124,6 +124,38 @@ final class HTTPClientTests: XCTestCase {
         XCTAssertNotEqual(id2, id)
     }
 
+    /// Regression: the pool's sweep closed connections idle past the client's
+    /// idle timeout but left them in the pool (counted, held, swept forever).
+    func testSweepRemovesConnectionsIdlePastTheTimeout() {
+        XCTAssertNotNil(harness.onLoop { self.harness.client.idleTimeoutNanos = 200_000_000 })
+        XCTAssertNil(harness.get(origin + "/conn").error)
+        XCTAssertEqual(harness.onLoop { self.harness.client.idleConnectionCount }, 1)
+        // The sweep runs every 5 s; nginx keeps the connection for 60 s.
+        XCTAssertTrue(waitUntil(8) { self.harness.onLoop { self.harness.client.idleConnectionCount } == 0 },
+                      "the sweep left a timed-out connection in the pool")
+        let again = harness.get(origin + "/small.txt")
+        XCTAssertNil(again.error)
+        XCTAssertEqual(again.text, smallBody)
+    }
+
+    func testFetchRefusesABodyOverItsLimit() {
+        let done = DispatchSemaphore(value: 0)
+        var result: Result<(ResponseHead, [UInt8]), HTTPClientError>?
+        let client = harness.client
+        harness.loop.execute {
+            client.fetch(ClientRequest(url: HTTPURL(self.origin + "/chunked")!), maxBytes: 1000) { r in
+                result = r
+                done.signal()
+            }
+        }
+        XCTAssertEqual(done.wait(timeout: .now() + 10), .success)
+        guard case .failure(let e)? = result else { return XCTFail("a body over the limit was accepted") }
+        XCTAssertEqual(e.kind, .protocolError)
+        XCTAssertEqual(harness.onLoop { self.harness.client.idleConnectionCount }, 0, "a cancelled response's connection was pooled")
+        // The client still works afterwards.
+        XCTAssertEqual(harness.get(origin + "/small.txt").text, smallBody)
+    }
+
     /// Regression: a pooled connection the server closes on receiving the next
     /// request (before any response byte) is retried once on a new connection.
     func testRequestOnPooledConnectionClosedBeforeAnswerIsRetried() throws {

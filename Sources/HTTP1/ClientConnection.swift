@@ -66,11 +66,11 @@ final class ClientConnection: Selectable {
     func resumeReading() {
         guard paused else { return }
         paused = false
-        if !stash.isEmpty {
-            let bytes = stash
-            stash = []
-            bytes.withUnsafeBytes { consume($0) }
-        }
+        // Even with nothing stashed: the pause may have come with the body's
+        // last byte, and its `.end` is still to be parsed.
+        let bytes = stash
+        stash = []
+        bytes.withUnsafeBytes { consume($0) }
         if !paused { drive() }
     }
 
@@ -157,11 +157,11 @@ final class ClientConnection: Selectable {
 
     private func consume(_ bytes: UnsafeRawBufferPointer) {
         var offset = 0
-        // The parser may still have an event after the input is used up (`.end`
-        // after a head or a body's last byte): call it until it returns nil.
-        var mayHaveEvent = true
-        while offset < bytes.count || mayHaveEvent, let task {
-            mayHaveEvent = false
+        // `.end` of a bodiless response, or of a body whose last byte ended the
+        // buffer, comes from one more call with no bytes left.
+        var mayEnd = true
+        while offset < bytes.count || mayEnd, !paused, let task {
+            mayEnd = false
             let event: ParseEvent<ResponseHead>?
             let consumed: Int
             do {
@@ -177,14 +177,15 @@ final class ClientConnection: Selectable {
                 if consumed == 0 { break }
                 continue
             }
-            mayHaveEvent = true
             switch event {
             case .head(let head, _):
+                mayEnd = true
                 keepAlive = head.keepAlive
                 task.connectionReceivedHead(head)
             case .body(let range):
                 // `range` indexes the slice handed to the parser, which began at `start`.
                 let slice = UnsafeRawBufferPointer(rebasing: bytes[(start + range.lowerBound)..<(start + range.upperBound)])
+                mayEnd = true
                 if !task.connectionReceivedBody(slice) { paused = true }
             case .end:
                 complete()

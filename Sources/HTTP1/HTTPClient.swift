@@ -120,8 +120,13 @@ public final class HTTPClient {
         sweeping = true
         loop.schedule(afterNanos: 5_000_000_000) { [weak self] in
             guard let self else { return }
-            for (_, list) in self.idle {
-                for c in list where !c.isReusable(now: self.loop.now, idleTimeout: self.idleTimeoutNanos) { c.close() }
+            for (key, list) in self.idle {
+                let kept = list.filter { c in
+                    if c.isReusable(now: self.loop.now, idleTimeout: self.idleTimeoutNanos) { return true }
+                    c.close()
+                    return false
+                }
+                self.idle[key] = kept.isEmpty ? nil : kept
             }
             if self.idle.isEmpty { self.sweeping = false } else { self.sweep() }
         }
@@ -222,11 +227,14 @@ public final class ClientTask {
         c.send(head, for: self)
     }
 
-    /// Sets the timeout that applies from now on.
+    /// Sets the timeout that applies from now on. The timer is rescheduled:
+    /// one left from a longer limit (connect 5 s) would otherwise only notice
+    /// a shorter one (head, idle) when it fires.
     private func arm(_ nanos: UInt64, _ kind: HTTPClientError.Kind) {
         limit = (nanos, kind)
         lastProgress = client.loop.now
-        if timer == nil { scheduleTimer(after: nanos) }
+        timer?.cancel()
+        scheduleTimer(after: nanos)
     }
 
     private func scheduleTimer(after nanos: UInt64) {
@@ -261,7 +269,7 @@ public final class ClientTask {
             url = next
             return
         }
-        limit = (request.idleTimeoutNanos, .idleTimeout)
+        arm(request.idleTimeoutNanos, .idleTimeout)
         delegate?.didReceiveHead(head, url: url, task: self)
     }
 

@@ -1,0 +1,131 @@
+import Foundation
+import XCTest
+@testable import BerthApp
+
+/// `conf/berth.yaml` documents the embedded defaults; bad values are refused
+/// with the key that holds them; the environment overrides the file.
+final class BerthConfigTests: XCTestCase {
+    /// The repository's `conf/berth.yaml`, found from this file's path.
+    static var shippedConfigPath: String {
+        URL(fileURLWithPath: #filePath)
+            .deletingLastPathComponent()  // BerthAppTests
+            .deletingLastPathComponent()  // Tests
+            .deletingLastPathComponent()  // package root
+            .appendingPathComponent("conf/berth.yaml").path
+    }
+
+    private func assertRefused(_ yaml: String, key: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try BerthConfig.parse(yaml: yaml), file: file, line: line) { error in
+            guard let e = error as? ConfigError else { return XCTFail("not a ConfigError: \(error)", file: file, line: line) }
+            XCTAssertEqual(e.key, key, "\(e)", file: file, line: line)
+            XCTAssertTrue(e.description.contains(key), file: file, line: line)
+        }
+    }
+
+    func testShippedFileIsExactlyTheEmbeddedDefaults() throws {
+        let text = try String(contentsOfFile: Self.shippedConfigPath, encoding: .utf8)
+        let parsed = try BerthConfig.parse(yaml: text)
+        XCTAssertEqual(parsed, BerthConfig())
+        // And the defaults are the documented ones.
+        XCTAssertEqual(parsed.listen, ":5000")
+        XCTAssertEqual(parsed.tls.listen, "")
+        XCTAssertEqual(parsed.workers, 0)
+        XCTAssertEqual(parsed.log.level, "info")
+    }
+
+    func testEveryKeyIsRead() throws {
+        let c = try BerthConfig.parse(yaml: """
+        listen: "127.0.0.1:6000"
+        workers: 3
+        tls:
+          listen: "[::1]:6443"
+          certificate: /etc/berth/cert.pem
+          key: /etc/berth/key.pem
+        log:
+          level: debug
+        """)
+        XCTAssertEqual(c.listen, "127.0.0.1:6000")
+        XCTAssertEqual(c.workers, 3)
+        XCTAssertEqual(c.tls.listen, "[::1]:6443")
+        XCTAssertEqual(c.tls.certificate, "/etc/berth/cert.pem")
+        XCTAssertEqual(c.tls.key, "/etc/berth/key.pem")
+        XCTAssertEqual(c.log.level, "debug")
+    }
+
+    func testEmptyFileIsTheDefaults() throws {
+        XCTAssertEqual(try BerthConfig.parse(yaml: ""), BerthConfig())
+        XCTAssertEqual(try BerthConfig.parse(yaml: "# only a comment\n"), BerthConfig())
+    }
+
+    func testUnknownKeysNameTheKey() {
+        assertRefused("colour: blue\n", key: "colour")
+        assertRefused("tls:\n  cert: x.pem\n", key: "tls.cert")
+        assertRefused("log:\n  format: json\n", key: "log.format")
+    }
+
+    func testBadListenAddress() {
+        assertRefused("listen: nowhere\n", key: "listen")
+        assertRefused("listen: \"127.0.0.1\"\n", key: "listen")
+        assertRefused("listen: \"127.0.0.1:99999\"\n", key: "listen")
+        assertRefused("tls:\n  listen: \"localhost:5443\"\n  certificate: c.pem\n  key: k.pem\n", key: "tls.listen")
+    }
+
+    func testBadLogLevel() {
+        assertRefused("log:\n  level: loud\n", key: "log.level")
+    }
+
+    func testBadWorkers() {
+        assertRefused("workers: many\n", key: "workers")
+        assertRefused("workers: 1000\n", key: "workers")
+        assertRefused("workers: -1\n", key: "workers")
+    }
+
+    func testTLSListenWithoutCertificate() {
+        assertRefused("tls:\n  listen: \":5443\"\n", key: "tls.certificate")
+        assertRefused("tls:\n  listen: \":5443\"\n  certificate: c.pem\n", key: "tls.key")
+    }
+
+    func testSectionThatIsNotAMapping() {
+        assertRefused("tls: yes\n", key: "tls")
+    }
+
+    func testInvalidYAML() {
+        assertRefused("listen: [unclosed\n", key: "(file)")
+    }
+
+    func testEnvironmentOverridesFile() throws {
+        var c = try BerthConfig.parse(yaml: """
+        listen: "127.0.0.1:6000"
+        workers: 3
+        log:
+          level: debug
+        """)
+        try c.apply(environment: [
+            "BERTH_LISTEN": "127.0.0.1:7000",
+            "BERTH_LOG_LEVEL": "warning",
+            "BERTH_TLS_LISTEN": "127.0.0.1:7443",
+            "BERTH_TLS_CERTIFICATE": "/c.pem",
+            "BERTH_TLS_KEY": "/k.pem",
+            "UNRELATED": "x",
+        ])
+        XCTAssertEqual(c.listen, "127.0.0.1:7000")
+        XCTAssertEqual(c.log.level, "warning")
+        XCTAssertEqual(c.workers, 3, "a key the environment does not name keeps the file's value")
+        XCTAssertEqual(c.tls.listen, "127.0.0.1:7443")
+        XCTAssertEqual(c.tls.certificate, "/c.pem")
+        XCTAssertEqual(c.tls.key, "/k.pem")
+        try c.apply(environment: ["BERTH_WORKERS": "2"])
+        XCTAssertEqual(c.workers, 2)
+    }
+
+    func testBadEnvironmentValueNamesTheKey() throws {
+        var c = BerthConfig()
+        XCTAssertThrowsError(try c.apply(environment: ["BERTH_WORKERS": "two"])) { e in
+            XCTAssertEqual((e as? ConfigError)?.key, "workers")
+        }
+        c = BerthConfig()
+        XCTAssertThrowsError(try c.apply(environment: ["BERTH_LOG_LEVEL": "loud"])) { e in
+            XCTAssertEqual((e as? ConfigError)?.key, "log.level")
+        }
+    }
+}

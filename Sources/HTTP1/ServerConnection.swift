@@ -29,6 +29,7 @@ final class ServerConnection: Selectable {
     private var keepAlive = true
     var closeAfterResponse = false         // set by graceful shutdown
     private var headStarted = false        // some bytes of the next request have arrived
+    private var isDriving = false          // `drive` is on the stack
 
     // Output: `out[outOffset...]` is waiting for the socket, then the file range, if any.
     private var out: [UInt8] = []
@@ -62,12 +63,33 @@ final class ServerConnection: Selectable {
             socketDrained = false
         }
         flushOutput()
-        if state == .reading { readRequests() }
+        drive()
     }
 
-    private func readRequests() {
-        let scratch = context.scratch
-        while state == .reading && !socketDrained && !inputEnded {
+    /// Requests answered per `drive` before yielding to other connections.
+    static let requestsPerTurn = 32
+
+    /// Reads and answers requests until the socket is drained, a response is
+    /// waiting on its handler or the socket, or this turn's budget is spent.
+    ///
+    /// The one place that loops over requests: a handler that answers at once
+    /// returns here (`finishResponse` only flips the state while driving)
+    /// instead of recursing into the next request.
+    private func drive() {
+        guard !isDriving else { return }
+        isDriving = true
+        defer { isDriving = false }
+        var budget = Self.requestsPerTurn
+        var pendingNeedsMore = false  // `pending` holds a fragment the parser could not use yet
+        while state == .reading && budget > 0 {
+            if !pending.isEmpty && !pendingNeedsMore {
+                let bytes = pending
+                pending = []
+                if bytes.withUnsafeBytes({ feed($0) }) { budget -= 1 } else { pendingNeedsMore = !pending.isEmpty }
+                continue
+            }
+            guard !socketDrained && !inputEnded else { return }
+            let scratch = context.scratch
             let n: Int
             do {
                 switch try transport.read(into: scratch) {
@@ -88,12 +110,24 @@ final class ServerConnection: Selectable {
                 close()
                 return
             }
-            feed(UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+            if pendingNeedsMore {
+                pending.append(contentsOf: UnsafeRawBufferPointer(rebasing: scratch[0..<n]))
+                pendingNeedsMore = false
+                continue
+            }
+            if feed(UnsafeRawBufferPointer(rebasing: scratch[0..<n])) { budget -= 1 }
+        }
+        if budget == 0 && state == .reading {
+            // Fairness: let the loop's other connections run, then carry on.
+            context.loop.execute { [weak self] in self?.drive() }
         }
     }
 
-    /// Parses `bytes`; stops at the end of a request and keeps the rest in `pending`.
-    private func feed(_ bytes: UnsafeRawBufferPointer) {
+    /// Parses `bytes` up to the end of one request. The rest is copied to
+    /// `pending` before the handler runs, so nothing points into the loop's
+    /// shared read buffer while a handler (or a nested read) uses it.
+    /// Returns true when a request was dispatched.
+    private func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
         var offset = 0
         // The parser may still have an event after the input is used up (`.end`
         // after a head or a body's last byte): call it until it returns nil.
@@ -114,25 +148,28 @@ final class ServerConnection: Selectable {
                     current = (head, nil)
                     if let refusal = refusal(for: head, framing: framing) {
                         refuse(refusal.status, refusal.reason)
-                        return
+                        return false
                     }
                 case .body:
                     break  // only methods answered with an error and a close carry bodies
                 case .end:
                     headStarted = false
+                    if offset < bytes.count { pending.append(contentsOf: bytes[offset...]) }
                     if let head = current?.head { dispatch(head) }
+                    return true
                 }
             } catch let error as HTTPParseError {
                 refuse(error.status, error.reason)
-                return
+                return false
             } catch {
                 close()
-                return
+                return false
             }
         }
         if offset < bytes.count && state != .closed {
             pending.append(contentsOf: bytes[offset...])
         }
+        return false
     }
 
     /// Requests the server refuses before any handler sees them.
@@ -324,14 +361,8 @@ final class ServerConnection: Selectable {
         }
         state = .reading
         lastActivity = context.loop.now
-        if !pending.isEmpty {
-            let bytes = pending
-            pending.removeAll(keepingCapacity: false)
-            bytes.withUnsafeBytes { feed($0) }
-        }
-        if state == .reading {
-            if inputEnded { if isIdle { close() } } else { readRequests() }
-        }
+        if inputEnded && isIdle { close(); return }
+        drive()  // a no-op when called from inside `drive`, which carries on by itself
     }
 
     // MARK: closing

@@ -60,6 +60,8 @@ final class ServerTests: XCTestCase {
                 w.start(ResponseHead(status: 200), contentLength: 10)
                 Array("abc".utf8).withUnsafeBytes { _ = w.write($0) }
                 w.end()
+            case _ where target.hasPrefix("/n/"):
+                w.respond(ResponseHead(status: 200), body: Array(target.utf8))
             default:
                 w.respond(ResponseHead(status: 404), body: Array("nope".utf8))
             }
@@ -103,6 +105,30 @@ final class ServerTests: XCTestCase {
         XCTAssertEqual(c.readResponse().map { String(decoding: $0.body, as: UTF8.self) }, "later")
         XCTAssertEqual(c.readResponse().map { String(decoding: $0.body, as: UTF8.self) }, "hello\n")
         XCTAssertEqual(c.readResponse()?.status, 404)
+    }
+
+    /// Regression: answers that complete inside the handler used to recurse into
+    /// the next request (stack growth per request) and reuse the loop's read
+    /// buffer under the outer parse (answers out of order).
+    func testThousandsOfPipelinedRequestsAnsweredInOrder() throws {
+        let c = try RawClient(port: server.port)
+        let count = 3000
+        let all = (0..<count).flatMap { Array("GET /n/\($0) HTTP/1.1\r\nHost: x\r\n\r\n".utf8) }
+        // Odd-sized writes split requests across reads.
+        let sender = Thread {
+            var off = 0
+            while off < all.count {
+                let end = min(all.count, off + 1777)
+                c.send(Array(all[off..<end]))
+                off = end
+            }
+        }
+        sender.start()
+        for i in 0..<count {
+            guard let r = c.readResponse() else { return XCTFail("no answer for request \(i)") }
+            XCTAssertEqual(String(decoding: r.body, as: UTF8.self), "/n/\(i)")
+            if r.status != 200 { return XCTFail("status \(r.status) for request \(i)") }
+        }
     }
 
     func testRequestArrivingOneByteAtATime() throws {

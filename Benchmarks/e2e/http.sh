@@ -9,6 +9,8 @@
 #     batch's wall time). Berth side: berth-file-server (Berth's HTTP1 server with
 #     sendfile; stands in for cached-blob serving until the blob cache lands).
 #   - a 2-byte `{}` response (`GET /v2/` on `berth serve`), wrk -t2 -c64 -d10s.
+#   - server CPU time (user + system from /proc, all threads; nginx master + workers) per
+#     GiB served and per request: less sensitive to a noisy machine than the rates.
 #   - resident memory (ps -o rss): Berth idle after start, after the 1 GiB runs and
 #     after wrk; nginx master + workers at the same points.
 # Both servers run 2 workers and read the same file (one page cache). Clients share the
@@ -84,6 +86,11 @@ wait_ready() {
 rss_kib() { ps -o rss= -p "$1" | awk '{s+=$1} END {print s+0}'; }
 # nginx master plus its workers.
 nginx_rss_kib() { { ps -o rss= -p "$NGINX_PID"; ps -o rss= --ppid "$NGINX_PID"; } | awk '{s+=$1} END {print s+0}'; }
+
+# CPU time (user + system, clock ticks) of processes and, for nginx, its workers.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
+nginx_ticks() { ticks "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID"); }
+HZ=$(getconf CLK_TCK)
 
 median() { tr ' ' '\n' | grep -v '^$' | sort -g | awk '{a[NR]=$1} END {if (NR==0) {print "nan"} else if (NR%2) {print a[(NR+1)/2]} else {print (a[NR/2]+a[NR/2+1])/2}}'; }
 
@@ -199,7 +206,7 @@ wrk_rps() {
     out=$(timeout $((WRK_SECONDS + 30)) wrk -t2 -c64 -d"${WRK_SECONDS}s" "$1")
     if grep -q 'Non-2xx' <<<"$out"; then log "$1: non-2xx answers: $out"; return 1; fi
     if grep -q 'Socket errors' <<<"$out"; then log "$1: $(grep 'Socket errors' <<<"$out")"; fi
-    awk '/^Requests\/sec:/ {print $2}' <<<"$out"
+    awk '/ requests in / {n=$1} /^Requests\/sec:/ {r=$2} END {print r, n}' <<<"$out"
 }
 
 # Warm-up: the page cache, both servers' code paths.
@@ -208,14 +215,28 @@ single "$BERTH_FILE_URL" >/dev/null
 single "$NGINX_FILE_URL" >/dev/null
 
 S_B=(); S_N=(); C_B=(); C_N=(); W_B=(); W_N=()
+T_FILE_B=0; T_FILE_N=0; T_WRK_B=0; T_WRK_N=0; REQ_B=0; REQ_N=0
+# Runs "$@" for server $who, adding the server's CPU ticks to T_<kind>_<who>.
+measured() {
+    local kind=$1 who=$2 t0 t1; shift 2
+    if [ "$who" = B ]; then t0=$(ticks "$PID_OF_B"); else t0=$(nginx_ticks); fi
+    "$@" >"$TMP/measured.out"
+    if [ "$who" = B ]; then t1=$(ticks "$PID_OF_B"); else t1=$(nginx_ticks); fi
+    eval "T_${kind}_${who}=\$(( T_${kind}_${who} + t1 - t0 ))"
+}
+PID_OF_B=$FS_PID
 for r in $(seq 1 "$REPS"); do
     if (( r % 2 )); then order=(B N); else order=(N B); fi
     for who in "${order[@]}"; do
-        if [ "$who" = B ]; then v=$(single "$BERTH_FILE_URL"); S_B+=("$v"); else v=$(single "$NGINX_FILE_URL"); S_N+=("$v"); fi
+        if [ "$who" = B ]; then url=$BERTH_FILE_URL; else url=$NGINX_FILE_URL; fi
+        measured FILE "$who" single "$url"; v=$(cat "$TMP/measured.out")
+        if [ "$who" = B ]; then S_B+=("$v"); else S_N+=("$v"); fi
         log "rep $r single $who: $v MiB/s"
     done
     for who in "${order[@]}"; do
-        if [ "$who" = B ]; then v=$(concurrent4 "$BERTH_FILE_URL"); C_B+=("$v"); else v=$(concurrent4 "$NGINX_FILE_URL"); C_N+=("$v"); fi
+        if [ "$who" = B ]; then url=$BERTH_FILE_URL; else url=$NGINX_FILE_URL; fi
+        measured FILE "$who" concurrent4 "$url"; v=$(cat "$TMP/measured.out")
+        if [ "$who" = B ]; then C_B+=("$v"); else C_N+=("$v"); fi
         log "rep $r 4x $who: $v MiB/s"
     done
 done
@@ -225,10 +246,13 @@ AFTER_FILE_NGINX=$(nginx_rss_kib)
 log "wrk warm-up"
 timeout 20 wrk -t2 -c64 -d2s "$BERTH_SMALL_URL" >/dev/null
 timeout 20 wrk -t2 -c64 -d2s "$NGINX_SMALL_URL" >/dev/null
+PID_OF_B=$BERTH_PID
 for r in $(seq 1 "$WRK_REPS"); do
     if (( r % 2 )); then order=(B N); else order=(N B); fi
     for who in "${order[@]}"; do
-        if [ "$who" = B ]; then v=$(wrk_rps "$BERTH_SMALL_URL"); W_B+=("$v"); else v=$(wrk_rps "$NGINX_SMALL_URL"); W_N+=("$v"); fi
+        if [ "$who" = B ]; then url=$BERTH_SMALL_URL; else url=$NGINX_SMALL_URL; fi
+        measured WRK "$who" wrk_rps "$url"; read -r v n <"$TMP/measured.out"
+        if [ "$who" = B ]; then W_B+=("$v"); REQ_B=$((REQ_B + n)); else W_N+=("$v"); REQ_N=$((REQ_N + n)); fi
         log "rep $r wrk $who: $v req/s"
     done
 done
@@ -245,6 +269,10 @@ mC_B=$(echo "${C_B[*]}" | median); mC_N=$(echo "${C_N[*]}" | median)
 mW_B=$(echo "${W_B[*]}" | median); mW_N=$(echo "${W_N[*]}" | median)
 mib() { awk -v k="$1" 'BEGIN {printf "%.1f", k / 1024}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN {if (b > 0) printf "%.2f", a / b; else print "n/a"}'; }
+# Server CPU milliseconds per GiB served (each server served 5 GiB per repetition) and microseconds per request.
+GIB_PER_SERVER=$(awk -v r="$REPS" -v b="$FILE_BYTES" 'BEGIN {print 5 * r * b / 1073741824}')
+ms_per_gib() { awk -v t="$1" -v hz="$HZ" -v g="$GIB_PER_SERVER" 'BEGIN {printf "%.0f", t / hz * 1000 / g}'; }
+us_per_req() { awk -v t="$1" -v hz="$HZ" -v n="$2" 'BEGIN {if (n > 0) printf "%.1f", t / hz * 1e6 / n; else print "n/a"}'; }
 int() { awk -v a="$1" 'BEGIN {printf "%.0f", a}'; }
 
 CPU=$(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo)
@@ -268,6 +296,8 @@ mkdir -p "$(dirname "$OUT")"
     echo "| ${FILE_MIB} MiB file, 1 curl stream (MiB/s) | $mS_B | $mS_N | $(ratio "$mS_B" "$mS_N") |"
     echo "| ${FILE_MIB} MiB file, 4 concurrent curls, aggregate (MiB/s) | $mC_B | $mC_N | $(ratio "$mC_B" "$mC_N") |"
     echo "| \`{}\` response, wrk -t2 -c64 -d${WRK_SECONDS}s (req/s) | $(int "$mW_B") | $(int "$mW_N") | $(ratio "$mW_B" "$mW_N") |"
+    echo "| server CPU per GiB served, file runs (ms, user+sys) | $(ms_per_gib "$T_FILE_B") | $(ms_per_gib "$T_FILE_N") | $(ratio "$T_FILE_B" "$T_FILE_N") |"
+    echo "| server CPU per request, wrk runs (µs, user+sys) | $(us_per_req "$T_WRK_B" "$REQ_B") | $(us_per_req "$T_WRK_N" "$REQ_N") | $(ratio "$(us_per_req "$T_WRK_B" "$REQ_B")" "$(us_per_req "$T_WRK_N" "$REQ_N")") |"
     echo "| idle RSS after start, \`berth serve\` vs nginx total (MiB) | $(mib "$IDLE_BERTH") | $(mib "$IDLE_NGINX") | $(ratio "$IDLE_BERTH" "$IDLE_NGINX") |"
     echo "| idle RSS after start, berth-file-server vs nginx total (MiB) | $(mib "$IDLE_FS") | $(mib "$IDLE_NGINX") | $(ratio "$IDLE_FS" "$IDLE_NGINX") |"
     echo "| RSS after the file runs, berth-file-server vs nginx total (MiB) | $(mib "$AFTER_FS") | $(mib "$AFTER_FILE_NGINX") | $(ratio "$AFTER_FS" "$AFTER_FILE_NGINX") |"

@@ -65,12 +65,12 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
 
     public var progress: Progress { state.withLock { $0.progress } }
 
-    /// Calls `callback` on `loop` now and after each change, until `unsubscribe`
-    /// or the outcome is final.
+    /// Calls `callback` on `loop` after each change, until `unsubscribe`. It
+    /// is not called for the state at subscription: read `progress` after
+    /// subscribing (no change can fall between the two).
     public func subscribe(on loop: EventLoop, _ callback: @escaping (Progress) -> Void) -> AnyObject {
         let s = Subscriber(loop: loop, callback: callback)
         state.withLock { $0.subscribers.append(s) }
-        notify(s)
         return s
     }
 

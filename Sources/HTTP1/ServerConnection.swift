@@ -31,11 +31,16 @@ final class ServerConnection: Selectable {
     private var headStarted = false        // some bytes of the next request have arrived
     private var isDriving = false          // `drive` is on the stack
 
-    // Output: `out[outOffset...]` is waiting for the socket, then the file range, if any.
+    // Output, in order: `segments` (bytes and file ranges queued earlier), then
+    // `out[outOffset...]`, the bytes queued since the last file range.
+    private enum Segment {
+        case bytes([UInt8], offset: Int)
+        case file(FileDescriptor, next: UInt64, end: UInt64)
+    }
+    private var segments: [Segment] = []
     private var out: [UInt8] = []
     private var outOffset = 0
-    private var file: (fd: FileDescriptor, next: UInt64, end: UInt64)?
-    private var fileReadInFlight = false
+    private var fileReadInFlight = false   // TLS: a pread for the head file segment is on the pool
     private var responseEnded = false
     private var wantsWritable = false
 
@@ -51,9 +56,16 @@ final class ServerConnection: Selectable {
 
     var isIdle: Bool { state == .reading && !headStarted && pending.isEmpty }
     var isResponding: Bool { state == .responding }
-    var belowHighWater: Bool { out.count - outOffset < Self.highWater }
+    var belowHighWater: Bool { queuedBytes < Self.highWater }
+    /// Bytes held in memory for the client (file ranges cost no memory).
+    private var queuedBytes: Int {
+        var n = out.count - outOffset
+        for case .bytes(let b, let off) in segments { n += b.count - off }
+        return n
+    }
+    private var hasQueuedOutput: Bool { !segments.isEmpty || outOffset < out.count }
     /// Output is queued that the client has not taken yet.
-    var isWaitingOnClient: Bool { outOffset < out.count || file != nil || transport.hasPendingOutput }
+    var isWaitingOnClient: Bool { hasQueuedOutput || transport.hasPendingOutput }
 
     // MARK: events
 
@@ -222,7 +234,7 @@ final class ServerConnection: Selectable {
         if !keepAlive { head.headers.set("Connection", "close") }
         head.write(into: &out)
         if let body { out.append(contentsOf: body) }
-        if let (fd, range) = file { self.file = (fd, range.lowerBound, range.upperBound) }
+        if let (fd, range) = file { appendFile(fd, range) }
         responseEnded = true
         flushOutput()
     }
@@ -250,14 +262,23 @@ final class ServerConnection: Selectable {
     }
 
     func queueFile(_ fd: FileDescriptor, range: Range<UInt64>) {
-        if var f = file {
-            precondition(f.fd === fd && f.end == range.lowerBound, "file ranges must follow each other")
-            f.end = range.upperBound
-            file = f
-        } else {
-            file = (fd, range.lowerBound, range.upperBound)
-        }
+        appendFile(fd, range)
         flushOutput()
+    }
+
+    /// Queues a file range after everything queued so far; joins it to the
+    /// previous range when it continues it.
+    private func appendFile(_ fd: FileDescriptor, _ range: Range<UInt64>) {
+        guard !range.isEmpty else { return }
+        if outOffset < out.count {
+            segments.append(.bytes(out, offset: outOffset))
+            out = []
+            outOffset = 0
+        } else if case .file(let f, let next, let end)? = segments.last, f === fd, end == range.lowerBound {
+            segments[segments.count - 1] = .file(f, next: next, end: range.upperBound)
+            return
+        }
+        segments.append(.file(fd, next: range.lowerBound, end: range.upperBound))
     }
 
     func endBody(chunked: Bool) {
@@ -270,27 +291,28 @@ final class ServerConnection: Selectable {
         close()
     }
 
-    /// Writes what is queued; finishes the response when everything is out.
+    /// Writes what is queued, in order; finishes the response when everything is out.
     private func flushOutput() {
         guard state == .responding else { return }
         do {
             if transport.hasPendingOutput, try !transport.flush() { return }
-            while outOffset < out.count {
-                let r = try out.withUnsafeBytes { try transport.write(UnsafeRawBufferPointer(rebasing: $0[outOffset...])) }
-                guard case .processed(let n) = r else { return }
-                outOffset += n
-                lastActivity = context.loop.now
-            }
-            if outOffset > 0 {
-                if out.capacity > 4 * Self.highWater {
-                    out = []
-                } else {
-                    out.removeAll(keepingCapacity: true)
+            while let first = segments.first {
+                switch first {
+                case .bytes(let b, var off):
+                    let done = try writeBytes(b, from: &off)
+                    if !done { segments[0] = .bytes(b, offset: off); return }
+                case .file(let fd, var next, let end):
+                    let done = try sendFile(fd, next: &next, end: end)
+                    if !done { segments[0] = .file(fd, next: next, end: end); return }
                 }
+                segments.removeFirst()
+            }
+            if !(try writeBytes(out, from: &outOffset)) { return }
+            if outOffset > 0 {
+                if out.capacity > 4 * Self.highWater { out = [] } else { out.removeAll(keepingCapacity: true) }
                 outOffset = 0
             }
             if transport.hasPendingOutput, try !transport.flush() { return }
-            if file != nil, !(try sendFileBody()) { return }
         } catch {
             context.server.log(.debug, "write failed: \(error)")
             close()
@@ -299,35 +321,42 @@ final class ServerConnection: Selectable {
         if wantsWritable, let writer = current?.writer {
             wantsWritable = false
             writer.onWritable?()
-            if state != .responding { return }
-            if outOffset < out.count || file != nil { return }
+            if state != .responding || hasQueuedOutput { return }
         }
         if responseEnded { finishResponse() }
     }
 
-    /// Sends the file range; true when it is all sent.
-    private func sendFileBody() throws -> Bool {
-        guard var f = file else { return true }
+    /// Writes `bytes[offset...]`; true when all of it is out.
+    private func writeBytes(_ bytes: [UInt8], from offset: inout Int) throws -> Bool {
+        while offset < bytes.count {
+            let r = try bytes.withUnsafeBytes { try transport.write(UnsafeRawBufferPointer(rebasing: $0[offset...])) }
+            guard case .processed(let n) = r else { return false }
+            offset += n
+            lastActivity = context.loop.now
+        }
+        return true
+    }
+
+    /// Sends `next..<end` of a file; true when all of it is out. Zero-copy on
+    /// plain connections; through TLS the file is read on the pool (reads may
+    /// block) and the bytes go in front of the rest of the range.
+    private func sendFile(_ fd: FileDescriptor, next: inout UInt64, end: UInt64) throws -> Bool {
         if transport.canSendFile {
-            while f.next < f.end {
-                var offset = off_t(f.next)
-                let count = Int(min(f.end - f.next, 1 << 30))
-                guard case .processed(let n) = try transport.sendFile(from: f.fd.fd, offset: &offset, count: count) else {
-                    file = f
-                    return false
-                }
+            while next < end {
+                var offset = off_t(next)
+                let count = Int(min(end - next, 1 << 30))
+                guard case .processed(let n) = try transport.sendFile(from: fd.fd, offset: &offset, count: count) else { return false }
                 if n == 0 { throw IOError(errno: EIO, call: "sendfile: file shorter than its range") }
-                f.next += UInt64(n)
+                next += UInt64(n)
+                lastActivity = context.loop.now
             }
-            file = nil
             return true
         }
-        // TLS: read the file on the pool (reads may block), encrypt and write on the loop.
-        if f.next >= f.end { file = nil; return true }
+        if next >= end { return true }
         if fileReadInFlight { return false }
         fileReadInFlight = true
-        let chunk = Int(min(f.end - f.next, UInt64(Self.highWater)))
-        let fd = f.fd, at = f.next
+        let chunk = Int(min(end - next, UInt64(Self.highWater)))
+        let at = next
         context.server.pool.run(on: context.loop, {
             var buf = [UInt8](repeating: 0, count: chunk)
             let n = try buf.withUnsafeMutableBytes { try Posix.pread(fd: fd.fd, into: $0, offset: off_t(at)) }
@@ -335,13 +364,14 @@ final class ServerConnection: Selectable {
             buf.removeLast(chunk - n)
             return buf
         }, then: { [weak self] result in
-            guard let self, self.state == .responding, var f = self.file else { return }
+            guard let self, self.state == .responding else { return }
             self.fileReadInFlight = false
             switch result {
             case .success(let bytes):
-                self.out.append(contentsOf: bytes)
-                f.next += UInt64(bytes.count)
-                self.file = f
+                // The chunk read goes first; the file segment resumes after it.
+                guard case .file(let f, let n, let e)? = self.segments.first, f === fd, n == at else { return }
+                self.segments[0] = .file(f, next: n + UInt64(bytes.count), end: e)
+                self.segments.insert(.bytes(bytes, offset: 0), at: 0)
                 self.flushOutput()
             case .failure(let error):
                 self.context.server.log(.warning, "file read failed: \(error)")
@@ -372,7 +402,7 @@ final class ServerConnection: Selectable {
         state = .closed
         context.loop.deregister(fd: transport.fd)
         transport.close()
-        file = nil
+        segments = []
         context.remove(self)
         if let writer = current?.writer {
             current = nil

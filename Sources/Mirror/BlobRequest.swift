@@ -90,59 +90,77 @@ final class BlobRequest {
 
     private func serveCached(_ file: FileDescriptor, cacheStatus: String) {
         guard let size = try? file.size() else { return Mirror.error(w, .blobUnknown, "blob \(digest) unreadable", status: 500) }
-        var head = Mirror.contentHead(status: 200, digest: digest, mediaType: "application/octet-stream", cacheStatus: cacheStatus)
-        head.headers.add("Accept-Ranges", "bytes")
-        switch RangeRequest.parse(w.request.headers["Range"], size: size) {
+        let head = Mirror.contentHead(status: 200, digest: digest, mediaType: "application/octet-stream", cacheStatus: cacheStatus)
+        guard let plan = RangePlan(w.request.headers["Range"], size: size, boundary: boundary) else {
+            return refuseRange(w, size: size)
+        }
+        w.start(plan.head(head), contentLength: plan.contentLength)
+        for part in plan.parts {
+            part.header.withUnsafeBytes { _ = w.write($0) }
+            w.writeFile(file, range: part.range)
+            part.trailer.withUnsafeBytes { _ = w.write($0) }
+        }
+        w.end()
+    }
+
+    var boundary: String { "berth-" + String(digest.hex.prefix(24)) }
+}
+
+/// 416 with the size, as RFC 9110 asks.
+func refuseRange(_ w: ResponseWriter, size: UInt64) {
+    var h = ResponseHead(status: 416)
+    h.headers.add("Content-Range", "bytes */\(size)")
+    Mirror.error(w, .rangeInvalid, "range not satisfiable for a \(size)-byte blob", head: h)
+}
+
+/// What a blob answer sends for a `Range` header: the whole blob (200), one
+/// range (206 with Content-Range) or several (206 `multipart/byteranges`, each
+/// part a header, a file range and a CRLF, then the closing boundary).
+struct RangePlan {
+    struct Part {
+        var header: [UInt8] = []
+        var range: Range<UInt64>
+        var trailer: [UInt8] = []
+    }
+    var status = 200
+    var contentRange: String?
+    var boundary: String?
+    var parts: [Part]
+
+    /// Nil when the range cannot be satisfied (416).
+    init?(_ header: String?, size: UInt64, boundary b: String) {
+        switch RangeRequest.parse(header, size: size) {
         case .none:
-            w.respond(head, file: file, range: 0..<size)
+            parts = [Part(range: 0..<size)]
+        case .unsatisfiable:
+            return nil
         case .satisfiable(let ranges) where ranges.count == 1:
             let r = ranges[0]
-            head.status = 206
-            head.headers.add("Content-Range", "bytes \(r.lowerBound)-\(r.upperBound)/\(size)")
-            w.respond(head, file: file, range: r.lowerBound..<(r.upperBound + 1))
+            status = 206
+            contentRange = "bytes \(r.lowerBound)-\(r.upperBound)/\(size)"
+            parts = [Part(range: r.lowerBound..<(r.upperBound + 1))]
         case .satisfiable(let ranges):
-            serveMultipart(file, size: size, ranges: ranges, head: head)
-        case .unsatisfiable:
-            var h = ResponseHead(status: 416)
-            h.headers.add("Content-Range", "bytes */\(size)")
-            Mirror.error(w, .rangeInvalid, "range not satisfiable for a \(size)-byte blob", head: h)
+            status = 206
+            boundary = b
+            parts = ranges.enumerated().map { i, r in
+                Part(header: Array("\(i == 0 ? "" : "\r\n")--\(b)\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes \(r.lowerBound)-\(r.upperBound)/\(size)\r\n\r\n".utf8),
+                     range: r.lowerBound..<(r.upperBound + 1))
+            }
+            parts[parts.count - 1].trailer = Array("\r\n--\(b)--\r\n".utf8)
         }
     }
 
-    /// `multipart/byteranges`, read on the pool. Large multi-range asks get the
-    /// whole blob instead (RFC 9110 lets a server ignore Range).
-    private func serveMultipart(_ file: FileDescriptor, size: UInt64, ranges: [ClosedRange<UInt64>], head: ResponseHead) {
-        let total = ranges.reduce(UInt64(0)) { $0 + UInt64($1.count) }
-        guard total <= 8 << 20 else { return w.respond(head, file: file, range: 0..<size) }
-        let boundary = "berth-" + String(digest.hex.prefix(16))
-        var h = head
-        h.status = 206
-        h.headers.set("Content-Type", "multipart/byteranges; boundary=\(boundary)")
-        let w = self.w
-        mirror.pool.run(on: w.loop, { () -> [UInt8] in
-            var body: [UInt8] = []
-            for r in ranges {
-                body += Array("--\(boundary)\r\nContent-Type: application/octet-stream\r\nContent-Range: bytes \(r.lowerBound)-\(r.upperBound)/\(size)\r\n\r\n".utf8)
-                var chunk = [UInt8](repeating: 0, count: Int(r.count))
-                var off = 0
-                while off < chunk.count {
-                    let n = try chunk.withUnsafeMutableBytes {
-                        try Posix.pread(fd: file.fd, into: UnsafeMutableRawBufferPointer(rebasing: $0[off...]), offset: off_t(r.lowerBound) + off_t(off))
-                    }
-                    if n == 0 { throw IOError(errno: EIO, call: "pread: blob shorter than its size") }
-                    off += n
-                }
-                body += chunk
-                body += [13, 10]
-            }
-            body += Array("--\(boundary)--\r\n".utf8)
-            return body
-        }, then: { result in
-            switch result {
-            case .success(let body): w.respond(h, body: body)
-            case .failure(let e): Mirror.error(w, .blobUnknown, "cannot read blob: \(e)", status: 500)
-            }
-        })
+    var contentLength: UInt64 {
+        parts.reduce(0) { $0 + UInt64($1.header.count) + UInt64($1.range.count) + UInt64($1.trailer.count) }
+    }
+
+    func head(_ base: ResponseHead) -> ResponseHead {
+        var h = base
+        h.status = status
+        h.headers.add("Accept-Ranges", "bytes")
+        if let contentRange { h.headers.add("Content-Range", contentRange) }
+        if let boundary { h.headers.set("Content-Type", "multipart/byteranges; boundary=\(boundary)") }
+        return h
     }
 }
 
@@ -205,16 +223,18 @@ final class BlobFetch: UpstreamDelegate {
     }
 }
 
-/// One client following a fill: sends its (range of the) blob from the temp
-/// file as bytes land. The last byte of a body waits for the digest check.
+/// One client following a fill: sends its blob (or its ranges) from the temp
+/// file as bytes land. A part that ends with the blob's last byte waits for
+/// the digest check before sending that byte.
 final class FillReader {
     let request: BlobRequest
     let fill: BlobFill
     let cacheStatus: String
     private var w: ResponseWriter { request.w }
     private var token: AnyObject?
-    private var range: Range<UInt64>?
-    private var sent: UInt64 = 0
+    private var plan: RangePlan?
+    private var part = 0                 // the part being sent
+    private var sent: UInt64 = 0         // next byte of that part's range
     private var deadline: Timer?
 
     init(request: BlobRequest, fill: BlobFill, cacheStatus: String) {
@@ -226,11 +246,12 @@ final class FillReader {
     func start() {
         w.onClose = { [self] in stop() }
         deadline = w.loop.schedule(afterNanos: request.mirror.config.clientDeadlineNanos) { [self] in
-            guard range == nil, w.isActive else { return }
+            guard plan == nil, w.isActive else { return }
             stop()
             request.mirror.error(w, UpstreamError(status: 504, code: .unavailable, message: "upstream did not answer for \(request.digest) in time"))
         }
         token = fill.subscribe(on: w.loop) { [self] p in progressed(p) }
+        progressed(fill.progress)
     }
 
     private func stop() {
@@ -244,62 +265,62 @@ final class FillReader {
         guard token != nil else { return }
         if case .failed(let status, let retryAfter, let reason) = p.outcome {
             stop()
-            if range != nil { return w.abort() }
-            let e: UpstreamError
-            switch status {
-            case 401, 403, 404, 429:
-                var h = HTTPHeaders()
-                if let retryAfter { h.add("Retry-After", retryAfter) }
-                e = .from(status: status, headers: h, notFound: .blobUnknown, what: "blob \(request.name)@\(request.digest)")
-            case 500...:
-                e = UpstreamError(status: status, code: .unavailable, message: reason)
-            default:
-                e = UpstreamError(status: 502, code: .unavailable, message: reason)
+            if plan != nil { return w.abort() }
+            return request.mirror.error(w, Self.error(status: status, retryAfter: retryAfter, reason: reason, request: request))
+        }
+        if plan == nil && !startResponse(p) { return }
+        guard let plan, let total = p.total else { return }
+        while part < plan.parts.count {
+            let range = plan.parts[part].range
+            // Hold back the blob's last byte until the digest has been checked.
+            var limit = min(range.upperBound, p.written)
+            if p.outcome != .verified && range.upperBound == total && limit == total { limit = total - 1 }
+            if limit > sent {
+                w.writeFile(fill.file, range: sent..<limit)
+                sent = limit
             }
-            return request.mirror.error(w, e)
+            guard sent == range.upperBound else { return }
+            plan.parts[part].trailer.withUnsafeBytes { _ = w.write($0) }
+            part += 1
+            if part < plan.parts.count {
+                plan.parts[part].header.withUnsafeBytes { _ = w.write($0) }
+                sent = plan.parts[part].range.lowerBound
+            }
         }
-        if range == nil && !startResponse(p) { return }
-        guard let range, let total = p.total else { return }
-        // Hold back a body's last byte until the digest has been checked.
-        var limit = min(range.upperBound, p.written)
-        if p.outcome != .verified && range.upperBound == total && limit == total { limit = total - 1 }
-        if limit > sent {
-            w.writeFile(fill.file, range: sent..<limit)
-            sent = limit
-        }
-        if sent == range.upperBound {
-            stop()
-            w.end()
-        }
+        stop()
+        w.end()
     }
 
-    /// Sends the head once the size is known; false when the answer is already complete (416, HEAD) or must wait.
+    /// Sends the head once the size is known; false when there is nothing more to do now.
     private func startResponse(_ p: BlobFill.Progress) -> Bool {
         guard let total = p.total else { return false }
         deadline?.cancel()
         deadline = nil
-        var head = Mirror.contentHead(status: 200, digest: request.digest, mediaType: "application/octet-stream", cacheStatus: cacheStatus)
-        head.headers.add("Accept-Ranges", "bytes")
-        var r: Range<UInt64> = 0..<total
-        switch RangeRequest.parse(w.request.headers["Range"], size: total) {
-        case .satisfiable(let ranges) where ranges.count == 1:
-            r = ranges[0].lowerBound..<(ranges[0].upperBound + 1)
-            head.status = 206
-            head.headers.add("Content-Range", "bytes \(ranges[0].lowerBound)-\(ranges[0].upperBound)/\(total)")
-        case .unsatisfiable:
+        guard let plan = RangePlan(w.request.headers["Range"], size: total, boundary: request.boundary) else {
             stop()
-            var h = ResponseHead(status: 416)
-            h.headers.add("Content-Range", "bytes */\(total)")
-            Mirror.error(w, .rangeInvalid, "range not satisfiable for a \(total)-byte blob", head: h)
+            refuseRange(w, size: total)
             return false
-        default:
-            break  // no range, or several on a cold blob: the whole blob
         }
-        range = r
-        sent = r.lowerBound
-        w.start(head, contentLength: UInt64(r.count))
+        self.plan = plan
+        let head = Mirror.contentHead(status: 200, digest: request.digest, mediaType: "application/octet-stream", cacheStatus: cacheStatus)
+        w.start(plan.head(head), contentLength: plan.contentLength)
         if !w.isActive || w.request.method == .head { stop(); return false }
-        if r.isEmpty { stop(); w.end(); return false }
+        plan.parts[0].header.withUnsafeBytes { _ = w.write($0) }
+        sent = plan.parts[0].range.lowerBound
         return true
+    }
+
+    /// The answer for a fill that failed before this client got a head.
+    static func error(status: Int, retryAfter: String?, reason: String, request: BlobRequest) -> UpstreamError {
+        switch status {
+        case 401, 403, 404, 429:
+            var h = HTTPHeaders()
+            if let retryAfter { h.add("Retry-After", retryAfter) }
+            return .from(status: status, headers: h, notFound: .blobUnknown, what: "blob \(request.name)@\(request.digest)")
+        case 500...:
+            return UpstreamError(status: status, code: .unavailable, message: reason)
+        default:
+            return UpstreamError(status: 502, code: .unavailable, message: reason)
+        }
     }
 }

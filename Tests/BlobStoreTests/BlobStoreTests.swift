@@ -70,6 +70,7 @@ final class BlobStoreTests: XCTestCase {
             guard case .started(let fill)? = try? registry.lookup(d, loop: self.loop) else { XCTFail("not started"); done(); return }
             if case .joined? = try? registry.lookup(d, loop: self.loop) {} else { XCTFail("second lookup should join") }
             _ = fill.subscribe(on: self.loop) { p in outcome = p.outcome }
+            XCTAssertEqual(fill.progress.outcome, .filling)
             if let t = declaredTotal { fill.setTotal(t) }
             for c in chunks { c.withUnsafeBytes { try? fill.append($0) } }
             fill.finish(store: store, pool: self.pool) { ok in

@@ -60,6 +60,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             signals = try SignalSource(loop: loop) { [weak self] signo in self?.signal(signo) }
         }
         group.start()
+        scheduleSnapshots()
         logger.info("berth listening", metadata: [
             "http": "\(http.boundAddresses().map(\.description).joined(separator: ","))",
             "https": "\(config.tls.listen)",
@@ -90,9 +91,46 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         let clientTLS = try TLSContext.makeClient(extraCAPath: u.ca.isEmpty ? nil : u.ca,
                                                   certificatePath: u.certificate.isEmpty ? nil : u.certificate,
                                                   privateKeyPath: u.key.isEmpty ? nil : u.key)
-        let store = try BlobStore(root: config.cache.dir, pool: pool)
+        var budget = Budget.defaultBudget(for: config.cache.dir)
+        if !config.cache.maxSize.isEmpty, let max = Budget.parseSize(config.cache.maxSize, filesystemOf: config.cache.dir) {
+            budget.maxBytes = max
+        }
+        budget.high = Double(config.cache.highWatermark) / 100
+        budget.low = Double(config.cache.lowWatermark) / 100
+        let store = try BlobStore(root: config.cache.dir, pool: pool, budget: budget)
+        store.log = { [logger] in logger.warning("\($0)") }
         self.store = store
+        let usage = store.index.usage
+        logger.info("cache loaded", metadata: [
+            "blobs": "\(usage.count)", "bytes": "\(usage.blobs)", "budget": "\(budget.maxBytes)",
+            "journal_lines": "\(store.index.loadedLines)", "clean": "\(store.index.wasCleanlyClosed)",
+        ])
+        if !store.index.wasCleanlyClosed {
+            // After a crash the journal may miss blobs published just before it: scan in the background.
+            pool.submit { [logger] in
+                let t0 = Clock.monotonicNanos()
+                let r = store.reconcile()
+                logger.info("cache reconciled with the files on disk", metadata: [
+                    "added": "\(r.added)", "removed": "\(r.removed)", "ms": "\((Clock.monotonicNanos() - t0) / 1_000_000)",
+                ])
+            }
+        }
+        store.startEvictionIfOverHigh()
         return Mirror(config: mc, store: store, group: group, pool: pool, tls: clientTLS, log: log)
+    }
+
+    /// Every minute, when the index changed, rewrite it compactly with the
+    /// current recency (touches are not journaled one by one).
+    private func scheduleSnapshots() {
+        group.loops[0].schedule(afterNanos: 60_000_000_000) { [weak self] in
+            guard let self, let store = self.store else { return }
+            if store.index.needsSnapshot {
+                self.pool.submit { [logger] in
+                    do { try store.index.snapshot() } catch { logger.error("cannot write the cache index: \(error)") }
+                }
+            }
+            self.scheduleSnapshots()
+        }
     }
 
     /// The addresses bound, plain first (ports resolved).
@@ -136,6 +174,6 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         while !finished.load(ordering: .sequentiallyConsistent) { usleep(20_000) }
         group.shutdown()
         pool.shutdown()
-        store?.index.flush()
+        do { try store?.index.snapshot(clean: true) } catch { logger.error("cannot write the cache index: \(error)") }
     }
 }

@@ -1,6 +1,8 @@
 import Yams
 import Reactor
 import HTTP1
+import BlobStore
+import OCI
 
 /// Berth's configuration: `conf/berth.yaml` documents every key and its
 /// default; the defaults here are the embedded configuration `berth serve`
@@ -44,6 +46,14 @@ public struct BerthConfig: Equatable, Sendable {
         public var dir = "./data"
         /// How long a tag → digest mapping is trusted before revalidation.
         public var tagTTL = 300.0
+        /// The budget: `50GiB`, `500MiB`, `80%` of the filesystem; empty = the
+        /// smaller of 50 GiB and 80 % of the filesystem.
+        public var maxSize = ""
+        /// Eviction starts past `high_watermark` percent of the budget and stops at `low_watermark`.
+        public var highWatermark = 90
+        public var lowWatermark = 80
+        /// Images never evicted (`repo:tag` or `repo@digest`), pinned at start.
+        public var pinned: [String] = []
     }
 
     public struct TLSSection: Equatable, Sendable {
@@ -110,6 +120,12 @@ public struct BerthConfig: Equatable, Sendable {
                     switch ck {
                     case "dir": c.cache.dir = try string(cv, key: "cache.dir")
                     case "tag_ttl": c.cache.tagTTL = try duration(cv, key: "cache.tag_ttl")
+                    case "max_size": c.cache.maxSize = try string(cv, key: "cache.max_size")
+                    case "high_watermark": c.cache.highWatermark = try int(cv, key: "cache.high_watermark")
+                    case "low_watermark": c.cache.lowWatermark = try int(cv, key: "cache.low_watermark")
+                    case "pinned":
+                        guard let list = cv as? [Any] else { throw ConfigError(key: "cache.pinned", "expected a list of images") }
+                        c.cache.pinned = try list.map { try string($0, key: "cache.pinned") }
                     default: throw ConfigError(key: "cache.\(ck)", "unknown key")
                     }
                 }
@@ -148,6 +164,15 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_UPSTREAM_KEY"] { upstream.key = v }
         if let v = env["BERTH_UPSTREAM_DOCKERHUB"] { upstream.dockerhub = v }
         if let v = env["BERTH_CACHE_DIR"] { cache.dir = v }
+        if let v = env["BERTH_CACHE_MAX_SIZE"] { cache.maxSize = v }
+        if let v = env["BERTH_CACHE_HIGH_WATERMARK"] {
+            guard let n = Int(v) else { throw ConfigError(key: "cache.high_watermark", "BERTH_CACHE_HIGH_WATERMARK=\(v) is not a whole number") }
+            cache.highWatermark = n
+        }
+        if let v = env["BERTH_CACHE_LOW_WATERMARK"] {
+            guard let n = Int(v) else { throw ConfigError(key: "cache.low_watermark", "BERTH_CACHE_LOW_WATERMARK=\(v) is not a whole number") }
+            cache.lowWatermark = n
+        }
         if let v = env["BERTH_CACHE_TAG_TTL"] { cache.tagTTL = try Self.duration(v, key: "cache.tag_ttl") }
         try validate()
     }
@@ -180,6 +205,15 @@ public struct BerthConfig: Equatable, Sendable {
             throw ConfigError(key: "upstream.dockerhub", "\"\(upstream.dockerhub)\" is not one of auto, true, false")
         }
         if cache.dir.isEmpty { throw ConfigError(key: "cache.dir", "must name a directory") }
+        if !cache.maxSize.isEmpty && Budget.parseSize(cache.maxSize, filesystemOf: "/") == nil {
+            throw ConfigError(key: "cache.max_size", "\"\(cache.maxSize)\" is not a size such as 50GiB, 500MiB or 80%")
+        }
+        guard (1...100).contains(cache.highWatermark), (0..<cache.highWatermark).contains(cache.lowWatermark) else {
+            throw ConfigError(key: "cache.low_watermark", "watermarks must satisfy 0 ≤ low < high ≤ 100 (got \(cache.lowWatermark) and \(cache.highWatermark))")
+        }
+        for image in cache.pinned where ImageReference(image) == nil {
+            throw ConfigError(key: "cache.pinned", "\"\(image)\" is not an image reference such as library/alpine:3.20 or repo@sha256:…")
+        }
         guard cache.tagTTL >= 0 else { throw ConfigError(key: "cache.tag_ttl", "must not be negative") }
         guard Self.logLevels.contains(log.level) else {
             throw ConfigError(key: "log.level", "\"\(log.level)\" is not one of \(Self.logLevels.joined(separator: ", "))")

@@ -24,9 +24,15 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
     }
 
     public struct Progress: Equatable, Sendable {
+        /// Bytes received from the upstream (and hashed).
         public var written: UInt64 = 0
+        /// Bytes readable from `file`: all of `written`, unless the fill
+        /// turned into a relay (no room, or a write failed), after which later
+        /// bytes reach readers only through their `relay` callback.
+        public var inFile: UInt64 = 0
         public var total: UInt64?
         public var outcome: Outcome = .filling
+        public var isRelay = false
     }
 
     public let digest: Digest
@@ -39,18 +45,21 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
 
     private struct State {
         var progress = Progress()
+        var reserved: UInt64 = 0
         var subscribers: [Subscriber] = []
     }
 
     /// A reader's callback on its loop; `pending` coalesces notifications.
-    final class Subscriber: @unchecked Sendable {  // `pending` is atomic; `callback` runs on `loop` only
+    final class Subscriber: @unchecked Sendable {  // `pending` is atomic; callbacks run on `loop` only
         let loop: EventLoop
         let callback: (Progress) -> Void
+        let relay: (UInt64, [UInt8]) -> Void
         let pending = Atomic<Bool>(false)
         let cancelled = Atomic<Bool>(false)
-        init(loop: EventLoop, callback: @escaping (Progress) -> Void) {
+        init(loop: EventLoop, callback: @escaping (Progress) -> Void, relay: @escaping (UInt64, [UInt8]) -> Void) {
             self.loop = loop
             self.callback = callback
+            self.relay = relay
         }
     }
 
@@ -65,11 +74,20 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
 
     public var progress: Progress { state.withLock { $0.progress } }
 
+    /// Budget bytes reserved for this fill; returned when it ends.
+    public var reserved: UInt64 {
+        get { state.withLock { $0.reserved } }
+        set { state.withLock { $0.reserved = newValue } }
+    }
+
     /// Calls `callback` on `loop` after each change, until `unsubscribe`. It
     /// is not called for the state at subscription: read `progress` after
     /// subscribing (no change can fall between the two).
-    public func subscribe(on loop: EventLoop, _ callback: @escaping (Progress) -> Void) -> AnyObject {
-        let s = Subscriber(loop: loop, callback: callback)
+    /// In a relay, bytes past `inFile` come to `relay(offset, bytes)`, in order,
+    /// before the progress that counts them.
+    public func subscribe(on loop: EventLoop, relay: @escaping (UInt64, [UInt8]) -> Void = { _, _ in },
+                          _ callback: @escaping (Progress) -> Void) -> AnyObject {
+        let s = Subscriber(loop: loop, callback: callback, relay: relay)
         state.withLock { $0.subscribers.append(s) }
         return s
     }
@@ -108,9 +126,37 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
     /// hashing lags: pause the producer until `whenReady`. Throws on a write
     /// error (ENOSPC, EIO).
     @discardableResult
-    public func append(_ bytes: UnsafeRawBufferPointer) throws -> Bool {
+    public func append(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        let (base, relaying) = state.withLock { ($0.progress.written, $0.progress.isRelay) }
+        if !relaying {
+            do { try write(bytes, at: base) } catch {
+                // ENOSPC, EIO: carry on as a relay for the readers attached; cache nothing.
+                registry.store.log("fill \(digest): \(error); relaying uncached from here")
+                relayOnly()
+            }
+        }
+        let (over, relayNow) = state.withLock { s -> (Bool, Bool) in
+            s.progress.written += UInt64(bytes.count)
+            if !s.progress.isRelay { s.progress.inFile = s.progress.written }
+            let over = s.progress.total.map { s.progress.written > $0 } ?? false
+            return (over, s.progress.isRelay)
+        }
+        if over { fail(status: 0, retryAfter: nil, reason: "upstream sent more bytes than its Content-Length"); return true }
+        let keepGoing = hashing.enqueue(bytes)
+        if relayNow {
+            let chunk = [UInt8](bytes)
+            for sub in state.withLock({ $0.subscribers }) {
+                if sub.loop === ownerLoop && sub.loop.inLoop { sub.relay(base, chunk) } else {
+                    sub.loop.execute { if !sub.cancelled.load(ordering: .relaxed) { sub.relay(base, chunk) } }
+                }
+            }
+        }
+        notifyAll()
+        return keepGoing
+    }
+
+    private func write(_ bytes: UnsafeRawBufferPointer, at base: UInt64) throws {
         var off = 0
-        let base = state.withLock { $0.progress.written }
         while off < bytes.count {
             let n = pwrite(file.fd, bytes.baseAddress! + off, bytes.count - off, off_t(base) + off_t(off))
             if n < 0 {
@@ -119,15 +165,18 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
             }
             off += n
         }
-        let over = state.withLock { s -> Bool in
-            s.progress.written += UInt64(bytes.count)
-            if let t = s.progress.total { return s.progress.written > t }
-            return false
+    }
+
+    /// From now on bytes go only to the readers attached (no room in the
+    /// budget, or the disk refused a write). New requests no longer join this
+    /// fill; nothing of it will be cached.
+    public func relayOnly() {
+        let first = state.withLock { s -> Bool in
+            if s.progress.isRelay { return false }
+            s.progress.isRelay = true
+            return true
         }
-        if over { fail(status: 0, retryAfter: nil, reason: "upstream sent more bytes than its Content-Length"); return true }
-        let keepGoing = hashing.enqueue(bytes)
-        notifyAll()
-        return keepGoing
+        if first { registry.remove(digest, ifStill: self) }
     }
 
     /// Runs `body` on the owner loop once hashing has caught up.
@@ -156,19 +205,35 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
             fail(status: 0, retryAfter: nil, reason: "digest mismatch: upstream bytes hash to sha256:\(hex)")
             return onCommitted(false)
         }
-        state.withLock { s in
+        let relayed = state.withLock { s -> Bool in
             s.progress.total = s.progress.written
             s.progress.outcome = .verified
+            return s.progress.isRelay
         }
         notifyAll()
         let (path, file, digest, registry) = (tempPath, self.file, self.digest, self.registry)
+        if relayed {
+            let reserved = self.reserved
+            pool.submit {
+                store.discard(tempPath: path)
+                store.release(reserved)
+                registry.remove(digest, ifStill: self)
+                onCommitted(false)
+            }
+            return
+        }
+        let (size, reserved) = (p.written, self.reserved)
         pool.submit {
             var ok = true
-            do { try store.commit(tempPath: path, file: file, digest: digest) } catch {
+            do {
+                try store.commit(tempPath: path, file: file, digest: digest)
+                store.published(digest, size: size, reserved: reserved)
+            } catch {
                 ok = false
                 store.discard(tempPath: path)
+                store.release(reserved)
             }
-            registry.remove(digest)
+            registry.remove(digest, ifStill: self)
             onCommitted(ok)
         }
     }
@@ -182,10 +247,11 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
         }
         guard changed else { return }
         notifyAll()
-        let (path, digest, registry, store) = (tempPath, self.digest, self.registry, registry.store)
+        let (path, digest, registry, store, reserved) = (tempPath, self.digest, self.registry, registry.store, self.reserved)
         registry.pool.submit {
             store.discard(tempPath: path)
-            registry.remove(digest)
+            store.release(reserved)
+            registry.remove(digest, ifStill: self)
         }
     }
 }
@@ -222,8 +288,11 @@ public final class FillRegistry: @unchecked Sendable {  // `fills` behind a lock
         }
     }
 
-    func remove(_ digest: Digest) {
-        _ = fills.withLock { $0.removeValue(forKey: digest) }
+    /// Drops `fill` from the table (a newer fill for the same digest stays).
+    func remove(_ digest: Digest, ifStill fill: BlobFill) {
+        fills.withLock { f in
+            if f[digest] === fill { f[digest] = nil }
+        }
     }
 
     /// Fills in progress (tests, metrics).

@@ -20,15 +20,21 @@ import Synchronization
 ///
 /// Threading: path helpers and `open` are safe anywhere; `commit`, `discard`,
 /// `scanTemp` block (fsync, rename, unlink) and run on the blocking pool.
-public final class BlobStore: @unchecked Sendable {  // immutable paths; `tempSerial` is atomic
+public final class BlobStore: @unchecked Sendable {  // immutable after init but `budget` (atomic swap not needed: set before serving); counters atomic
     public let root: String
     public let index: CacheIndex
+    public let pool: BlockingPool
+    public private(set) var budget: Budget
     private let tempSerial = Atomic<Int>(0)
+    private let evicting = Atomic<Bool>(false)
+    /// Called (from any thread) with a line for the log.
+    public var log: (String) -> Void = { _ in }
 
     /// Opens (creating if needed) the cache at `root`, removes leftover temp
     /// files, and loads the index. Blocking: call at startup.
-    public init(root: String, pool: BlockingPool) throws {
+    public init(root: String, pool: BlockingPool, budget: Budget? = nil) throws {
         self.root = root
+        self.pool = pool
         for dir in [root, root + "/blobs", root + "/blobs/sha256", root + "/tmp"] {
             if mkdir(dir, 0o755) != 0 && errno != EEXIST {
                 throw IOError(errno: errno, call: "mkdir \(dir)")
@@ -36,6 +42,97 @@ public final class BlobStore: @unchecked Sendable {  // immutable paths; `tempSe
         }
         BlobStore.removeTempFiles(in: root + "/tmp")
         index = try CacheIndex(path: root + "/index.log", pool: pool)
+        self.budget = budget ?? Budget.defaultBudget(for: root)
+    }
+
+    // MARK: budget
+
+    /// Makes room for `bytes` more under the budget, evicting least recently
+    /// used blobs now if needed. False when even evicting every unpinned blob
+    /// would not make room: the caller streams without caching.
+    public func reserve(_ bytes: UInt64) -> Bool {
+        let u = index.usage
+        if u.total + bytes > budget.maxBytes {
+            let needed = u.total + bytes - budget.maxBytes
+            let victims = index.evictionCandidates(totalling: needed)
+            guard victims.reduce(0, { $0 + $1.size }) >= needed else { return false }
+            evict(victims, reason: "making room for a \(bytes)-byte fill")
+        }
+        index.reserve(bytes)
+        startEvictionIfOverHigh()
+        return true
+    }
+
+    public func release(_ bytes: UInt64) { index.release(bytes) }
+
+    /// Records a published blob and returns its reservation.
+    public func published(_ digest: Digest, size: UInt64, reserved: UInt64) {
+        index.addBlob(digest, size: size, now: Int64(time(nil)))
+        index.release(reserved)
+        startEvictionIfOverHigh()
+    }
+
+    /// Past the high watermark: evict on the pool down to the low one.
+    public func startEvictionIfOverHigh() {
+        guard index.usage.total > budget.highBytes, !evicting.exchange(true, ordering: .acquiringAndReleasing) else { return }
+        pool.submit { [self] in
+            defer { evicting.store(false, ordering: .releasing) }
+            let u = index.usage
+            guard u.total > budget.lowBytes else { return }
+            let victims = index.evictionCandidates(totalling: u.total - budget.lowBytes)
+            if victims.isEmpty {
+                log("cache over its high watermark (\(u.total) of \(budget.maxBytes) bytes) and nothing evictable: pinned \(u.pinned) bytes")
+                return
+            }
+            evict(victims, reason: "over the high watermark")
+            if index.usage.total > budget.lowBytes && index.usage.pinned > budget.lowBytes {
+                log("pinned content (\(index.usage.pinned) bytes) exceeds the low watermark of the \(budget.maxBytes)-byte budget")
+            }
+        }
+    }
+
+    /// Forgets `victims` now (so nothing new is served from them) and removes
+    /// their files on the pool. Readers holding a file open finish from it.
+    private func evict(_ victims: [(digest: Digest, size: UInt64)], reason: String) {
+        for v in victims { index.removeBlob(v.digest) }
+        let paths = victims.map { path(for: $0.digest) }
+        log("evicting \(victims.count) blobs (\(victims.reduce(0) { $0 + $1.size }) bytes): \(reason)")
+        pool.submit { for p in paths { unlink(p) } }
+    }
+
+    /// Makes the index agree with the files after a crash: adds blobs the
+    /// journal missed, forgets entries whose file is gone. Blocking: pool only.
+    public func reconcile() -> (added: Int, removed: Int) {
+        var onDisk: Set<Digest> = []
+        var added = 0, removed = 0
+        let base = root + "/blobs/sha256"
+        forEachEntry(base) { prefix in
+            forEachEntry(base + "/" + prefix) { name in
+                guard let d = Digest(algorithm: .sha256, hex: name) else { return }
+                onDisk.insert(d)
+                if index.size(of: d) == nil {
+                    var st = stat()
+                    if stat(base + "/" + prefix + "/" + name, &st) == 0 {
+                        index.addBlob(d, size: UInt64(st.st_size), now: Int64(st.st_mtim.tv_sec))
+                        added += 1
+                    }
+                }
+            }
+        }
+        for b in index.blobs() where b.digest.algorithm == .sha256 && !onDisk.contains(b.digest) {
+            index.removeBlob(b.digest)
+            removed += 1
+        }
+        return (added, removed)
+    }
+
+    private func forEachEntry(_ dir: String, _ body: (String) -> Void) {
+        guard let d = opendir(dir) else { return }
+        defer { closedir(d) }
+        while let e = readdir(d) {
+            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name != "." && name != ".." { body(name) }
+        }
     }
 
     /// Where a verified blob lives.
@@ -78,7 +175,10 @@ public final class BlobStore: @unchecked Sendable {  // immutable paths; `tempSe
     /// Stores small verified content (a manifest) in one go. Blocking: pool only.
     public func store(_ bytes: [UInt8], as digest: Digest) throws {
         if contains(digest) { return }
-        let (path, file) = try makeTempFile(for: digest)
+        let size = UInt64(bytes.count)
+        guard reserve(size) else { throw IOError(errno: ENOSPC, call: "store \(digest): over the cache budget") }
+        let (path, file): (String, FileDescriptor)
+        do { (path, file) = try makeTempFile(for: digest) } catch { release(size); throw error }
         do {
             var off = 0
             while off < bytes.count {
@@ -87,8 +187,10 @@ public final class BlobStore: @unchecked Sendable {  // immutable paths; `tempSe
                 off += n
             }
             try commit(tempPath: path, file: file, digest: digest)
+            published(digest, size: size, reserved: size)
         } catch {
             unlink(path)
+            release(size)
             throw error
         }
     }

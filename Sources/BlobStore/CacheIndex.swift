@@ -5,18 +5,25 @@ import Reactor
 import OCI
 import Synchronization
 
-/// What the cache knows besides blob bytes: tag → digest mappings (with the
-/// time they were last confirmed), manifest media types, and which
-/// repositories are known to contain which digests.
+/// What the cache knows besides blob bytes: every blob's size, recency and
+/// pin; tag → digest mappings (with the time the upstream last confirmed
+/// them); manifest media types; which repositories are known to contain
+/// which digests; and the bytes reserved by fills in progress.
 ///
-/// Kept in memory behind a lock; every change is appended to a journal
+/// Kept in memory behind one lock: a hit's `touch` moves two integers in
+/// `LRUList` and writes nothing. Changes are appended to a journal
 /// (`index.log`, one tab-separated record per line) by the blocking pool, in
-/// batches, never on the hot path. Loading replays the journal; a torn last
-/// line (crash mid-append) is ignored, and a journal mostly made of
-/// superseded records is rewritten at startup.
+/// batches. Recency reaches the disk through snapshots: the journal is
+/// rewritten, blobs oldest first with their last-use times, periodically and
+/// at a clean stop (which ends the file with a `C` record).
 ///
-/// Losing the newest records in a crash costs at most an upstream
-/// revalidation: blobs themselves are self-describing files.
+/// Records: `B digest size lastUse`, `X digest` (evicted), `P digest 0|1`,
+/// `T repo tag digest mediaType confirmedAt`, `M digest mediaType`,
+/// `L repo digest`, `C time` (clean stop).
+///
+/// Loading replays the journal; a torn last line (crash mid-append) is
+/// ignored. `wasCleanlyClosed` tells the store whether to reconcile with the
+/// files on disk.
 public final class CacheIndex: @unchecked Sendable {  // all state behind `state`
     public struct TagRecord: Equatable, Sendable {
         public var digest: Digest
@@ -30,15 +37,31 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         }
     }
 
-    private struct State {
+    /// Bytes under the cache directory, as the budget counts them.
+    public struct Usage: Equatable, Sendable {
+        public var blobs: UInt64
+        public var pinned: UInt64
+        public var reserved: UInt64
+        public var count: Int
+        /// The index file itself.
+        public var journal: UInt64
+        public var total: UInt64 { blobs + reserved + journal }
+    }
+
+    struct State {
+        var lru = LRUList()
+        var reserved: UInt64 = 0
         var tags: [String: [String: TagRecord]] = [:]
         var mediaTypes: [Digest: String] = [:]
         var links: Set<Link> = []
+        var pins: Set<Digest> = []
         var pending: [UInt8] = []
         var flushScheduled = false
+        var dirtySinceSnapshot = false
+        var journalBytes: UInt64 = 0
     }
 
-    private struct Link: Hashable {
+    struct Link: Hashable {
         let repository: String
         let digest: Digest
     }
@@ -46,24 +69,100 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     private let state = Mutex(State())
     private let path: String
     private let pool: BlockingPool
-    private let fd: Int32
+    private var fd: Int32                       // replaced only by `snapshot`, under `fdLock`
+    private let fdLock = Mutex(())
+    /// True when the journal ended with a clean-stop record.
+    public let wasCleanlyClosed: Bool
+    /// Journal lines read at startup.
+    public let loadedLines: Int
 
     init(path: String, pool: BlockingPool) throws {
         self.path = path
         self.pool = pool
         var s = State()
-        let lines = CacheIndex.load(path: path, into: &s)
-        let records = s.links.count + s.mediaTypes.count + s.tags.values.reduce(0) { $0 + $1.count }
-        if lines > 1000 && lines > 2 * records {
-            try CacheIndex.rewrite(path: path, state: s)
-        }
+        (loadedLines, wasCleanlyClosed) = CacheIndex.load(path: path, into: &s)
         fd = try Posix.open(path: path, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o644)
+        s.journalBytes = (try? UInt64(Posix.fstat(fd: fd).st_size)) ?? 0
         state.withLock { $0 = s }
     }
 
     deinit { Posix.close(fd: fd) }
 
-    // MARK: queries
+    // MARK: blobs
+
+    public var usage: Usage {
+        state.withLock {
+            Usage(blobs: $0.lru.bytes, pinned: $0.lru.pinnedBytes, reserved: $0.reserved, count: $0.lru.count,
+                  journal: $0.journalBytes + UInt64($0.pending.count))
+        }
+    }
+
+    /// Size of a cached blob, nil when the index does not know it.
+    public func size(of digest: Digest) -> UInt64? {
+        state.withLock { $0.lru.node(digest)?.size }
+    }
+
+    public func lastUse(of digest: Digest) -> Int64? {
+        state.withLock { $0.lru.node(digest)?.lastUse }
+    }
+
+    /// Records a hit. Memory only: no syscall, no allocation.
+    @inline(__always)
+    public func touch(_ digest: Digest, now: Int64) {
+        state.withLock { _ = $0.lru.touch(digest, at: now) }
+    }
+
+    /// Records a blob published in the store.
+    public func addBlob(_ digest: Digest, size: UInt64, now: Int64) {
+        journal("B\t\(digest)\t\(size)\t\(now)\n") { s in
+            s.lru.insert(digest, size: size, lastUse: now)
+            if s.pins.contains(digest) { s.lru.setPinned(digest, true) }
+        }
+    }
+
+    /// Forgets a blob (evicted or found missing).
+    public func removeBlob(_ digest: Digest) {
+        journal("X\t\(digest)\n") { s in s.lru.remove(digest) }
+    }
+
+    /// Takes `bytes` out of the budget for a fill. Always succeeds; the
+    /// caller checks `usage` against the budget first.
+    public func reserve(_ bytes: UInt64) {
+        state.withLock { $0.reserved += bytes }
+    }
+
+    public func release(_ bytes: UInt64) {
+        state.withLock { $0.reserved -= min($0.reserved, bytes) }
+    }
+
+    /// Oldest unpinned blobs whose sizes add up to at least `bytes`.
+    public func evictionCandidates(totalling bytes: UInt64) -> [(digest: Digest, size: UInt64)] {
+        state.withLock { $0.lru.oldest(totalling: bytes).map { ($0.digest, $0.size) } }
+    }
+
+    /// Every blob with its size, last use and pin, least recent first.
+    public func blobs() -> [(digest: Digest, size: UInt64, lastUse: Int64, pinned: Bool)] {
+        state.withLock { $0.lru.allOldestFirst().map { ($0.digest, $0.size, $0.lastUse, $0.pinned) } }
+    }
+
+    // MARK: pins
+
+    public func setPinned(_ digests: [Digest], _ pinned: Bool) {
+        var lines = ""
+        for d in digests { lines += "P\t\(d)\t\(pinned ? 1 : 0)\n" }
+        journal(lines) { s in
+            for d in digests {
+                if pinned { s.pins.insert(d) } else { s.pins.remove(d) }
+                s.lru.setPinned(d, pinned)
+            }
+        }
+    }
+
+    public func isPinned(_ digest: Digest) -> Bool { state.withLock { $0.pins.contains(digest) } }
+
+    public var pinnedDigests: Set<Digest> { state.withLock { $0.pins } }
+
+    // MARK: tags, media types, links
 
     public func tag(_ repository: String, _ tag: String) -> TagRecord? {
         state.withLock { $0.tags[repository]?[tag] }
@@ -72,6 +171,13 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     /// Tags known for `repository`, sorted.
     public func tags(of repository: String) -> [String] {
         state.withLock { ($0.tags[repository].map { Array($0.keys) } ?? []).sorted() }
+    }
+
+    /// Every (repository, tag, record), sorted.
+    public func allTags() -> [(repository: String, tag: String, record: TagRecord)] {
+        state.withLock { s in
+            s.tags.flatMap { repo, tags in tags.map { (repo, $0.key, $0.value) } }
+        }.sorted { ($0.repository, $0.tag) < ($1.repository, $1.tag) }
     }
 
     public func mediaType(of digest: Digest) -> String? {
@@ -83,11 +189,16 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         state.withLock { $0.links.contains(Link(repository: repository, digest: digest)) }
     }
 
-    // MARK: changes
-
     public func setTag(_ repository: String, _ tag: String, _ record: TagRecord) {
         journal("T\t\(repository)\t\(tag)\t\(record.digest)\t\(clean(record.mediaType))\t\(record.confirmedAt)\n") {
             $0.tags[repository, default: [:]][tag] = record
+        }
+    }
+
+    public func removeTag(_ repository: String, _ tag: String) {
+        journal("t\t\(repository)\t\(tag)\n") { s in
+            s.tags[repository]?[tag] = nil
+            if s.tags[repository]?.isEmpty == true { s.tags[repository] = nil }
         }
     }
 
@@ -107,10 +218,13 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         if !lines.isEmpty { journal(lines) { _ in } }
     }
 
+    // MARK: journal
+
     private func journal(_ line: String, _ change: (inout State) -> Void) {
         let schedule = state.withLock { s -> Bool in
             change(&s)
             s.pending.append(contentsOf: line.utf8)
+            s.dirtySinceSnapshot = true
             if s.flushScheduled { return false }
             s.flushScheduled = true
             return true
@@ -120,12 +234,49 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
 
     /// Appends pending records to the journal. Blocking: pool (or shutdown) only.
     public func flush() {
-        let bytes = state.withLock { s -> [UInt8] in
-            let b = s.pending
-            s.pending = []
-            s.flushScheduled = false
-            return b
+        fdLock.withLock { _ in
+            let bytes = state.withLock { s -> [UInt8] in
+                let b = s.pending
+                s.pending = []
+                s.flushScheduled = false
+                s.journalBytes += UInt64(b.count)
+                return b
+            }
+            writeAll(fd, bytes)
         }
+    }
+
+    /// Rewrites the journal compactly, blobs oldest first with their last use;
+    /// `clean` ends it with a clean-stop record. Blocking: pool (or shutdown) only.
+    public func snapshot(clean: Bool = false) throws {
+        try fdLock.withLock { _ in
+            let text = state.withLock { s -> [UInt8] in
+                s.pending = []
+                s.dirtySinceSnapshot = false
+                let t = CacheIndex.render(s, clean: clean)
+                s.journalBytes = UInt64(t.count)
+                return t
+            }
+            let tmp = path + ".snapshot"
+            let out = try Posix.open(path: tmp, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+            writeAll(out, text)
+            fsync(out)
+            Posix.close(fd: out)
+            guard rename(tmp, path) == 0 else { throw IOError(errno: errno, call: "rename \(tmp)") }
+            let newFD = try Posix.open(path: path, flags: O_WRONLY | O_APPEND, mode: 0o644)
+            Posix.close(fd: fd)
+            fd = newFD
+        }
+    }
+
+    /// True when something changed since the last snapshot.
+    public var needsSnapshot: Bool { state.withLock { $0.dirtySinceSnapshot } }
+
+    private func clean(_ s: String) -> String {
+        String(s.unicodeScalars.filter { $0.value >= 0x20 && $0 != "\t" })
+    }
+
+    private func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
         var off = 0
         while off < bytes.count {
             let n = bytes[off...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
@@ -134,59 +285,92 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         }
     }
 
-    private func clean(_ s: String) -> String {
-        String(s.unicodeScalars.filter { $0.value >= 0x20 && $0 != "\t" })
-    }
-
-    // MARK: loading
-
-    /// Replays the journal into `s`; returns the number of lines read.
-    private static func load(path: String, into s: inout State) -> Int {
-        guard let f = fopen(path, "r") else { return 0 }
-        defer { fclose(f) }
-        var count = 0
-        var line: UnsafeMutablePointer<CChar>?
-        var cap = 0
-        while getline(&line, &cap, f) > 0 {
-            count += 1
-            let text = String(cString: line!)
-            guard text.hasSuffix("\n") else { break }  // torn last record
-            let f = text.dropLast().split(separator: "\t", omittingEmptySubsequences: false).map(String.init)
-            switch (f.first, f.count) {
-            case ("T", 6):
-                if let d = Digest(f[3]), let t = Int64(f[5]) {
-                    s.tags[f[1], default: [:]][f[2]] = TagRecord(digest: d, mediaType: f[4], confirmedAt: t)
-                }
-            case ("M", 3):
-                if let d = Digest(f[1]) { s.mediaTypes[d] = f[2] }
-            case ("L", 3):
-                if let d = Digest(f[2]) { s.links.insert(Link(repository: f[1], digest: d)) }
-            default:
-                continue
-            }
-        }
-        free(line)
-        return count
-    }
-
-    private static func rewrite(path: String, state s: State) throws {
+    private static func render(_ s: State, clean: Bool) -> [UInt8] {
         var out = ""
+        out.reserveCapacity(s.lru.count * 96)
+        for n in s.lru.allOldestFirst() { out += "B\t\(n.digest)\t\(n.size)\t\(n.lastUse)\n" }
+        for d in s.pins { out += "P\t\(d)\t1\n" }
         for (repo, tags) in s.tags {
             for (tag, r) in tags { out += "T\t\(repo)\t\(tag)\t\(r.digest)\t\(r.mediaType)\t\(r.confirmedAt)\n" }
         }
         for (d, t) in s.mediaTypes { out += "M\t\(d)\t\(t)\n" }
         for l in s.links { out += "L\t\(l.repository)\t\(l.digest)\n" }
-        let tmp = path + ".rewrite"
-        let fd = try Posix.open(path: tmp, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
-        let bytes = Array(out.utf8)
+        if clean { out += "C\t\(time(nil))\n" }
+        return Array(out.utf8)
+    }
+
+    // MARK: loading
+
+    /// Replays the journal into `s`: returns the lines read and whether the last was a clean stop.
+    static func load(path: String, into s: inout State) -> (Int, Bool) {
+        guard let bytes = readWhole(path) else { return (0, true) }
+        var lines = 0
+        var clean = bytes.isEmpty
+        bytes.withUnsafeBufferPointer { buf in
+            var start = 0
+            while start < buf.count {
+                guard let p = memchr(buf.baseAddress! + start, 0x0a, buf.count - start) else { break }  // torn last record
+                let nl = buf.baseAddress!.distance(to: p.assumingMemoryBound(to: UInt8.self))
+                lines += 1
+                let line = UnsafeBufferPointer(rebasing: buf[start..<nl])
+                start = nl + 1
+                clean = apply(line, to: &s)
+            }
+        }
+        return (lines, clean)
+    }
+
+    /// Applies one record; returns true when it is a clean-stop record.
+    private static func apply(_ line: UnsafeBufferPointer<UInt8>, to s: inout State) -> Bool {
+        var fields: [Substring] = []
+        fields.reserveCapacity(6)
+        let text = String(decoding: line, as: UTF8.self)
+        fields = text.split(separator: "\t", omittingEmptySubsequences: false)
+        guard let kind = fields.first else { return false }
+        switch (kind, fields.count) {
+        case ("B", 4):
+            if let d = Digest(String(fields[1])), let size = UInt64(fields[2]), let t = Int64(fields[3]) {
+                s.lru.insert(d, size: size, lastUse: t)
+            }
+        case ("X", 2):
+            if let d = Digest(String(fields[1])) { s.lru.remove(d) }
+        case ("P", 3):
+            if let d = Digest(String(fields[1])) {
+                if fields[2] == "1" { s.pins.insert(d) } else { s.pins.remove(d) }
+                s.lru.setPinned(d, fields[2] == "1")
+            }
+        case ("T", 6):
+            if let d = Digest(String(fields[3])), let t = Int64(fields[5]) {
+                s.tags[String(fields[1]), default: [:]][String(fields[2])] = TagRecord(digest: d, mediaType: String(fields[4]), confirmedAt: t)
+            }
+        case ("t", 3):
+            s.tags[String(fields[1])]?[String(fields[2])] = nil
+        case ("M", 3):
+            if let d = Digest(String(fields[1])) { s.mediaTypes[d] = String(fields[2]) }
+        case ("L", 3):
+            if let d = Digest(String(fields[2])) { s.links.insert(Link(repository: String(fields[1]), digest: d)) }
+        case ("C", _):
+            return true
+        default:
+            break
+        }
+        return false
+    }
+
+    private static func readWhole(_ path: String) -> [UInt8]? {
+        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
+        guard fd >= 0 else { return nil }
+        defer { Glibc.close(fd) }
+        var st = stat()
+        guard fstat(fd, &st) == 0 else { return nil }
+        var out = [UInt8](repeating: 0, count: Int(st.st_size))
         var off = 0
-        while off < bytes.count {
-            let n = bytes[off...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n <= 0 { Posix.close(fd: fd); throw IOError(errno: errno, call: "write \(tmp)") }
+        while off < out.count {
+            let n = out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + off, $0.count - off) }
+            if n <= 0 { break }
             off += n
         }
-        fsync(fd)
-        Posix.close(fd: fd)
-        guard rename(tmp, path) == 0 else { throw IOError(errno: errno, call: "rename \(tmp)") }
+        out.removeLast(out.count - off)
+        return out
     }
 }

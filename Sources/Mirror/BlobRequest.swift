@@ -90,6 +90,7 @@ final class BlobRequest {
 
     private func serveCached(_ file: FileDescriptor, cacheStatus: String) {
         guard let size = try? file.size() else { return Mirror.error(w, .blobUnknown, "blob \(digest) unreadable", status: 500) }
+        index.touch(digest, now: unixNow())
         let head = Mirror.contentHead(status: 200, digest: digest, mediaType: "application/octet-stream", cacheStatus: cacheStatus)
         guard let plan = RangePlan(w.request.headers["Range"], size: size, boundary: boundary) else {
             return refuseRange(w, size: size)
@@ -189,21 +190,22 @@ final class BlobFetch: UpstreamDelegate {
         }
         ok = true
         mirror.store.index.link(repo, [fill.digest])
-        if let n = head.headers["Content-Length"].flatMap({ UInt64($0) }) { fill.setTotal(n) }
+        if let n = head.headers["Content-Length"].flatMap({ UInt64($0) }) {
+            if mirror.store.reserve(n) {
+                fill.reserved = n
+            } else {
+                mirror.log(.warning, "blob \(fill.digest) (\(n) bytes) does not fit in the cache budget: streamed uncached")
+                fill.relayOnly()
+            }
+            fill.setTotal(n)
+        }
     }
 
     func didReceiveBody(_ bytes: UnsafeRawBufferPointer, task: ClientTask) -> Bool {
-        do {
-            if try fill.append(bytes) { return true }
-            // Hashing lags behind the network: pause the upstream until it catches up.
-            fill.whenReady { task.resume() }
-            return false
-        } catch {
-            mirror.log(.error, "fill \(fill.digest): \(error)")
-            fill.fail(status: 0, retryAfter: nil, reason: "cache write failed: \(error)")
-            task.cancel()
-            return false
-        }
+        if fill.append(bytes) { return true }
+        // Hashing lags behind the network: pause the upstream until it catches up.
+        fill.whenReady { task.resume() }
+        return false
     }
 
     func didFinish(_ error: HTTPClientError?, task: ClientTask) {
@@ -250,7 +252,7 @@ final class FillReader {
             stop()
             request.mirror.error(w, UpstreamError(status: 504, code: .unavailable, message: "upstream did not answer for \(request.digest) in time"))
         }
-        token = fill.subscribe(on: w.loop) { [self] p in progressed(p) }
+        token = fill.subscribe(on: w.loop, relay: { [self] offset, bytes in relayed(offset, bytes) }) { [self] p in progressed(p) }
         progressed(fill.progress)
     }
 
@@ -259,6 +261,23 @@ final class FillReader {
         token = nil
         deadline?.cancel()
         deadline = nil
+        memory = []
+    }
+
+    /// Relayed bytes not yet sent (a relay has no file to read them from later).
+    private var memory: [(offset: UInt64, bytes: [UInt8])] = []
+    private var memoryBytes = 0
+    static let maxMemory = 16 << 20
+
+    private func relayed(_ offset: UInt64, _ bytes: [UInt8]) {
+        guard token != nil else { return }
+        memory.append((offset, bytes))
+        memoryBytes += bytes.count
+        if memoryBytes > Self.maxMemory {
+            // A client this far behind a relay cannot be fed: cut it so it retries.
+            stop()
+            return w.abort()
+        }
     }
 
     private func progressed(_ p: BlobFill.Progress) {
@@ -275,10 +294,7 @@ final class FillReader {
             // Hold back the blob's last byte until the digest has been checked.
             var limit = min(range.upperBound, p.written)
             if p.outcome != .verified && range.upperBound == total && limit == total { limit = total - 1 }
-            if limit > sent {
-                w.writeFile(fill.file, range: sent..<limit)
-                sent = limit
-            }
+            send(upTo: limit, inFile: p.inFile)
             guard sent == range.upperBound else { return }
             plan.parts[part].trailer.withUnsafeBytes { _ = w.write($0) }
             part += 1
@@ -289,6 +305,32 @@ final class FillReader {
         }
         stop()
         w.end()
+    }
+
+    /// Sends `sent..<limit`: from the file while it has the bytes, then from relayed memory.
+    private func send(upTo limit: UInt64, inFile: UInt64) {
+        if sent < limit && sent < inFile {
+            let end = min(limit, inFile)
+            w.writeFile(fill.file, range: sent..<end)
+            sent = end
+        }
+        while sent < limit, let first = memory.first {
+            let chunkEnd = first.offset + UInt64(first.bytes.count)
+            if chunkEnd <= sent {
+                memory.removeFirst()
+                memoryBytes -= first.bytes.count
+                continue
+            }
+            guard first.offset <= sent else { return }  // bytes before this chunk are in the file
+            let from = Int(sent - first.offset), to = Int(min(limit, chunkEnd) - first.offset)
+            let more = first.bytes[from..<to].withUnsafeBytes { w.write($0) }
+            sent = first.offset + UInt64(to)
+            if !more {
+                // The client is slow: carry on when its connection drains.
+                w.onWritable = { [self] in progressed(fill.progress) }
+                return
+            }
+        }
     }
 
     /// Sends the head once the size is known; false when there is nothing more to do now.

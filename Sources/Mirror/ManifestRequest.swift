@@ -118,6 +118,7 @@ final class ManifestRequest {
         guard let file = mirror.store.open(digest), let size = try? file.size() else {
             return fetch(stale: nil)
         }
+        index.touch(digest, now: unixNow())
         let head = Mirror.contentHead(status: 200, digest: digest, mediaType: type, cacheStatus: cacheStatus)
         w.respond(head, file: file, range: 0..<size)
     }

@@ -53,6 +53,10 @@ struct Serve: ParsableCommand {
     var cacheDir: String?
     @Option(name: .customLong("tag-ttl"), help: "How long a tag mapping is trusted, e.g. 5m (cache.tag_ttl).")
     var tagTTL: String?
+    @Option(name: .customLong("cache-max-size"), help: "Cache budget, e.g. 50GiB or 80% (cache.max_size).")
+    var cacheMaxSize: String?
+    @Option(name: .customLong("pin"), help: "Image never evicted (cache.pinned); repeatable.")
+    var pin: [String] = []
 
     func run() throws {
         var c = BerthConfig()
@@ -77,6 +81,8 @@ struct Serve: ParsableCommand {
             if !realmAllow.isEmpty { c.upstream.realmAllow = realmAllow }
             if let upstreamDockerhub { c.upstream.dockerhub = upstreamDockerhub }
             if let cacheDir { c.cache.dir = cacheDir }
+            if let cacheMaxSize { c.cache.maxSize = cacheMaxSize }
+            if !pin.isEmpty { c.cache.pinned = pin }
             if let tagTTL { c.cache.tagTTL = try BerthConfig.parseDuration(tagTTL, key: "cache.tag_ttl") }
             try c.validate()
         } catch let e as ConfigError {

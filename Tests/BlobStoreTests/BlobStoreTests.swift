@@ -72,7 +72,7 @@ final class BlobStoreTests: XCTestCase {
             _ = fill.subscribe(on: self.loop) { p in outcome = p.outcome }
             XCTAssertEqual(fill.progress.outcome, .filling)
             if let t = declaredTotal { fill.setTotal(t) }
-            for c in chunks { c.withUnsafeBytes { try? fill.append($0) } }
+            for c in chunks { _ = c.withUnsafeBytes { fill.append($0) } }
             fill.finish(store: store, pool: self.pool) { ok in
                 committedResult = ok
                 committed.fulfill()
@@ -118,6 +118,47 @@ final class BlobStoreTests: XCTestCase {
         let r = try runFill(d, declaredTotal: 6000, chunks: [bytes])
         guard case .failed = r.outcome else { return XCTFail("expected failure, got \(r.outcome)") }
         XCTAssertFalse(r.published)
+    }
+
+    /// A blob that does not fit (or a disk that refuses writes) is relayed to
+    /// the readers attached, verified, and never kept.
+    func testRelayReachesReadersAndKeepsNothing() throws {
+        let store = try BlobStore(root: dir, pool: pool)
+        let registry = FillRegistry(store: store, pool: pool)
+        let bytes = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        let d = digest(of: bytes)
+        var relayed: [UInt8] = []
+        var outcome = BlobFill.Outcome.filling
+        let committed = expectation(description: "done")
+        onLoop { done in
+            guard case .started(let fill)? = try? registry.lookup(d, loop: self.loop) else { XCTFail("not started"); done(); return }
+            _ = fill.subscribe(on: self.loop, relay: { offset, chunk in
+                XCTAssertEqual(Int(offset), relayed.count, "relayed in order")
+                relayed += chunk
+            }) { p in outcome = p.outcome }
+            fill.setTotal(UInt64(bytes.count))
+            fill.relayOnly()
+            // A relay takes no new readers: the next request starts its own fetch.
+            if case .started(let other)? = try? registry.lookup(d, loop: self.loop) {
+                other.fail(status: 0, retryAfter: nil, reason: "not driven in this test")
+            } else {
+                XCTFail("a relay takes no new readers")
+            }
+            for c in stride(from: 0, to: bytes.count, by: 65536) {
+                _ = Array(bytes[c..<min(c + 65536, bytes.count)]).withUnsafeBytes { fill.append($0) }
+            }
+            XCTAssertEqual(fill.progress.inFile, 0, "nothing went to the file")
+            fill.finish(store: store, pool: self.pool) { ok in
+                XCTAssertFalse(ok)
+                committed.fulfill()
+            }
+            done()
+        }
+        wait(for: [committed], timeout: 20)
+        XCTAssertEqual(outcome, .verified)
+        XCTAssertEqual(relayed, bytes)
+        XCTAssertFalse(store.contains(d))
+        XCTAssertTrue(waitFor { (try? FileManager.default.contentsOfDirectory(atPath: self.dir + "/tmp"))?.isEmpty == true })
     }
 
     func testIndexSurvivesReopenAndIgnoresTornLine() throws {

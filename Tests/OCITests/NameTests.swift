@@ -62,3 +62,17 @@ final class TagTests: XCTestCase {
         XCTAssertEqual(Reference("sha256:" + hex)?.description, "sha256:" + hex)
     }
 }
+
+final class ImageReferenceTests: XCTestCase {
+    func testForms() {
+        XCTAssertEqual(ImageReference("alpine")?.description, "alpine:latest")
+        XCTAssertEqual(ImageReference("library/alpine:3.20")?.description, "library/alpine:3.20")
+        XCTAssertEqual(ImageReference("docker.io/library/alpine:3.20")?.name, "library/alpine")
+        XCTAssertEqual(ImageReference("127.0.0.1:5000/team/app:v1")?.description, "team/app:v1")
+        let d = "sha256:" + String(repeating: "a", count: 64)
+        XCTAssertEqual(ImageReference("team/app@" + d)?.reference, .digest(Digest(d)!))
+        XCTAssertNil(ImageReference("Team/App:v1"))
+        XCTAssertNil(ImageReference("app@sha256:short"))
+        XCTAssertNil(ImageReference("app:.bad"))
+    }
+}

@@ -1,4 +1,5 @@
 import HTTP1
+import OCI
 
 /// The OCI distribution error codes Berth answers with, and their statuses.
 /// One table, as in the spec: a handler names the code, the status follows.
@@ -48,27 +49,4 @@ public func ociCode(forStatus status: Int) -> OCIErrorCode {
     case 501: return .unsupported
     default: return .unsupported
     }
-}
-
-/// JSON string escaping (quotes, backslash, control bytes).
-public func jsonEscaped(_ s: String) -> String {
-    var out = ""
-    out.reserveCapacity(s.utf8.count)
-    for scalar in s.unicodeScalars {
-        switch scalar {
-        case "\"": out += "\\\""
-        case "\\": out += "\\\\"
-        case "\n": out += "\\n"
-        case "\r": out += "\\r"
-        case "\t": out += "\\t"
-        default:
-            if scalar.value < 0x20 {
-                let hex = String(scalar.value, radix: 16)
-                out += "\\u" + String(repeating: "0", count: 4 - hex.count) + hex
-            } else {
-                out.unicodeScalars.append(scalar)
-            }
-        }
-    }
-    return out
 }

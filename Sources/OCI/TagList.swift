@@ -80,7 +80,7 @@ private struct RawTagList: Decodable {
 }
 
 /// JSON string escaping: quotes, backslash, control characters.
-func jsonEscaped(_ s: String) -> String {
+public func jsonEscaped(_ s: String) -> String {
     var out = ""
     out.reserveCapacity(s.utf8.count)
     for scalar in s.unicodeScalars {

@@ -209,6 +209,11 @@ final class FillReader {
     let cacheStatus: String
     private var w: ResponseWriter { request.w }
     private var token: AnyObject?
+    /// True from `start` until `stop`. Not `token != nil`: on the fill's owner
+    /// loop `subscribe` calls back before it returns the token, and a reader
+    /// joining a fill that makes no more progress (all bytes in, commit
+    /// running) would drop that only callback and wait for the 504 deadline.
+    private var isFollowing = false
     private var range: Range<UInt64>?
     private var sent: UInt64 = 0
     private var deadline: Timer?
@@ -226,10 +231,13 @@ final class FillReader {
             stop()
             request.mirror.error(w, UpstreamError(status: 504, code: .unavailable, message: "upstream did not answer for \(request.digest) in time"))
         }
-        token = fill.subscribe(on: w.loop) { [self] p in progressed(p) }
+        isFollowing = true
+        let t = fill.subscribe(on: w.loop) { [self] p in progressed(p) }
+        if isFollowing { token = t } else { fill.unsubscribe(t) }  // already answered during subscribe
     }
 
     private func stop() {
+        isFollowing = false
         if let t = token { fill.unsubscribe(t) }
         token = nil
         deadline?.cancel()
@@ -237,7 +245,7 @@ final class FillReader {
     }
 
     private func progressed(_ p: BlobFill.Progress) {
-        guard token != nil else { return }
+        guard isFollowing else { return }
         if case .failed(let status, let retryAfter, let reason) = p.outcome {
             stop()
             if range != nil { return w.abort() }

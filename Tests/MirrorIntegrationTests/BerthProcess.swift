@@ -9,6 +9,7 @@ final class BerthProcess {
     let directory: String
     let arguments: [String]
     let environment: [String: String?]
+    let workers: Int
     private(set) var port: UInt16 = 0
     private var process: Subprocess?
     var logPath: String { "\(directory)/berth.log" }
@@ -17,8 +18,9 @@ final class BerthProcess {
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
     /// `arguments` are extra flags (`--tag-ttl 0s`, `--upstream-user u`); `environment` extra variables.
-    init(upstream: String, arguments: [String] = [], environment: [String: String?] = [:]) throws {
+    init(upstream: String, arguments: [String] = [], environment: [String: String?] = [:], workers: Int = 2) throws {
         self.upstream = upstream
+        self.workers = workers
         self.arguments = arguments
         self.environment = environment
         directory = makeTemporaryDirectory("berth-proc")
@@ -67,7 +69,7 @@ final class BerthProcess {
         // The tests control the upstream settings; none may leak in from the environment.
         for k in ProcessInfo.processInfo.environment.keys where k.hasPrefix("BERTH_") && environment[k] == nil { env[k] = .some(nil) }
         let args = [binary, "serve", "--listen", hostPort, "--upstream", upstream, "--cache-dir", cacheDir,
-                    "--workers", "2", "--log-level", "debug"] + arguments
+                    "--workers", String(workers), "--log-level", "debug"] + arguments
         let p = try Subprocess(args, in: directory, environment: env, logPath: logPath)
         process = p
         let ready = waitUntil(10) { !p.isRunning || probeStatus(port: port, path: "/healthz") == 200 }

@@ -23,7 +23,7 @@ class IntegrationTestCase: XCTestCase {
     }
 
     override func tearDown() {
-        if let run = testRun, !run.hasSucceeded {
+        if let run = testRun, run.totalFailureCount > 0 {
             for b in berths { print("---- berth log (\(b.hostPort)) ----\n\(b.log.suffix(6000))") }
         }
         for c in cleanups.reversed() { c() }
@@ -41,8 +41,9 @@ class IntegrationTestCase: XCTestCase {
         return r
     }
 
-    func startBerth(upstream: String, arguments: [String] = [], environment: [String: String?] = [:]) throws -> BerthProcess {
-        let b = try BerthProcess(upstream: upstream, arguments: arguments, environment: environment)
+    func startBerth(upstream: String, arguments: [String] = [], environment: [String: String?] = [:],
+                    workers: Int = 2) throws -> BerthProcess {
+        let b = try BerthProcess(upstream: upstream, arguments: arguments, environment: environment, workers: workers)
         berths.append(b)
         cleanups.append { b.remove() }
         return b

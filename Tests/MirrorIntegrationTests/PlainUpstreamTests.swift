@@ -98,6 +98,34 @@ final class PlainUpstreamTests: IntegrationTestCase {
         XCTAssertTrue(waitUntil(10) { berth.isCached(blob.digest) }, "the blob is cached after the fill")
     }
 
+    /// Regression: on the fill's own loop, `subscribe` calls back before it
+    /// returns, and FillReader dropped that callback; a reader joining after the
+    /// last byte (while the verified fill is fsynced and renamed) then never
+    /// heard from the fill again and got a 504 after 20 s. One worker puts
+    /// every reader on the fill's loop.
+    func testReadersJoiningAFillWhileItCommitsAreAnswered() throws {
+        let registry = try startRegistry()
+        let blob = try builder.uploadRandomBlob(size: 64 << 20, to: registry, repository: "test/late")
+        let berth = try startBerth(upstream: registry.url, workers: 1)
+        let url = "\(berth.url)/v2/test/late/blobs/\(blob.digest)"
+
+        let first = try Subprocess(["curl", "-s", "-o", "\(workDir!)/late-first", "-w", "%{http_code}", "--max-time", "60", url], in: workDir)
+        XCTAssertTrue(first.waitForExit(seconds: 70))
+        // At once, while the commit (fsync of 64 MiB, rename) is likely still running.
+        let late = try (0..<6).map { i in
+            try Subprocess(["curl", "-s", "-o", "\(workDir!)/late-\(i)", "-w", "%{http_code}", "--max-time", "12", url], in: workDir)
+        }
+        XCTAssertEqual(first.stdout, "200")
+        XCTAssertEqual(sha256Hex(file: "\(workDir!)/late-first").map { "sha256:" + $0 }, blob.digest)
+        for (i, c) in late.enumerated() {
+            XCTAssertTrue(c.waitForExit(seconds: 20), "late client \(i) finished")
+            XCTAssertEqual(c.exitCode, 0, "late client \(i): curl exit \(c.exitCode) (28 = stuck until the deadline)")
+            XCTAssertEqual(c.stdout, "200", "late client \(i) status")
+            XCTAssertEqual(sha256Hex(file: "\(workDir!)/late-\(i)").map { "sha256:" + $0 }, blob.digest, "late client \(i) bytes")
+        }
+        XCTAssertEqual(registry.count(method: "GET", pathContains: "/blobs/\(blob.digest)"), 1)
+    }
+
     func testColdRangeRequestAnswers206() throws {
         let registry = try startRegistry()
         let blob = try builder.uploadRandomBlob(size: 4 << 20, to: registry, repository: "test/range")

@@ -70,6 +70,22 @@ final class FakeUpstream {
         }
     }
 
+    /// Declares the whole length, sends the first `sent` bytes, stalls `stallNanos`, then sends the rest.
+    static func stall(_ bytes: [UInt8], after sent: Int, stallNanos: UInt64, digest: String) -> Route {
+        { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", "application/octet-stream")
+            head.headers.add("Docker-Content-Digest", digest)
+            w.start(head, contentLength: UInt64(bytes.count))
+            guard w.request.method == .get else { return }
+            bytes[0..<sent].withUnsafeBytes { _ = w.write($0) }
+            _ = w.loop.schedule(afterNanos: stallNanos) {
+                bytes[sent...].withUnsafeBytes { _ = w.write($0) }
+                w.end()
+            }
+        }
+    }
+
     /// 429 with `Retry-After` and Distribution's error body.
     static func rateLimited(retryAfter: String) -> Route {
         { w in

@@ -6,8 +6,11 @@ final class FaultInjectionTests: IntegrationTestCase {
     private let size = 1 << 20
 
     private func randomBytes(_ n: Int) -> [UInt8] {
-        var g = SystemRandomNumberGenerator()
-        return (0..<n).map { _ in UInt8.random(in: 0...255, using: &g) }
+        let urandom = FileHandle(forReadingAtPath: "/dev/urandom")!
+        defer { try? urandom.close() }
+        var out: [UInt8] = []
+        while out.count < n { out += urandom.readData(ofLength: n - out.count) }
+        return out
     }
 
     /// The client must be able to tell: curl failed, or the body is short of its Content-Length.
@@ -51,6 +54,47 @@ final class FaultInjectionTests: IntegrationTestCase {
         let r = try get(berth, "/v2/test/cut/blobs/\(digest)", timeout: 25)
         assertDownloadFailed(r, expectedLength: size)
         assertNothingCached(berth, digest)
+    }
+
+    /// A stalled upstream: Range requests joining the fill are answered as
+    /// soon as the fill has passed their range, later ones when it gets there,
+    /// all from the one upstream GET.
+    func testRangeRequestsFollowAStalledFill() throws {
+        let upstream = try startFakeUpstream()
+        let size = 4 << 20
+        let good = randomBytes(size)
+        let digest = "sha256:" + sha256Hex(good)
+        let path = "/v2/test/slow/blobs/\(digest)"
+        upstream.route(path, FakeUpstream.stall(good, after: 1 << 20, stallNanos: 3_000_000_000, digest: digest))
+        let berth = try startBerth(upstream: upstream.url)
+        let url = berth.url + path
+
+        let started = Date()
+        let whole = try Subprocess(["curl", "-s", "-o", "\(workDir!)/slow-whole", "-w", "%{http_code}", "--max-time", "20", url], in: workDir)
+        XCTAssertTrue(waitUntil(5) { upstream.count(method: "GET", path: path) == 1 }, "the fill started")
+        usleep(300_000)
+        let early = try get(berth, path, headers: ["Range: bytes=100-199"], timeout: 20)
+        let earlyDone = Date().timeIntervalSince(started)
+        let late = try Subprocess(["curl", "-s", "-D", "\(workDir!)/slow-late.h", "-o", "\(workDir!)/slow-late", "-w", "%{http_code}",
+                                   "-H", "Range: bytes=\(3 << 20)-", "--max-time", "20", url], in: workDir)
+        let suffix = try Subprocess(["curl", "-s", "-o", "\(workDir!)/slow-suffix", "-w", "%{http_code}",
+                                     "-H", "Range: bytes=-100", "--max-time", "20", url], in: workDir)
+
+        XCTAssertEqual(early.status, 206)
+        XCTAssertEqual(early.headers["content-range"], "bytes 100-199/\(size)")
+        XCTAssertTrue(early.body == Array(good[100..<200]), "early range bytes")
+        XCTAssertLessThan(earlyDone, 2.5, "a range the fill has passed does not wait for the stalled rest")
+
+        for c in [whole, late, suffix] { XCTAssertTrue(c.waitForExit(seconds: 25)) }
+        XCTAssertEqual(whole.stdout, "200")
+        XCTAssertEqual(sha256Hex(file: "\(workDir!)/slow-whole").map { "sha256:" + $0 }, digest)
+        XCTAssertEqual(late.stdout, "206")
+        XCTAssertEqual(Curl.parseHeaders("\(workDir!)/slow-late.h")["content-range"], "bytes \(3 << 20)-\(size - 1)/\(size)")
+        XCTAssertTrue(readBytes("\(workDir!)/slow-late") == Array(good[(3 << 20)...]), "late range bytes")
+        XCTAssertEqual(suffix.stdout, "206")
+        XCTAssertTrue(readBytes("\(workDir!)/slow-suffix") == Array(good[(size - 100)...]), "suffix range bytes")
+        XCTAssertEqual(upstream.count(method: "GET", path: path), 1, "one upstream GET for all of them")
+        XCTAssertTrue(waitUntil(10) { berth.isCached(digest) })
     }
 
     func testRateLimitedManifestPassesRetryAfter() throws {

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import HTTP1
 
 /// Berth against an in-process fake upstream that misbehaves on purpose.
 final class FaultInjectionTests: IntegrationTestCase {
@@ -95,6 +96,46 @@ final class FaultInjectionTests: IntegrationTestCase {
         XCTAssertTrue(readBytes("\(workDir!)/slow-suffix") == Array(good[(size - 100)...]), "suffix range bytes")
         XCTAssertEqual(upstream.count(method: "GET", path: path), 1, "one upstream GET for all of them")
         XCTAssertTrue(waitUntil(10) { berth.isCached(digest) })
+    }
+
+    /// An expired tag whose revalidation meets 429 or 503 is served stale;
+    /// nothing cached by digest asks the upstream at all.
+    func testRateLimitedOrFailingRevalidationServesStaleTag() throws {
+        let upstream = try startFakeUpstream()
+        let manifest = jsonBytes([
+            "schemaVersion": 2, "mediaType": ImageBuilder.ociManifest,
+            "config": ["mediaType": ImageBuilder.emptyConfig, "size": 2,
+                       "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"],
+            "layers": [] as [Any],
+        ] as [String: Any])
+        let digest = "sha256:" + sha256Hex(manifest)
+        let path = "/v2/test/flaky/manifests/v1"
+        upstream.route(path) { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", ImageBuilder.ociManifest)
+            head.headers.add("Docker-Content-Digest", digest)
+            w.respond(head, body: manifest)
+        }
+        let berth = try startBerth(upstream: upstream.url, arguments: ["--tag-ttl", "0s"])
+        let accept = ["Accept: \(allManifestTypes)"]
+        let first = try get(berth, path, headers: accept)
+        XCTAssertEqual(first.status, 200, first.bodyText)
+        XCTAssertEqual(first.body, manifest)
+        XCTAssertTrue(waitUntil(5) { berth.isCached(digest) }, "the manifest is stored")
+
+        for failure in [FakeUpstream.rateLimited(retryAfter: "30"), { w in w.respond(ResponseHead(status: 503), body: []) }] as [FakeUpstream.Route] {
+            upstream.route(path, failure)
+            let r = try get(berth, path, headers: accept)
+            XCTAssertEqual(r.status, 200, "stale-if-error: \(r.bodyText)")
+            XCTAssertEqual(r.body, manifest)
+            XCTAssertEqual(r.headers["docker-content-digest"], digest)
+        }
+        let asked = upstream.count(method: "GET", path: "/v2/test/flaky/manifests/\(digest)") + upstream.count(method: "HEAD", path: "/v2/test/flaky/manifests/\(digest)")
+        let byDigest = try get(berth, "/v2/test/flaky/manifests/\(digest)", headers: accept)
+        XCTAssertEqual(byDigest.status, 200)
+        XCTAssertEqual(byDigest.body, manifest)
+        XCTAssertEqual(upstream.count(method: "GET", path: "/v2/test/flaky/manifests/\(digest)")
+                       + upstream.count(method: "HEAD", path: "/v2/test/flaky/manifests/\(digest)"), asked, "a cached digest needs no upstream")
     }
 
     func testRateLimitedManifestPassesRetryAfter() throws {

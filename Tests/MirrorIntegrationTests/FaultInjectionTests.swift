@@ -10,7 +10,11 @@ final class FaultInjectionTests: IntegrationTestCase {
         let urandom = FileHandle(forReadingAtPath: "/dev/urandom")!
         defer { try? urandom.close() }
         var out: [UInt8] = []
-        while out.count < n { out += urandom.readData(ofLength: n - out.count) }
+        while out.count < n {
+            let chunk = urandom.readData(ofLength: n - out.count)
+            precondition(!chunk.isEmpty, "/dev/urandom returned nothing")
+            out += chunk
+        }
         return out
     }
 

@@ -104,6 +104,7 @@ func writeRandomFile(_ path: String, count: Int) throws -> String {
     var left = count
     while left > 0 {
         let chunk = source.readData(ofLength: min(left, 1 << 20))
+        guard !chunk.isEmpty else { throw Subprocess.Failure(description: "/dev/urandom returned nothing") }
         chunk.withUnsafeBytes { hasher.update($0) }
         out.write(chunk)
         left -= chunk.count

@@ -54,6 +54,7 @@ let package = Package(
         .testTarget(name: "OCITests", dependencies: ["OCI"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),
         .testTarget(name: "BerthAppTests", dependencies: ["BerthApp", "Mirror", "HTTP1", "Reactor", "TLS"]),
+        .testTarget(name: "MirrorIntegrationTests", dependencies: ["HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI"]),
     ],
     swiftLanguageModes: [.v5]
 )

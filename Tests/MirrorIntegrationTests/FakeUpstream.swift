@@ -1,0 +1,98 @@
+import Foundation
+import HTTP1
+
+/// An in-process upstream for fault injection only (bytes that do not match
+/// their digest, a connection cut mid-body, 429s): Berth's own HTTP1 server
+/// with one handler per exact path. `/v2/` answers 200; anything unrouted 404.
+final class FakeUpstream {
+    typealias Route = (ResponseWriter) -> Void
+
+    private let lock = NSLock()
+    private var routes: [String: Route] = [:]
+    private var seen: [(method: String, path: String)] = []
+    private var server: LoopbackServer?
+    private(set) var port: UInt16 = 0
+    var url: String { "http://127.0.0.1:\(port)" }
+
+    init() throws {
+        server = try LoopbackServer { [weak self] w in self?.handle(w) }
+        port = server!.port
+    }
+
+    func stop() { server?.stop() }
+
+    /// Answers requests for `path` (without query) with `route`, on the server's loop.
+    func route(_ path: String, _ route: @escaping Route) {
+        lock.withLock { routes[path] = route }
+    }
+
+    /// Requests received for `path` with `method`.
+    func count(method: String, path: String) -> Int {
+        lock.withLock { seen.filter { $0.method == method && $0.path == path }.count }
+    }
+
+    private func handle(_ w: ResponseWriter) {
+        let path = splitQuery(w.request.target).path
+        let route = lock.withLock { () -> Route? in
+            seen.append((w.request.method.name, path))
+            return routes[path]
+        }
+        if let route { return route(w) }
+        var head = ResponseHead(status: path == "/v2/" ? 200 : 404)
+        head.headers.add("Content-Type", "application/json")
+        head.headers.add("Docker-Distribution-API-Version", "registry/2.0")
+        w.respond(head, body: Array((path == "/v2/" ? "{}" : #"{"errors":[{"code":"NOT_FOUND","message":"fake upstream"}]}"#).utf8))
+    }
+
+    // MARK: canned faults
+
+    /// 200 with `bytes` as the body whatever digest was asked for.
+    static func serve(_ bytes: [UInt8], digest: String) -> Route {
+        { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", "application/octet-stream")
+            head.headers.add("Docker-Content-Digest", digest)
+            w.respond(head, body: bytes)
+        }
+    }
+
+    /// Declares the whole length, sends the first `sent` bytes, then cuts the connection.
+    static func cut(_ bytes: [UInt8], after sent: Int, digest: String) -> Route {
+        { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", "application/octet-stream")
+            head.headers.add("Docker-Content-Digest", digest)
+            w.start(head, contentLength: UInt64(bytes.count))
+            guard w.request.method == .get else { return }
+            bytes[0..<sent].withUnsafeBytes { _ = w.write($0) }
+            // Let the first half reach the peer before the cut.
+            _ = w.loop.schedule(afterNanos: 300_000_000) { w.abort() }
+        }
+    }
+
+    /// Declares the whole length, sends the first `sent` bytes, stalls `stallNanos`, then sends the rest.
+    static func stall(_ bytes: [UInt8], after sent: Int, stallNanos: UInt64, digest: String) -> Route {
+        { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", "application/octet-stream")
+            head.headers.add("Docker-Content-Digest", digest)
+            w.start(head, contentLength: UInt64(bytes.count))
+            guard w.request.method == .get else { return }
+            bytes[0..<sent].withUnsafeBytes { _ = w.write($0) }
+            _ = w.loop.schedule(afterNanos: stallNanos) {
+                bytes[sent...].withUnsafeBytes { _ = w.write($0) }
+                w.end()
+            }
+        }
+    }
+
+    /// 429 with `Retry-After` and Distribution's error body.
+    static func rateLimited(retryAfter: String) -> Route {
+        { w in
+            var head = ResponseHead(status: 429)
+            head.headers.add("Content-Type", "application/json")
+            head.headers.add("Retry-After", retryAfter)
+            w.respond(head, body: Array(#"{"errors":[{"code":"TOOMANYREQUESTS","message":"slow down"}]}"#.utf8))
+        }
+    }
+}

@@ -1,0 +1,156 @@
+import Foundation
+import XCTest
+import HTTP1
+
+/// Berth against an in-process fake upstream that misbehaves on purpose.
+final class FaultInjectionTests: IntegrationTestCase {
+    private let size = 1 << 20
+
+    private func randomBytes(_ n: Int) -> [UInt8] {
+        let urandom = FileHandle(forReadingAtPath: "/dev/urandom")!
+        defer { try? urandom.close() }
+        var out: [UInt8] = []
+        while out.count < n {
+            let chunk = urandom.readData(ofLength: n - out.count)
+            precondition(!chunk.isEmpty, "/dev/urandom returned nothing")
+            out += chunk
+        }
+        return out
+    }
+
+    /// The client must be able to tell: curl failed, or the body is short of its Content-Length.
+    private func assertDownloadFailed(_ r: CurlResult, expectedLength: Int, file: StaticString = #filePath, line: UInt = #line) {
+        let declared = r.headers["content-length"].flatMap(Int.init) ?? expectedLength
+        let failed = r.exitCode != 0 || r.status != 200 || r.body.count < declared
+        XCTAssertTrue(failed, "the client took a bad body for a whole one: status \(r.status), exit \(r.exitCode), \(r.body.count) bytes",
+                      file: file, line: line)
+    }
+
+    private func assertNothingCached(_ berth: BerthProcess, _ digest: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertTrue(waitUntil(5) { berth.partialFiles().isEmpty }, "temp fill left: \(berth.partialFiles())", file: file, line: line)
+        XCTAssertFalse(berth.isCached(digest), "a failed fill must not be cached", file: file, line: line)
+    }
+
+    func testBlobNotMatchingItsDigestFailsAndIsNotCached() throws {
+        let upstream = try startFakeUpstream()
+        let good = randomBytes(size)
+        let digest = "sha256:" + sha256Hex(good)
+        var bad = good
+        for i in stride(from: 0, to: bad.count, by: 4096) { bad[i] ^= 0x5a }
+        upstream.route("/v2/test/bad/blobs/\(digest)", FakeUpstream.serve(bad, digest: digest))
+        let berth = try startBerth(upstream: upstream.url)
+
+        for attempt in 1...2 {
+            let r = try get(berth, "/v2/test/bad/blobs/\(digest)", timeout: 25)
+            assertDownloadFailed(r, expectedLength: size)
+            XCTAssertNotEqual(sha256Hex(r.body), sha256Hex(bad), "attempt \(attempt): the corrupt body never arrives whole")
+            assertNothingCached(berth, digest)
+            XCTAssertEqual(upstream.count(method: "GET", path: "/v2/test/bad/blobs/\(digest)"), attempt, "nothing cached: fetched again")
+        }
+    }
+
+    func testUpstreamCutMidBodyFailsAndIsNotCached() throws {
+        let upstream = try startFakeUpstream()
+        let good = randomBytes(size)
+        let digest = "sha256:" + sha256Hex(good)
+        upstream.route("/v2/test/cut/blobs/\(digest)", FakeUpstream.cut(good, after: size / 2, digest: digest))
+        let berth = try startBerth(upstream: upstream.url)
+
+        let r = try get(berth, "/v2/test/cut/blobs/\(digest)", timeout: 25)
+        assertDownloadFailed(r, expectedLength: size)
+        assertNothingCached(berth, digest)
+    }
+
+    /// A stalled upstream: Range requests joining the fill are answered as
+    /// soon as the fill has passed their range, later ones when it gets there,
+    /// all from the one upstream GET.
+    func testRangeRequestsFollowAStalledFill() throws {
+        let upstream = try startFakeUpstream()
+        let size = 4 << 20
+        let good = randomBytes(size)
+        let digest = "sha256:" + sha256Hex(good)
+        let path = "/v2/test/slow/blobs/\(digest)"
+        upstream.route(path, FakeUpstream.stall(good, after: 1 << 20, stallNanos: 3_000_000_000, digest: digest))
+        let berth = try startBerth(upstream: upstream.url)
+        let url = berth.url + path
+
+        let started = Date()
+        let whole = try Subprocess(["curl", "-s", "-o", "\(workDir!)/slow-whole", "-w", "%{http_code}", "--max-time", "20", url], in: workDir)
+        XCTAssertTrue(waitUntil(5) { upstream.count(method: "GET", path: path) == 1 }, "the fill started")
+        usleep(300_000)
+        let early = try get(berth, path, headers: ["Range: bytes=100-199"], timeout: 20)
+        let earlyDone = Date().timeIntervalSince(started)
+        let late = try Subprocess(["curl", "-s", "-D", "\(workDir!)/slow-late.h", "-o", "\(workDir!)/slow-late", "-w", "%{http_code}",
+                                   "-H", "Range: bytes=\(3 << 20)-", "--max-time", "20", url], in: workDir)
+        let suffix = try Subprocess(["curl", "-s", "-o", "\(workDir!)/slow-suffix", "-w", "%{http_code}",
+                                     "-H", "Range: bytes=-100", "--max-time", "20", url], in: workDir)
+
+        XCTAssertEqual(early.status, 206)
+        XCTAssertEqual(early.headers["content-range"], "bytes 100-199/\(size)")
+        XCTAssertTrue(early.body == Array(good[100..<200]), "early range bytes")
+        XCTAssertLessThan(earlyDone, 2.5, "a range the fill has passed does not wait for the stalled rest")
+
+        for c in [whole, late, suffix] { XCTAssertTrue(c.waitForExit(seconds: 25)) }
+        XCTAssertEqual(whole.stdout, "200")
+        XCTAssertEqual(sha256Hex(file: "\(workDir!)/slow-whole").map { "sha256:" + $0 }, digest)
+        XCTAssertEqual(late.stdout, "206")
+        XCTAssertEqual(Curl.parseHeaders("\(workDir!)/slow-late.h")["content-range"], "bytes \(3 << 20)-\(size - 1)/\(size)")
+        XCTAssertTrue(readBytes("\(workDir!)/slow-late") == Array(good[(3 << 20)...]), "late range bytes")
+        XCTAssertEqual(suffix.stdout, "206")
+        XCTAssertTrue(readBytes("\(workDir!)/slow-suffix") == Array(good[(size - 100)...]), "suffix range bytes")
+        XCTAssertEqual(upstream.count(method: "GET", path: path), 1, "one upstream GET for all of them")
+        XCTAssertTrue(waitUntil(10) { berth.isCached(digest) })
+    }
+
+    /// An expired tag whose revalidation meets 429 or 503 is served stale;
+    /// nothing cached by digest asks the upstream at all.
+    func testRateLimitedOrFailingRevalidationServesStaleTag() throws {
+        let upstream = try startFakeUpstream()
+        let manifest = jsonBytes([
+            "schemaVersion": 2, "mediaType": ImageBuilder.ociManifest,
+            "config": ["mediaType": ImageBuilder.emptyConfig, "size": 2,
+                       "digest": "sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"],
+            "layers": [] as [Any],
+        ] as [String: Any])
+        let digest = "sha256:" + sha256Hex(manifest)
+        let path = "/v2/test/flaky/manifests/v1"
+        upstream.route(path) { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", ImageBuilder.ociManifest)
+            head.headers.add("Docker-Content-Digest", digest)
+            w.respond(head, body: manifest)
+        }
+        let berth = try startBerth(upstream: upstream.url, arguments: ["--tag-ttl", "0s"])
+        let accept = ["Accept: \(allManifestTypes)"]
+        let first = try get(berth, path, headers: accept)
+        XCTAssertEqual(first.status, 200, first.bodyText)
+        XCTAssertEqual(first.body, manifest)
+        XCTAssertTrue(waitUntil(5) { berth.isCached(digest) }, "the manifest is stored")
+
+        for failure in [FakeUpstream.rateLimited(retryAfter: "30"), { w in w.respond(ResponseHead(status: 503), body: []) }] as [FakeUpstream.Route] {
+            upstream.route(path, failure)
+            let r = try get(berth, path, headers: accept)
+            XCTAssertEqual(r.status, 200, "stale-if-error: \(r.bodyText)")
+            XCTAssertEqual(r.body, manifest)
+            XCTAssertEqual(r.headers["docker-content-digest"], digest)
+        }
+        let asked = upstream.count(method: "GET", path: "/v2/test/flaky/manifests/\(digest)") + upstream.count(method: "HEAD", path: "/v2/test/flaky/manifests/\(digest)")
+        let byDigest = try get(berth, "/v2/test/flaky/manifests/\(digest)", headers: accept)
+        XCTAssertEqual(byDigest.status, 200)
+        XCTAssertEqual(byDigest.body, manifest)
+        XCTAssertEqual(upstream.count(method: "GET", path: "/v2/test/flaky/manifests/\(digest)")
+                       + upstream.count(method: "HEAD", path: "/v2/test/flaky/manifests/\(digest)"), asked, "a cached digest needs no upstream")
+    }
+
+    func testRateLimitedManifestPassesRetryAfter() throws {
+        let upstream = try startFakeUpstream()
+        upstream.route("/v2/test/limited/manifests/v1", FakeUpstream.rateLimited(retryAfter: "17"))
+        let berth = try startBerth(upstream: upstream.url)
+
+        let r = try get(berth, "/v2/test/limited/manifests/v1", headers: ["Accept: \(allManifestTypes)"])
+        XCTAssertEqual(r.status, 429, r.bodyText)
+        XCTAssertEqual(r.headers["retry-after"], "17")
+        XCTAssertTrue(r.bodyText.contains("TOOMANYREQUESTS"), r.bodyText)
+        XCTAssertEqual(upstream.count(method: "GET", path: "/v2/test/limited/manifests/v1"), 1)
+    }
+}

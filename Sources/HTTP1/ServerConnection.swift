@@ -140,6 +140,13 @@ final class ServerConnection: Selectable {
     /// shared read buffer while a handler (or a nested read) uses it.
     /// Returns true when a request was dispatched.
     private func feed(_ bytes: UnsafeRawBufferPointer) -> Bool {
+        if !headStarted && bytes.first == 0x16 {
+            // A TLS ClientHello on a plain port: clients such as skopeo probe https first
+            // and fall back to http when the handshake fails. Not a malformed request.
+            context.server.log(.debug, "TLS handshake on a plain HTTP port; closing")
+            close()
+            return false
+        }
         var offset = 0
         // The parser may still have an event after the input is used up (`.end`
         // after a head or a body's last byte): call it until it returns nil.

@@ -21,7 +21,8 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     private var tls: ReloadableServerContext?
     private var signals: SignalSource?
     private var store: BlobStore?
-    private let finished = Atomic<Bool>(false)
+    /// Posted once when `stop` has drained the connections.
+    private let finished = OneShot()
     /// How long in-flight responses may run after SIGTERM.
     public var shutdownGraceNanos: UInt64 = 15_000_000_000
 
@@ -161,7 +162,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         func check() {
             if http.connectionCount == 0 || Clock.monotonicNanos() >= deadline {
                 if http.connectionCount > 0 { logger.warning("closing \(http.connectionCount) connections still busy") }
-                finished.store(true, ordering: .sequentiallyConsistent)
+                finished.signal()
                 return
             }
             group.loops[0].schedule(afterNanos: 50_000_000, check)
@@ -171,9 +172,34 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
 
     /// Blocks the calling thread until `stop` has finished, then stops the loops.
     public func waitUntilStopped() {
-        while !finished.load(ordering: .sequentiallyConsistent) { usleep(20_000) }
+        finished.wait()
         group.shutdown()
         pool.shutdown()
         do { try store?.index.snapshot(clean: true) } catch { logger.error("cannot write the cache index: \(error)") }
+    }
+}
+
+/// A flag one thread raises and another sleeps on (no polling).
+final class OneShot: @unchecked Sendable {  // `raised` guarded by `mutex`
+    private var mutex = pthread_mutex_t()
+    private var cond = pthread_cond_t()
+    private var raised = false
+
+    init() {
+        pthread_mutex_init(&mutex, nil)
+        pthread_cond_init(&cond, nil)
+    }
+
+    func signal() {
+        pthread_mutex_lock(&mutex)
+        raised = true
+        pthread_cond_broadcast(&cond)
+        pthread_mutex_unlock(&mutex)
+    }
+
+    func wait() {
+        pthread_mutex_lock(&mutex)
+        while !raised { pthread_cond_wait(&cond, &mutex) }
+        pthread_mutex_unlock(&mutex)
     }
 }

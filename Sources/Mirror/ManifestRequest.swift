@@ -45,11 +45,11 @@ final class ManifestRequest {
     func run() {
         switch reference {
         case .digest(let digest):
-            guard let type = index.mediaType(of: digest), mirror.store.contains(digest) else { return fetch(stale: nil) }
+            guard let type = index.mediaType(of: digest), isAvailable(digest) else { return fetch(stale: nil) }
             if index.isLinked(repo, digest) { return serveCached(digest, type, cacheStatus: "hit") }
             confirmAccess(digest, type)
         case .tag(let tag):
-            guard let rec = index.tag(repo, tag), mirror.store.contains(rec.digest), accepts(rec.mediaType) else {
+            guard let rec = index.tag(repo, tag), isAvailable(rec.digest), accepts(rec.mediaType) else {
                 return fetch(stale: nil)
             }
             let age = unixNow() - rec.confirmedAt
@@ -113,14 +113,24 @@ final class ManifestRequest {
         return h
     }
 
-    /// Answers from the cached file (sendfile on plain connections).
+    private func isAvailable(_ digest: Digest) -> Bool {
+        mirror.manifests.get(digest) != nil || mirror.store.contains(digest)
+    }
+
+    /// Answers from memory when the manifest was served recently, else from
+    /// the cached file (sendfile), which is then read into memory on the pool.
     private func serveCached(_ digest: Digest, _ type: String, cacheStatus: String) {
+        index.touch(digest, now: unixNow())
+        let head = Mirror.contentHead(status: 200, digest: digest, mediaType: type, cacheStatus: cacheStatus)
+        if let body = mirror.manifests.get(digest) { return w.respond(head, body: body) }
         guard let file = mirror.store.open(digest), let size = try? file.size() else {
             return fetch(stale: nil)
         }
-        index.touch(digest, now: unixNow())
-        let head = Mirror.contentHead(status: 200, digest: digest, mediaType: type, cacheStatus: cacheStatus)
         w.respond(head, file: file, range: 0..<size)
+        let (store, memo, max) = (mirror.store, mirror.manifests, mirror.config.maxManifestBytes)
+        mirror.pool.submit {
+            if let bytes = try? store.read(digest, maxBytes: max), SHA256Hasher.hex(bytes) == digest.hex { memo.put(digest, bytes) }
+        }
     }
 
     /// GET from the upstream, verify, store, answer. `stale` is served if the upstream fails.
@@ -157,6 +167,7 @@ final class ManifestRequest {
         // Answer now from memory; persist on the pool.
         let out = Mirror.contentHead(status: 200, digest: computed, mediaType: summary.mediaType, cacheStatus: "fwd=miss; stored")
         w.respond(out, body: body)
+        mirror.manifests.put(computed, body)
         let (store, repo, reference) = (mirror.store, repo, reference)
         let children = summary.blobs.map(\.digest) + summary.manifests.map(\.digest)
         mirror.pool.submit { [log = mirror.log] in

@@ -32,6 +32,8 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
     let fills: FillRegistry
     let pool: BlockingPool
     let auth: UpstreamAuth
+    /// Manifests served recently, in memory.
+    let manifests = ManifestMemo()
     let log: (HTTPServer.LogLevel, String) -> Void
     private let upstreams: [Upstream]
 

@@ -28,6 +28,35 @@ final class TokenAuthUpstreamTests: IntegrationTestCase {
         XCTAssertEqual(tokens.refusedCount, 0)
     }
 
+    /// The "Done when": multi-arch and artifact images from a token-auth
+    /// upstream, cold and warm, byte-exact.
+    func testMultiArchAndArtifactFromTokenAuthUpstream() throws {
+        let password = UUID().uuidString
+        let tokens = try startTokenService(username: "puller", password: password)
+        let registry = try startRegistry(.token(realm: tokens.realm, service: tokens.service, issuer: tokens.issuer,
+                                                rootCertBundle: tokens.certificatePath))
+        let push = { (repo: String) in "Bearer " + tokens.makeToken(subject: "pusher", scopes: ["repository:\(repo):pull,push"]) }
+        let index = try builder.pushIndex(to: registry, repository: "team/multi", tag: "v2", authorization: push("team/multi"))
+        let subject = try builder.pushImage(to: registry, repository: "team/art", tag: "v1", layerSizes: [200_000],
+                                            credentials: "puller:\(password)", authorization: push("team/art"))
+        let artifact = try builder.pushArtifact(to: registry, repository: "team/art", tag: "sig", subject: subject,
+                                                authorization: push("team/art"))
+        let berth = try startBerth(upstream: registry.url, arguments: ["--upstream-user", "puller"],
+                                   environment: ["BERTH_UPSTREAM_PASSWORD": password])
+        for _ in 0..<2 {  // cold, then warm
+            assertLayout(try pull(berth, "team/multi:v2", all: true), index: index)
+            XCTAssertEqual(try Skopeo.inspectRaw("docker://\(berth.hostPort)/team/multi:v2", in: workDir), index.index)
+            let r = try get(berth, "/v2/team/art/manifests/sig", headers: ["Accept: \(ImageBuilder.ociManifest)"])
+            XCTAssertEqual(r.status, 200, r.bodyText)
+            XCTAssertEqual(r.body, artifact.manifest)
+            for d in artifact.blobs {
+                let b = try get(berth, "/v2/team/art/blobs/\(d)")
+                XCTAssertEqual("sha256:" + sha256Hex(b.body), d)
+            }
+        }
+        XCTAssertEqual(tokens.refusedCount, 0)
+    }
+
     func testWrongPasswordIsAnErrorNotAHang() throws {
         let tokens = try startTokenService(username: "puller", password: UUID().uuidString)
         let registry = try startRegistry(.token(realm: tokens.realm, service: tokens.service, issuer: tokens.issuer,

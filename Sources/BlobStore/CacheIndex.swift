@@ -216,6 +216,11 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         return found
     }
 
+    /// Unpins those of `digests` no pinned image covers (a pin that did not complete).
+    public func releasePins(_ digests: [Digest]) {
+        journal { s in Self.unpinUncovered(digests, &s) }
+    }
+
     /// Unpins those of `digests` no pinned image covers; returns their records.
     private static func unpinUncovered(_ digests: [Digest], _ s: inout State) -> String {
         var covered: Set<Digest> = []

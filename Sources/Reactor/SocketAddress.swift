@@ -131,3 +131,15 @@ public struct SocketAddress: Equatable, CustomStringConvertible, Sendable {
 
     public static func == (a: SocketAddress, b: SocketAddress) -> Bool { a.description == b.description }
 }
+
+extension SocketAddress {
+    /// Connects a blocking socket `fd` (for command-line clients, not loops).
+    public func connectBlocking(_ fd: Int32) throws {
+        while true {
+            let r = withSockAddr { sa, len in Glibc.connect(fd, sa, len) }
+            if r == 0 { return }
+            if errno == EINTR { continue }
+            throw IOError(errno: errno, call: "connect \(description)")
+        }
+    }
+}

@@ -230,12 +230,21 @@ public final class Pinner: @unchecked Sendable {  // `clients` behind a lock; ea
                 switch result {
                 case .success(let r):
                     store.index.pinImage(image.description, .init(manifest: r.manifest, covered: r.covered, pinnedAt: unixNow()))
+                    // The last answers end before their fills are renamed into the store: wait (bounded) for the commits.
+                    Self.awaitCached(r.covered, store: store, loop: loop, deadline: Clock.monotonicNanos() + 10_000_000_000) {
+                        store.checkPinnedBudget()
+                        completion(result)
+                    }
                 case .failure:
                     store.index.releasePins(early)
+                    completion(result)
                 }
-                store.checkPinnedBudget()
-                completion(result)
             }
         }
+    }
+
+    private static func awaitCached(_ digests: [Digest], store: BlobStore, loop: EventLoop, deadline: UInt64, _ done: @escaping () -> Void) {
+        if Clock.monotonicNanos() >= deadline || digests.allSatisfy({ store.index.size(of: $0) != nil }) { return done() }
+        loop.schedule(afterNanos: 20_000_000) { awaitCached(digests, store: store, loop: loop, deadline: deadline, done) }
     }
 }

@@ -144,6 +144,35 @@ final class CacheCommandTests: XCTestCase {
         XCTAssertEqual(st.st_mode & 0o777, 0o600)
     }
 
+    func testPinWithoutServerPinsOnlyWhatIsCachedAndRmThroughServer() throws {
+        let b = try startBerth()
+        // The admin API is not on the public listener.
+        let c = try RawClient(port: b.port)
+        c.send("GET /usage HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        XCTAssertEqual(c.readResponse()?.status, 404)
+        try cache(["pin", "test/app:v1"])
+        try cache(["unpin", "test/app:v1"])
+        XCTAssertEqual(try listing().first?["pinned"] as? Bool, false)
+        // A blob removed through the server is gone from its index and the disk.
+        let layer = upstream.image.blobs.last!
+        let removed = try cache(["rm", layer.description])
+        XCTAssertTrue(removed.contains("removed \(layer)"), removed)
+        XCTAssertFalse(FileManager.default.fileExists(atPath: blobPath(layer)))
+        XCTAssertEqual((try listing().first?["cached"] as? NSNumber)?.intValue, upstream.image.allDigests.count - 1)
+        berth?.stop()
+        berth = nil
+        // Without a server, a partly cached image is not pinned (nothing fetches the rest)…
+        let refused = try cache(["pin", "test/app:v1"], expect: 1)
+        XCTAssertTrue(refused.contains("only partly cached") && refused.contains("start berth serve"), refused)
+        try cache(["pin", "test/app:nope"], expect: 1)
+        // …while one of its platform manifests, entirely cached, is.
+        let amd64 = upstream.image.manifests[0]
+        let pinned = try cache(["pin", "test/app@\(amd64)"])
+        XCTAssertTrue(pinned.contains("4 digests, 4 cached"), pinned)
+        let du = try cache(["du"])
+        XCTAssertTrue(du.contains("1 pinned images"), du)
+    }
+
     func testUsageErrorsExitTwo() throws {
         try cache(["pin", "Not A Reference"], expect: 2)
         try cache(["gc", "--grace", "soon"], expect: 2)

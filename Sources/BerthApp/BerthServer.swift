@@ -7,6 +7,7 @@ import TLS
 import HTTP1
 import Mirror
 import BlobStore
+import OCI
 import Synchronization
 
 /// Wires configuration to the runtime: event loops, the blocking pool, the
@@ -21,6 +22,8 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     private var tls: ReloadableServerContext?
     private var signals: SignalSource?
     private var store: BlobStore?
+    private var lock: CacheLock?
+    private var admin: AdminServer?
     /// Posted once when `stop` has drained the connections.
     private let finished = OneShot()
     /// How long in-flight responses may run after SIGTERM.
@@ -53,15 +56,19 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             case .error: log.error("\(message)")
             }
         }
+        try lockCache()
         let mirror = try makeMirror(log: logSink)
         http = HTTPServer(configuration: sc, group: group, pool: pool, logger: logSink, handler: mirror.handle)
         try http.start()
+        let pinner = http.boundAddresses().first.map { Pinner(store: store!, pool: pool, address: $0) }
+        admin = try AdminServer(store: store!, pinner: pinner, group: group, pool: pool) { [logger] in logger.info("\($0)") }
         if handleSignals {
             let loop = group.loops[0]
             signals = try SignalSource(loop: loop) { [weak self] signo in self?.signal(signo) }
         }
         group.start()
         scheduleSnapshots()
+        if let pinner { pinConfigured(pinner) }
         logger.info("berth listening", metadata: [
             "http": "\(http.boundAddresses().map(\.description).joined(separator: ","))",
             "https": "\(config.tls.listen)",
@@ -92,12 +99,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         let clientTLS = try TLSContext.makeClient(extraCAPath: u.ca.isEmpty ? nil : u.ca,
                                                   certificatePath: u.certificate.isEmpty ? nil : u.certificate,
                                                   privateKeyPath: u.key.isEmpty ? nil : u.key)
-        var budget = Budget.defaultBudget(for: config.cache.dir)
-        if !config.cache.maxSize.isEmpty, let max = Budget.parseSize(config.cache.maxSize, filesystemOf: config.cache.dir) {
-            budget.maxBytes = max
-        }
-        budget.high = Double(config.cache.highWatermark) / 100
-        budget.low = Double(config.cache.lowWatermark) / 100
+        let budget = config.makeBudget()
         let store = try BlobStore(root: config.cache.dir, pool: pool, budget: budget)
         store.log = { [logger] in logger.warning("\($0)") }
         self.store = store
@@ -116,8 +118,44 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
                 ])
             }
         }
+        store.checkPinnedBudget()
         store.startEvictionIfOverHigh()
         return Mirror(config: mc, store: store, group: group, pool: pool, tls: clientTLS, log: log)
+    }
+
+    /// Takes `<cache dir>/berth.lock` for the life of the process: a second
+    /// server on the same directory refuses to start, and `berth cache`
+    /// commands know to use the admin socket.
+    private func lockCache() throws {
+        let dir = config.cache.dir
+        try CacheLock.makeDirectory(dir)
+        switch try CacheLock.attempt(dir) {
+        case .acquired(let l):
+            lock = l
+        case .held(let pid):
+            throw StartError(description: "another berth serve\(pid.map { " (pid \($0))" } ?? "") is using the cache directory \(dir) "
+                             + "(it holds \(CacheLock.path(in: dir))); stop it first or use another --cache-dir")
+        }
+    }
+
+    /// Warms and pins `cache.pinned` in the background: startup never waits
+    /// on the upstream; failures are logged (and retried at the next start).
+    private func pinConfigured(_ pinner: Pinner) {
+        for text in config.cache.pinned {
+            guard let image = ImageReference(text) else { continue }  // validated with the configuration
+            if let have = store?.index.pinnedImage(image.description), case .digest = image.reference {
+                logger.info("pinned image \(image) already recorded (\(have.covered.count) digests)")
+                continue
+            }
+            pinner.pin(image, on: group.next()) { [logger] r in
+                switch r {
+                case .success(let w):
+                    logger.info("pinned \(image)", metadata: ["manifest": "\(w.manifest)", "digests": "\(w.covered.count)", "blob_bytes": "\(w.blobBytes)"])
+                case .failure(let e):
+                    logger.error("cannot pin \(image) (cache.pinned): \(e)")
+                }
+            }
+        }
     }
 
     /// Every minute, when the index changed, rewrite it compactly with the
@@ -157,6 +195,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
 
     /// Stops accepting, lets responses finish up to the grace period, then stops the loops.
     public func stop() {
+        admin?.stop()
         http.beginShutdown()
         let deadline = Clock.monotonicNanos() + shutdownGraceNanos
         func check() {
@@ -202,4 +241,9 @@ final class OneShot: @unchecked Sendable {  // `raised` guarded by `mutex`
         while !raised { pthread_cond_wait(&cond, &mutex) }
         pthread_mutex_unlock(&mutex)
     }
+}
+
+/// Why `berth serve` cannot start (besides configuration errors).
+public struct StartError: Error, CustomStringConvertible {
+    public let description: String
 }

@@ -10,7 +10,9 @@ import Synchronization
 /// ```
 /// <root>/blobs/sha256/<first 2 hex>/<hex>   verified content: layers, configs, manifests
 /// <root>/tmp/<hex>.<n>.partial              fills in progress; removed at startup
-/// <root>/index.log                          journal of tags, manifest types, repository links
+/// <root>/index.log                          journal of tags, manifest types, repository links, pins
+/// <root>/quarantine/<hex>.<unix time>       blobs that failed re-verification (`berth cache verify`)
+/// <root>/berth.lock, <root>/admin.sock      held / served by a running `berth serve`
 /// ```
 ///
 /// A file appears under `blobs/` only by `rename` after its bytes hashed to
@@ -27,6 +29,8 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
     public private(set) var budget: Budget
     private let tempSerial = Atomic<Int>(0)
     private let evicting = Atomic<Bool>(false)
+    /// True while pinned bytes alone exceed the low watermark (logged once per change).
+    private let pinnedOverLow = Atomic<Bool>(false)
     /// Called (from any thread) with a line for the log.
     public var log: (String) -> Void = { _ in }
 
@@ -43,6 +47,25 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
         BlobStore.removeTempFiles(in: root + "/tmp")
         index = try CacheIndex(path: root + "/index.log", pool: pool)
         self.budget = budget ?? Budget.defaultBudget(for: root)
+        index.setQuarantineBytes(quarantinedFiles().reduce(0) { $0 + $1.size })
+    }
+
+    /// True when pinned content alone exceeds the low watermark: eviction
+    /// cannot bring the cache under it (reported in the log and in `du`).
+    public var isPinnedOverBudget: Bool { index.usage.pinned > budget.lowBytes }
+
+    /// Logs when pinned bytes cross the low watermark, once per crossing
+    /// (not once per eviction round). Call after pins or blobs change.
+    public func checkPinnedBudget() {
+        let u = index.usage
+        let over = u.pinned > budget.lowBytes
+        guard pinnedOverLow.exchange(over, ordering: .acquiringAndReleasing) != over else { return }
+        if over {
+            log("pinned images hold \(u.pinned) bytes, more than the low watermark (\(budget.lowBytes) bytes of the \(budget.maxBytes)-byte budget): "
+                + "eviction cannot bring the cache under it; unpin images or raise cache.max_size")
+        } else {
+            log("pinned images hold \(u.pinned) bytes, back under the low watermark (\(budget.lowBytes) bytes)")
+        }
     }
 
     // MARK: budget
@@ -69,6 +92,7 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
     public func published(_ digest: Digest, size: UInt64, reserved: UInt64) {
         index.addBlob(digest, size: size, now: Int64(time(nil)))
         index.release(reserved)
+        if index.isPinned(digest) { checkPinnedBudget() }
         startEvictionIfOverHigh()
     }
 
@@ -80,14 +104,10 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
             let u = index.usage
             guard u.total > budget.lowBytes else { return }
             let victims = index.evictionCandidates(totalling: u.total - budget.lowBytes)
-            if victims.isEmpty {
-                log("cache over its high watermark (\(u.total) of \(budget.maxBytes) bytes) and nothing evictable: pinned \(u.pinned) bytes")
-                return
-            }
+            // Pins over the budget are reported once per crossing (checkPinnedBudget), not per round.
+            checkPinnedBudget()
+            if victims.isEmpty { return }
             evict(victims, reason: "over the high watermark")
-            if index.usage.total > budget.lowBytes && index.usage.pinned > budget.lowBytes {
-                log("pinned content (\(index.usage.pinned) bytes) exceeds the low watermark of the \(budget.maxBytes)-byte budget")
-            }
         }
     }
 

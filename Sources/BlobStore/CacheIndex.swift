@@ -19,7 +19,8 @@ import Synchronization
 ///
 /// Records: `B digest size lastUse`, `X digest` (evicted), `P digest 0|1`,
 /// `T repo tag digest mediaType confirmedAt`, `M digest mediaType`,
-/// `L repo digest`, `C time` (clean stop).
+/// `L repo digest`, `I image manifest pinnedAt covered,…` (a pinned image),
+/// `i image` (unpinned), `C time` (clean stop).
 ///
 /// Loading replays the journal; a torn last line (crash mid-append) is
 /// ignored. `wasCleanlyClosed` tells the store whether to reconcile with the
@@ -45,7 +46,24 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         public var count: Int
         /// The index file itself.
         public var journal: UInt64
-        public var total: UInt64 { blobs + reserved + journal }
+        /// Files moved to `quarantine/` by verification (they count until removed).
+        public var quarantine: UInt64 = 0
+        public var total: UInt64 { blobs + reserved + journal + quarantine }
+    }
+
+    /// An image pinned by `berth cache pin` or `cache.pinned`: what its
+    /// reference pointed to when pinned, and every digest that covers
+    /// (the manifest, child manifests of an index, configs and layers).
+    public struct PinnedImage: Equatable, Sendable {
+        public var manifest: Digest
+        public var covered: [Digest]
+        /// Unix seconds.
+        public var pinnedAt: Int64
+        public init(manifest: Digest, covered: [Digest], pinnedAt: Int64) {
+            self.manifest = manifest
+            self.covered = covered
+            self.pinnedAt = pinnedAt
+        }
     }
 
     struct State {
@@ -55,6 +73,8 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         var mediaTypes: [Digest: String] = [:]
         var links: Set<Link> = []
         var pins: Set<Digest> = []
+        var pinnedImages: [String: PinnedImage] = [:]
+        var quarantine: UInt64 = 0
         var pending: [UInt8] = []
         var flushScheduled = false
         var dirtySinceSnapshot = false
@@ -93,7 +113,7 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     public var usage: Usage {
         state.withLock {
             Usage(blobs: $0.lru.bytes, pinned: $0.lru.pinnedBytes, reserved: $0.reserved, count: $0.lru.count,
-                  journal: $0.journalBytes + UInt64($0.pending.count))
+                  journal: $0.journalBytes + UInt64($0.pending.count), quarantine: $0.quarantine)
         }
     }
 
@@ -162,6 +182,71 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
 
     public var pinnedDigests: Set<Digest> { state.withLock { $0.pins } }
 
+    /// Pins `image` (a reference as the user wrote it, normalised): every
+    /// covered digest is pinned (the manifest included). Re-pinning an image
+    /// whose reference moved unpins what only its old target covered.
+    public func pinImage(_ image: String, _ pin: PinnedImage) {
+        let image = clean(image)
+        var all = pin
+        if !all.covered.contains(pin.manifest) { all.covered.insert(pin.manifest, at: 0) }
+        journal { s in
+            var lines = "I\t\(image)\t\(all.manifest)\t\(all.pinnedAt)\t\(all.covered.map(\.description).joined(separator: ","))\n"
+            let old = s.pinnedImages[image]
+            s.pinnedImages[image] = all
+            for d in all.covered where !s.pins.contains(d) {
+                lines += "P\t\(d)\t1\n"
+                s.pins.insert(d)
+                s.lru.setPinned(d, true)
+            }
+            lines += Self.unpinUncovered(old?.covered ?? [], &s)
+            return lines
+        }
+    }
+
+    /// Unpins `image`: its digests stay pinned only where another pinned
+    /// image covers them. False when the image was not pinned.
+    @discardableResult
+    public func unpinImage(_ image: String) -> Bool {
+        var found = false
+        journal { s in
+            guard let old = s.pinnedImages.removeValue(forKey: image) else { return "" }
+            found = true
+            return "i\t\(image)\n" + Self.unpinUncovered(old.covered, &s)
+        }
+        return found
+    }
+
+    /// Unpins those of `digests` no pinned image covers (a pin that did not complete).
+    public func releasePins(_ digests: [Digest]) {
+        journal { s in Self.unpinUncovered(digests, &s) }
+    }
+
+    /// Unpins those of `digests` no pinned image covers; returns their records.
+    private static func unpinUncovered(_ digests: [Digest], _ s: inout State) -> String {
+        var covered: Set<Digest> = []
+        for p in s.pinnedImages.values { covered.formUnion(p.covered) }
+        var lines = ""
+        for d in digests where !covered.contains(d) && s.pins.contains(d) {
+            lines += "P\t\(d)\t0\n"
+            s.pins.remove(d)
+            s.lru.setPinned(d, false)
+        }
+        return lines
+    }
+
+    /// Every pinned image, sorted by name.
+    public func pinnedImages() -> [(image: String, pin: PinnedImage)] {
+        state.withLock { $0.pinnedImages.map { ($0.key, $0.value) } }.sorted { $0.image < $1.image }
+    }
+
+    public func pinnedImage(_ image: String) -> PinnedImage? { state.withLock { $0.pinnedImages[image] } }
+
+    // MARK: quarantine
+
+    /// Sets the bytes held in `quarantine/` (scanned at open, grown by verification, shrunk by gc).
+    public func setQuarantineBytes(_ bytes: UInt64) { state.withLock { $0.quarantine = bytes } }
+    public func addQuarantineBytes(_ bytes: UInt64) { state.withLock { $0.quarantine += bytes } }
+
     // MARK: tags, media types, links
 
     public func tag(_ repository: String, _ tag: String) -> TagRecord? {
@@ -221,8 +306,17 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     // MARK: journal
 
     private func journal(_ line: String, _ change: (inout State) -> Void) {
-        let schedule = state.withLock { s -> Bool in
+        journal { s in
             change(&s)
+            return line
+        }
+    }
+
+    /// Applies a change and journals the records it returns, under one lock.
+    private func journal(_ change: (inout State) -> String) {
+        let schedule = state.withLock { s -> Bool in
+            let line = change(&s)
+            if line.isEmpty { return false }
             s.pending.append(contentsOf: line.utf8)
             s.dirtySinceSnapshot = true
             if s.flushScheduled { return false }
@@ -272,7 +366,7 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     /// True when something changed since the last snapshot.
     public var needsSnapshot: Bool { state.withLock { $0.dirtySinceSnapshot } }
 
-    private func clean(_ s: String) -> String {
+    func clean(_ s: String) -> String {
         String(s.unicodeScalars.filter { $0.value >= 0x20 && $0 != "\t" })
     }
 
@@ -290,6 +384,9 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         out.reserveCapacity(s.lru.count * 96)
         for n in s.lru.allOldestFirst() { out += "B\t\(n.digest)\t\(n.size)\t\(n.lastUse)\n" }
         for d in s.pins { out += "P\t\(d)\t1\n" }
+        for (image, p) in s.pinnedImages {
+            out += "I\t\(image)\t\(p.manifest)\t\(p.pinnedAt)\t\(p.covered.map(\.description).joined(separator: ","))\n"
+        }
         for (repo, tags) in s.tags {
             for (tag, r) in tags { out += "T\t\(repo)\t\(tag)\t\(r.digest)\t\(r.mediaType)\t\(r.confirmedAt)\n" }
         }
@@ -347,6 +444,13 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
             s.tags[String(fields[1])]?[String(fields[2])] = nil
         case ("M", 3):
             if let d = Digest(String(fields[1])) { s.mediaTypes[d] = String(fields[2]) }
+        case ("I", 5):
+            if let m = Digest(String(fields[2])), let t = Int64(fields[3]) {
+                let covered = fields[4].split(separator: ",").compactMap { Digest(String($0)) }
+                s.pinnedImages[String(fields[1])] = PinnedImage(manifest: m, covered: covered, pinnedAt: t)
+            }
+        case ("i", 2):
+            s.pinnedImages[String(fields[1])] = nil
         case ("L", 3):
             if let d = Digest(String(fields[2])) { s.links.insert(Link(repository: String(fields[1]), digest: d)) }
         case ("C", _):

@@ -61,9 +61,12 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
         let reuse = group.loops.count > 1
         var listeners: [[(Int32, Bool)]] = []
         do {
-            for _ in group.loops {
+            for i in group.loops.indices {
                 var fds: [(Int32, Bool)] = []
-                for a in configuration.plain { fds.append((try Sockets.listen(on: a, reusePort: reuse), false)) }
+                // A unix-domain address has one listener (on the first loop): SO_REUSEPORT does not spread those.
+                for a in configuration.plain where a.unixPath == nil || i == 0 {
+                    fds.append((try Sockets.listen(on: a, reusePort: reuse), false))
+                }
                 for a in configuration.secure { fds.append((try Sockets.listen(on: a, reusePort: reuse), true)) }
                 listeners.append(fds)
             }

@@ -3,11 +3,12 @@ import Glibc
 import CLinux
 #endif
 
-/// An IPv4 or IPv6 socket address.
+/// An IPv4, IPv6 or unix-domain socket address.
 ///
 /// Parsed from `host:port`, `[v6]:port` or `:port` (all interfaces). Only IP
 /// literals are parsed here: name lookups block and belong on the worker pool
-/// (`Resolver`).
+/// (`Resolver`). Unix-domain addresses (`init(unixPath:)`) serve local
+/// administration, such as the cache's admin socket.
 public struct SocketAddress: Equatable, CustomStringConvertible, Sendable {
     var storage: sockaddr_storage
 
@@ -52,9 +53,39 @@ public struct SocketAddress: Equatable, CustomStringConvertible, Sendable {
         storage = st
     }
 
+    /// A unix-domain stream address; nil when `path` is empty or longer than
+    /// `sun_path` holds (107 bytes on Linux).
+    public init?(unixPath path: String) {
+        var st = sockaddr_storage()
+        let bytes = Array(path.utf8)
+        let capacity = MemoryLayout.size(ofValue: sockaddr_un().sun_path)
+        guard !bytes.isEmpty, bytes.count < capacity, !bytes.contains(0) else { return nil }
+        withUnsafeMutablePointer(to: &st) { p in
+            p.withMemoryRebound(to: sockaddr_un.self, capacity: 1) { sun in
+                sun.pointee.sun_family = sa_family_t(AF_UNIX)
+                withUnsafeMutableBytes(of: &sun.pointee.sun_path) { dst in
+                    dst.copyBytes(from: bytes)
+                }
+            }
+        }
+        storage = st
+    }
+
+    /// The path of a unix-domain address, nil for IP addresses.
+    public var unixPath: String? {
+        guard family == AF_UNIX else { return nil }
+        return withUnsafePointer(to: storage) { p in
+            p.withMemoryRebound(to: sockaddr_un.self, capacity: 1) { sun in
+                withUnsafeBytes(of: sun.pointee.sun_path) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            }
+        }
+    }
+
+    /// The port of an IP address; 0 for a unix-domain one.
     public var port: UInt16 {
         get {
-            withUnsafePointer(to: storage) { p in
+            if family == AF_UNIX { return 0 }
+            return withUnsafePointer(to: storage) { p in
                 family == AF_INET
                     ? p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin_port) }
                     : p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { UInt16(bigEndian: $0.pointee.sin6_port) }
@@ -81,14 +112,34 @@ public struct SocketAddress: Equatable, CustomStringConvertible, Sendable {
         return String(cString: buf)
     }
 
-    public var description: String { family == AF_INET6 ? "[\(ip)]:\(port)" : "\(ip):\(port)" }
+    public var description: String {
+        if let path = unixPath { return "unix:" + path }
+        return family == AF_INET6 ? "[\(ip)]:\(port)" : "\(ip):\(port)"
+    }
 
     func withSockAddr<R>(_ body: (UnsafePointer<sockaddr>, socklen_t) throws -> R) rethrows -> R {
-        let len = socklen_t(family == AF_INET ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size)
+        let len: socklen_t
+        switch family {
+        case AF_INET: len = socklen_t(MemoryLayout<sockaddr_in>.size)
+        case AF_UNIX: len = socklen_t(MemoryLayout<sa_family_t>.size + (unixPath?.utf8.count ?? 0) + 1)
+        default: len = socklen_t(MemoryLayout<sockaddr_in6>.size)
+        }
         return try withUnsafePointer(to: storage) { p in
             try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { try body($0, len) }
         }
     }
 
     public static func == (a: SocketAddress, b: SocketAddress) -> Bool { a.description == b.description }
+}
+
+extension SocketAddress {
+    /// Connects a blocking socket `fd` (for command-line clients, not loops).
+    public func connectBlocking(_ fd: Int32) throws {
+        while true {
+            let r = withSockAddr { sa, len in Glibc.connect(fd, sa, len) }
+            if r == 0 { return }
+            if errno == EINTR { continue }
+            throw IOError(errno: errno, call: "connect \(description)")
+        }
+    }
 }

@@ -22,6 +22,9 @@ public final class OSThread: @unchecked Sendable {  // `handle` is written once 
     }
 
     public func join() { pthread_join(handle, nil) }
+
+    /// Lets the thread end without a `join` (its resources are freed when it returns).
+    public func detach() { pthread_detach(handle) }
 }
 
 /// One event loop per thread, `count` of them (default: one per core).

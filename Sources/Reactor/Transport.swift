@@ -73,8 +73,25 @@ public final class SocketTransport: Transport {
 public enum Sockets {
     /// A nonblocking listening socket; `reusePort` lets every loop own one
     /// listener on the same address so the kernel spreads connections.
-    public static func listen(on address: SocketAddress, reusePort: Bool, backlog: Int32 = 4096) throws -> Int32 {
+    ///
+    /// A unix-domain address is bound once (`reusePort` does not apply), then
+    /// given `unixMode` before `listen`, so no client can connect while the
+    /// socket is still open to everyone. The caller removes a stale socket file
+    /// first (it alone knows whether another process still owns it).
+    public static func listen(on address: SocketAddress, reusePort: Bool, backlog: Int32 = 4096,
+                              unixMode: mode_t = 0o600) throws -> Int32 {
         let fd = try Posix.socket(domain: address.family, type: Int32(SOCK_STREAM.rawValue))
+        if let path = address.unixPath {
+            do {
+                try Posix.bind(fd: fd, address: address)
+                guard chmod(path, unixMode) == 0 else { throw IOError(errno: errno, call: "chmod \(path)") }
+                try Posix.listen(fd: fd, backlog: backlog)
+                return fd
+            } catch {
+                Posix.close(fd: fd)
+                throw error
+            }
+        }
         do {
             try Posix.setsockopt(fd: fd, level: SOL_SOCKET, name: SO_REUSEADDR, value: Int32(1))
             if reusePort { try Posix.setsockopt(fd: fd, level: SOL_SOCKET, name: SO_REUSEPORT, value: Int32(1)) }

@@ -9,7 +9,7 @@ struct Berth: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "berth",
         abstract: "A pull-through caching container-registry mirror.",
-        subcommands: [Serve.self],
+        subcommands: [Serve.self, Cache.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -100,4 +100,117 @@ struct Serve: ParsableCommand {
     }
 }
 
-Berth.main()
+// MARK: berth cache
+
+struct Cache: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Inspect and manage the cache. Talks to the running berth serve (admin.sock) when one holds the cache's berth.lock; otherwise acts on the files directly.",
+        discussion: "Exit codes: 0 done; 1 verification found mismatches or the operation failed; 2 usage or configuration error.",
+        subcommands: [List.self, Usage.self, Pin.self, Unpin.self, Remove.self, GC.self, Verify.self]
+    )
+}
+
+struct CacheOptions: ParsableArguments {
+    @Option(name: .customLong("cache-dir"), help: "Cache directory (cache.dir).")
+    var cacheDir: String?
+    @Option(name: .long, help: "Configuration file (YAML), for cache.dir and the budget.")
+    var config: String?
+    @Flag(name: .long, help: "Print the report as JSON.")
+    var json = false
+
+    var options: CacheCommand.Options {
+        var o = CacheCommand.Options()
+        o.cacheDir = cacheDir
+        o.configPath = config
+        o.json = json
+        return o
+    }
+}
+
+func runCache(_ op: CacheCommand.Operation, _ options: CacheOptions) throws {
+    let code = CacheCommand.run(op, options.options)
+    if code != 0 { throw ExitCode(code) }
+}
+
+extension Cache {
+    struct List: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "ls", abstract: "Repositories, tags, digests, cached sizes, last use, pins.")
+        @OptionGroup var common: CacheOptions
+        func run() throws { try runCache(.ls, common) }
+    }
+
+    struct Usage: ParsableCommand {
+        static let configuration = CommandConfiguration(commandName: "du", abstract: "Usage against the budget: blobs, pinned, reserved, index, quarantine.")
+        @OptionGroup var common: CacheOptions
+        func run() throws { try runCache(.du, common) }
+    }
+
+    struct Pin: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Pin what IMAGE points to now (manifest and every blob of every platform): never evicted.",
+            discussion: "With a server running, the image is pulled through it first. Without one, only an image that is entirely cached can be pinned."
+        )
+        @Argument(help: "repo[:tag] or repo@sha256:…") var image: String
+        @OptionGroup var common: CacheOptions
+        func run() throws { try runCache(.pin(image), common) }
+    }
+
+    struct Unpin: ParsableCommand {
+        static let configuration = CommandConfiguration(abstract: "Unpin IMAGE; digests other pinned images cover stay pinned.")
+        @Argument(help: "The image as it was pinned.") var image: String
+        @OptionGroup var common: CacheOptions
+        func run() throws { try runCache(.unpin(image), common) }
+    }
+
+    struct Remove: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "rm",
+            abstract: "Remove a tag mapping (repo:tag) or a blob (sha256:… or repo@sha256:…) and its index record."
+        )
+        @Argument(help: "IMAGE or DIGEST") var target: String
+        @OptionGroup var common: CacheOptions
+        func run() throws { try runCache(.rm(target), common) }
+    }
+
+    struct GC: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            commandName: "gc",
+            abstract: "Remove blobs no cached manifest references (tag targets and pins stay) unused for the grace period, and old quarantined files."
+        )
+        @Option(name: .long, help: "Grace period, e.g. 1h, 30m, 0s.") var grace = "1h"
+        @OptionGroup var common: CacheOptions
+        func run() throws {
+            let seconds: Double
+            do { seconds = try BerthConfig.parseDuration(grace, key: "--grace") } catch {
+                FileOut.stderr("berth: \(error)\n")
+                throw ExitCode(2)
+            }
+            try runCache(.gc(graceSeconds: seconds), common)
+        }
+    }
+
+    struct Verify: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Re-hash every blob on every core; move mismatches to <cache dir>/quarantine/. Exit 1 when any mismatched."
+        )
+        @OptionGroup var common: CacheOptions
+        func run() throws { try runCache(.verify, common) }
+    }
+}
+
+// `berth cache` usage errors exit 2 like configuration errors (ArgumentParser would say 64).
+if CommandLine.arguments.dropFirst().first == "cache" {
+    do {
+        var command = try Berth.parseAsRoot()
+        try command.run()
+    } catch {
+        let code = Berth.exitCode(for: error)
+        if code == .validationFailure {
+            FileOut.stderr(Berth.fullMessage(for: error) + "\n")
+            exit(2)
+        }
+        Berth.exit(withError: error)
+    }
+} else {
+    Berth.main()
+}

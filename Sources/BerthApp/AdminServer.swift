@@ -1,0 +1,207 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import Reactor
+import HTTP1
+import BlobStore
+import Mirror
+import OCI
+
+/// The local admin API `berth cache` talks to while a server runs: HTTP/1.1
+/// on the unix socket `<cache dir>/admin.sock` (mode 0600, so only the
+/// server's user), never on a network listener.
+///
+/// ```
+/// GET  /usage                 budget and usage (CacheReport.Usage)
+/// GET  /ls                    tags and pinned images (CacheReport.Listing)
+/// POST /pin?image=REF         warm through Berth, then pin (CacheReport.Pin)
+/// POST /unpin?image=REF       (CacheReport.Pin of the pin removed)
+/// POST /rm?target=REF|DIGEST  (CacheReport.Removal)
+/// POST /gc?grace=SECONDS      (CacheReport.GC)
+/// POST /verify                chunked NDJSON: {"progress":…} lines, then {"result":…}
+/// ```
+/// Errors: a status ≥ 400 with `{"error": "…"}`.
+///
+/// Each request's work blocks (manifest reads, unlink, hashing), so it runs
+/// on a thread of its own and answers on the connection's loop; the blocking
+/// pool stays free for fills.
+final class AdminServer {
+    let store: BlobStore
+    let pinner: Pinner?
+    let group: EventLoopGroup
+    let http: HTTPServer
+    let path: String
+    let log: (String) -> Void
+
+    init(store: BlobStore, pinner: Pinner?, group: EventLoopGroup, pool: BlockingPool, log: @escaping (String) -> Void) throws {
+        self.store = store
+        self.pinner = pinner
+        self.group = group
+        self.log = log
+        path = store.root + "/admin.sock"
+        guard let address = SocketAddress(unixPath: path) else {
+            throw ConfigError(key: "cache.dir", "\(path) is too long for a unix socket path (107 bytes at most)")
+        }
+        // We hold berth.lock: a socket file left here belongs to a server that is gone.
+        unlink(path)
+        var c = HTTPServer.Configuration()
+        c.plain = [address]
+        c.idleTimeoutNanos = 10_000_000_000
+        var handler: ((ResponseWriter) -> Void)?
+        http = HTTPServer(configuration: c, group: group, pool: pool) { w in handler?(w) }
+        handler = { [unowned self] w in handle(w) }
+        try http.start()
+    }
+
+    func stop() {
+        http.beginShutdown()
+        unlink(path)
+    }
+
+    private func handle(_ w: ResponseWriter) {
+        let target = w.request.target
+        let q = target.firstIndex(of: "?")
+        let route = q.map { String(target[..<$0]) } ?? target
+        let query = q.map { String(target[target.index(after: $0)...]) } ?? ""
+        func param(_ key: String) -> String? {
+            for pair in query.split(separator: "&") {
+                let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
+                if kv[0] == key { return percentDecoded(kv.count > 1 ? String(kv[1]) : "") }
+            }
+            return nil
+        }
+        let method = w.request.method
+        switch (method, route) {
+        case (.get, "/usage"):
+            work(w) { [store] in .ok(CacheReport.json(CacheReport.usage(store))) }
+        case (.get, "/ls"):
+            work(w) { [store] in .ok(CacheReport.json(CacheReport.listing(store))) }
+        case (.post, "/pin"):
+            guard let text = param("image"), let image = ImageReference(text) else { return fail(w, 400, "pin needs ?image=REPO[:TAG|@DIGEST]") }
+            guard let pinner else { return fail(w, 503, "the server has no plain listener to warm through") }
+            log("admin: pinning \(image)")
+            pinner.pin(image, on: w.loop) { [store, log] r in
+                switch r {
+                case .success(let warm):
+                    let pin = store.index.pinnedImage(image.description)
+                        ?? .init(manifest: warm.manifest, covered: warm.covered, pinnedAt: 0)
+                    log("admin: pinned \(image) → \(warm.manifest) (\(warm.covered.count) digests)")
+                    self.respond(w, 200, CacheReport.json(CacheReport.pin(store, image: image.description, pin)))
+                case .failure(let e):
+                    log("admin: pinning \(image) failed: \(e)")
+                    self.fail(w, 502, "\(image): \(e)")
+                }
+            }
+        case (.post, "/unpin"):
+            guard let text = param("image"), let image = ImageReference(text) else { return fail(w, 400, "unpin needs ?image=REPO[:TAG|@DIGEST]") }
+            work(w) { [store] in
+                guard let old = store.index.pinnedImage(image.description) else { return .failure(404, "\(image) is not pinned") }
+                store.index.unpinImage(image.description)
+                store.checkPinnedBudget()
+                return .ok(CacheReport.json(CacheReport.pin(store, image: image.description, old)))
+            }
+        case (.post, "/rm"):
+            guard let target = param("target"), !target.isEmpty else { return fail(w, 400, "rm needs ?target=IMAGE|DIGEST") }
+            work(w) { [store] in
+                do { return .ok(CacheReport.json(try CacheCommand.remove(target, store: store))) } catch let e as CacheReport.Failure {
+                    return .failure(400, e.error)
+                } catch {
+                    return .failure(409, "\(error)")
+                }
+            }
+        case (.post, "/gc"):
+            guard let grace = param("grace").map({ Double($0) }) ?? 3600, grace >= 0 else { return fail(w, 400, "grace is in seconds") }
+            work(w) { [store] in .ok(CacheReport.json(CacheReport.gc(store.collectGarbage(grace: Int64(grace))))) }
+        case (.post, "/verify"):
+            verify(w)
+        case (_, "/usage"), (_, "/ls"), (_, "/pin"), (_, "/unpin"), (_, "/rm"), (_, "/gc"), (_, "/verify"):
+            fail(w, 405, "\(method.name) is not served on \(route)")
+        default:
+            fail(w, 404, "no admin route \(route)")
+        }
+    }
+
+    private enum Outcome {
+        case ok([UInt8])
+        case failure(Int, String)
+    }
+
+    /// Runs `body` on a thread of its own and answers on the writer's loop.
+    private func work(_ w: ResponseWriter, _ body: @escaping () -> Outcome) {
+        let t = OSThread(name: "berth-admin") { [self] in
+            let outcome = body()
+            w.loop.execute {
+                switch outcome {
+                case .ok(let bytes): self.respond(w, 200, bytes)
+                case .failure(let status, let message): self.fail(w, status, message)
+                }
+            }
+        }
+        t.detach()
+    }
+
+    private func verify(_ w: ResponseWriter) {
+        var head = ResponseHead(status: 200)
+        head.headers.add("Content-Type", "application/x-ndjson")
+        w.start(head, contentLength: nil)
+        log("admin: verifying every blob")
+        let t = OSThread(name: "berth-admin") { [store, log] in
+            let result = store.verifyAll(progressInterval: 0.5) { p in
+                let line = CacheReport.json(CacheReport.VerifyLine(progress: CacheReport.progress(p), result: nil)) + [0x0a]
+                w.loop.execute { line.withUnsafeBytes { _ = w.write($0) } }
+            }
+            log("admin: verified \(result.checked) blobs, \(result.mismatches.count) mismatches")
+            let line = CacheReport.json(CacheReport.VerifyLine(progress: nil, result: CacheReport.verify(result))) + [0x0a]
+            w.loop.execute {
+                line.withUnsafeBytes { _ = w.write($0) }
+                w.end()
+            }
+        }
+        t.detach()
+    }
+
+    private func respond(_ w: ResponseWriter, _ status: Int, _ body: [UInt8]) {
+        var head = ResponseHead(status: status)
+        head.headers.add("Content-Type", "application/json")
+        w.respond(head, body: body)
+    }
+
+    private func fail(_ w: ResponseWriter, _ status: Int, _ message: String) {
+        respond(w, status, CacheReport.json(CacheReport.Failure(message)))
+    }
+}
+
+/// `%XX` decoded (and `+` as space), for query values.
+func percentDecoded(_ s: String) -> String {
+    var out: [UInt8] = []
+    let b = Array(s.utf8)
+    var i = 0
+    while i < b.count {
+        if b[i] == UInt8(ascii: "%"), i + 2 < b.count, let v = UInt8(String(decoding: b[(i + 1)...(i + 2)], as: UTF8.self), radix: 16) {
+            out.append(v)
+            i += 3
+        } else {
+            out.append(b[i] == UInt8(ascii: "+") ? 0x20 : b[i])
+            i += 1
+        }
+    }
+    return String(decoding: out, as: UTF8.self)
+}
+
+/// `%XX` encoded for a query value (unreserved characters and `:/@` kept).
+func percentEncoded(_ s: String) -> String {
+    var out = ""
+    for byte in s.utf8 {
+        let c = Character(Unicode.Scalar(byte))
+        if (byte >= 0x30 && byte <= 0x39) || (byte >= 0x41 && byte <= 0x5a) || (byte >= 0x61 && byte <= 0x7a) || "-._~:/@".contains(c) {
+            out.append(c)
+        } else {
+            out += "%" + String(byte, radix: 16, uppercase: true).leftPadded(2)
+        }
+    }
+    return out
+}
+
+extension String {
+    func leftPadded(_ n: Int) -> String { count >= n ? self : String(repeating: "0", count: n - count) + self }
+}

@@ -1,0 +1,239 @@
+#if canImport(Glibc)
+import Glibc
+#endif
+import FoundationEssentials
+import BlobStore
+import OCI
+
+/// What `berth cache` commands report, as the admin socket sends it (JSON)
+/// and as the CLI prints it. Built the same way by the server and by the CLI
+/// acting on the files directly, so both modes print the same thing.
+public enum CacheReport {
+    public struct Usage: Codable, Equatable {
+        public var budget: UInt64
+        public var highWatermark: UInt64
+        public var lowWatermark: UInt64
+        public var blobs: UInt64
+        public var count: Int
+        public var pinned: UInt64
+        public var reserved: UInt64
+        public var index: UInt64
+        public var quarantine: UInt64
+        public var total: UInt64
+        public var pinnedImages: Int
+        /// Pinned bytes alone exceed the low watermark: eviction cannot get under it.
+        public var pinnedOverBudget: Bool
+    }
+
+    public struct Entry: Codable, Equatable {
+        public var repository: String
+        public var tag: String?
+        public var digest: String
+        public var mediaType: String
+        public var bytes: UInt64
+        public var cached: Int
+        public var covered: Int
+        public var lastUse: Int64
+        public var pinned: Bool
+    }
+
+    public struct Listing: Codable, Equatable {
+        public var entries: [Entry]
+    }
+
+    public struct Pin: Codable, Equatable {
+        public var image: String
+        public var manifest: String
+        public var covered: [String]
+        public var cached: Int
+        public var bytes: UInt64
+    }
+
+    public struct Removal: Codable, Equatable {
+        public var removed: String
+        public var bytes: UInt64
+    }
+
+    public struct GC: Codable, Equatable {
+        public var removed: [String]
+        public var bytes: UInt64
+        public var quarantineFiles: Int
+        public var quarantineBytes: UInt64
+    }
+
+    public struct Verify: Codable, Equatable {
+        public var checked: Int
+        public var bytes: UInt64
+        public var seconds: Double
+        public var mismatches: [String]
+        public var quarantined: [String]
+        public var unreadable: Int
+    }
+
+    /// One line of a streamed verification (`POST /verify`): progress, then the result.
+    public struct VerifyLine: Codable {
+        public var progress: VerifyProgressLine?
+        public var result: Verify?
+    }
+
+    public struct VerifyProgressLine: Codable {
+        public var checked: Int
+        public var total: Int
+        public var bytes: UInt64
+        public var totalBytes: UInt64
+        public var mismatches: Int
+    }
+
+    public struct Failure: Codable, Error, CustomStringConvertible {
+        public var error: String
+        public var description: String { error }
+        public init(_ error: String) { self.error = error }
+    }
+
+    // MARK: building
+
+    static func usage(_ store: BlobStore) -> Usage {
+        let u = store.index.usage
+        let b = store.budget
+        return Usage(budget: b.maxBytes, highWatermark: UInt64(Double(b.maxBytes) * b.high), lowWatermark: UInt64(Double(b.maxBytes) * b.low),
+                     blobs: u.blobs, count: u.count, pinned: u.pinned, reserved: u.reserved, index: u.journal,
+                     quarantine: u.quarantine, total: u.total, pinnedImages: store.index.pinnedImages().count,
+                     pinnedOverBudget: store.isPinnedOverBudget)
+    }
+
+    static func listing(_ store: BlobStore) -> Listing {
+        Listing(entries: store.listing().map {
+            Entry(repository: $0.repository, tag: $0.tag, digest: $0.digest.description, mediaType: $0.mediaType,
+                  bytes: $0.cachedBytes, cached: $0.cachedCount, covered: $0.coveredCount, lastUse: $0.lastUse, pinned: $0.isPinned)
+        })
+    }
+
+    static func pin(_ store: BlobStore, image: String, _ p: CacheIndex.PinnedImage) -> Pin {
+        var cached = 0
+        var bytes: UInt64 = 0
+        for d in p.covered { if let s = store.index.size(of: d) { cached += 1; bytes += s } }
+        return Pin(image: image, manifest: p.manifest.description, covered: p.covered.map(\.description), cached: cached, bytes: bytes)
+    }
+
+    static func gc(_ r: GCResult) -> GC {
+        GC(removed: r.removed.map(\.description), bytes: r.removedBytes, quarantineFiles: r.quarantineFilesRemoved,
+           quarantineBytes: r.quarantineBytesRemoved)
+    }
+
+    static func verify(_ r: VerifyResult) -> Verify {
+        Verify(checked: r.checked, bytes: r.bytes, seconds: r.seconds, mismatches: r.mismatches.map(\.description),
+               quarantined: r.quarantined, unreadable: r.unreadable)
+    }
+
+    static func progress(_ p: VerifyProgress) -> VerifyProgressLine {
+        VerifyProgressLine(checked: p.checked, total: p.total, bytes: p.bytes, totalBytes: p.totalBytes, mismatches: p.mismatches)
+    }
+
+    // MARK: JSON
+
+    static func json<T: Encodable>(_ value: T) -> [UInt8] {
+        let e = JSONEncoder()
+        e.outputFormatting = [.sortedKeys]
+        return Array((try? e.encode(value)) ?? Data("{}".utf8))
+    }
+
+    static func decode<T: Decodable>(_ type: T.Type, _ bytes: [UInt8]) throws -> T {
+        try JSONDecoder().decode(type, from: Data(bytes))
+    }
+
+    // MARK: text
+
+    /// `1.5 MiB`, `312 B`.
+    public static func size(_ bytes: UInt64) -> String {
+        let units = ["B", "KiB", "MiB", "GiB", "TiB"]
+        var v = Double(bytes)
+        var i = 0
+        while v >= 1024 && i < units.count - 1 { v /= 1024; i += 1 }
+        return i == 0 ? "\(bytes) B" : String(format1(v)) + " " + units[i]
+    }
+
+    static func format1(_ v: Double) -> String {
+        let tenths = Int((v * 10).rounded())
+        return "\(tenths / 10).\(tenths % 10)"
+    }
+
+    static func time(_ t: Int64) -> String {
+        guard t > 0 else { return "-" }
+        var tt = time_t(t)
+        var tmv = tm()
+        gmtime_r(&tt, &tmv)
+        var buf = [CChar](repeating: 0, count: 32)
+        _ = strftime(&buf, buf.count, "%Y-%m-%d %H:%M:%S", &tmv)
+        return String(cString: buf) + "Z"
+    }
+
+    static func text(_ l: Listing) -> String {
+        var rows = [["REPOSITORY", "TAG", "DIGEST", "SIZE", "BLOBS", "LAST USE", "PINNED"]]
+        for e in l.entries {
+            rows.append([e.repository, e.tag ?? "<none>", String(e.digest.prefix(19)), size(e.bytes), "\(e.cached)/\(e.covered)",
+                         time(e.lastUse), e.pinned ? "pinned" : ""])
+        }
+        return table(rows)
+    }
+
+    static func text(_ u: Usage, directory: String, serverRunning: Bool) -> String {
+        func pct(_ v: UInt64) -> String { u.budget == 0 ? "-" : format1(Double(v) * 100 / Double(u.budget)) + " %" }
+        var rows = [
+            ["cache", directory + (serverRunning ? " (server running)" : " (no server running)")],
+            ["budget", "\(size(u.budget)) (\(u.budget) bytes); eviction from \(size(u.highWatermark)) down to \(size(u.lowWatermark))"],
+            ["used", "\(size(u.total)) (\(u.total) bytes), \(pct(u.total)) of the budget"],
+            ["  blobs", "\(size(u.blobs)) (\(u.blobs) bytes) in \(u.count) blobs"],
+            ["  pinned", "\(size(u.pinned)) (\(u.pinned) bytes) of the blobs, \(u.pinnedImages) pinned images"],
+            ["  reserved", "\(size(u.reserved)) (\(u.reserved) bytes) for fills in progress"],
+            ["  index", "\(size(u.index)) (\(u.index) bytes)"],
+            ["  quarantine", "\(size(u.quarantine)) (\(u.quarantine) bytes)"],
+        ]
+        if u.pinnedOverBudget {
+            rows.append(["warning", "pinned content exceeds the low watermark: eviction cannot bring the cache under it"])
+        }
+        return table(rows, header: false)
+    }
+
+    static func text(_ v: Verify) -> String {
+        var s = "checked \(v.checked) blobs, \(size(v.bytes)) in \(format1(v.seconds)) s (\(format1(v.seconds > 0 ? Double(v.bytes) / 1e6 / v.seconds : 0)) MB/s); "
+        s += "\(v.mismatches.count) mismatches"
+        if v.unreadable > 0 { s += ", \(v.unreadable) unreadable (evicted meanwhile?)" }
+        s += "\n"
+        for (d, q) in zip(v.mismatches, v.quarantined) { s += "mismatch: \(d) quarantined as \(q)\n" }
+        for d in v.mismatches.dropFirst(v.quarantined.count) { s += "mismatch: \(d) (not quarantined, see the log)\n" }
+        return s
+    }
+
+    static func text(_ g: GC) -> String {
+        var s = "removed \(g.removed.count) blobs (\(size(g.bytes)))"
+        if g.quarantineFiles > 0 { s += " and \(g.quarantineFiles) quarantined files (\(size(g.quarantineBytes)))" }
+        s += "\n"
+        for d in g.removed { s += "removed \(d)\n" }
+        return s
+    }
+
+    static func text(_ p: Pin, verb: String) -> String {
+        "\(verb) \(p.image) → \(p.manifest): \(p.covered.count) digests, \(p.cached) cached (\(size(p.bytes)))\n"
+    }
+
+    static func progressLine(_ p: VerifyProgressLine) -> String {
+        "\rverifying: \(p.checked)/\(p.total) blobs, \(size(p.bytes)) of \(size(p.totalBytes)), \(p.mismatches) mismatches"
+    }
+
+    static func table(_ rows: [[String]], header: Bool = true) -> String {
+        guard let first = rows.first else { return "" }
+        var widths = [Int](repeating: 0, count: first.count)
+        for r in rows { for (i, c) in r.enumerated() { widths[i] = max(widths[i], c.count) } }
+        var out = ""
+        for r in rows {
+            var line = ""
+            for (i, c) in r.enumerated() {
+                line += c
+                if i < r.count - 1 { line += String(repeating: " ", count: widths[i] - c.count + 2) }
+            }
+            while line.last == " " { line.removeLast() }
+            out += line + "\n"
+        }
+        return out
+    }
+}

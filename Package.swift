@@ -54,6 +54,9 @@ let package = Package(
         .testTarget(name: "OCITests", dependencies: ["OCI"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),
         .testTarget(name: "BerthAppTests", dependencies: ["BerthApp", "Mirror", "HTTP1", "Reactor", "TLS"]),
+        // Cache lifecycle end to end: the built `berth` binary against Debian's docker-registry,
+        // with a small filesystem (ENOSPC), kill -9, eviction under a budget (needs root for mount).
+        .testTarget(name: "CacheLifecycleTests", dependencies: ["BlobStore", "OCI", "Reactor", "COpenSSL"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -15,6 +15,8 @@ let package = Package(
     products: [
         .executable(name: "berth", targets: ["berth"]),
         .library(name: "HTTP1", targets: ["HTTP1"]),
+        // For Benchmarks/ (CacheBenchmarks): the cache index and store with the modules their API uses.
+        .library(name: "BlobStore", targets: ["BlobStore", "OCI", "Reactor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

@@ -15,6 +15,8 @@ let package = Package(
     products: [
         .executable(name: "berth", targets: ["berth"]),
         .library(name: "HTTP1", targets: ["HTTP1"]),
+        // For Benchmarks/ (CacheBenchmarks): the cache index and store with the modules their API uses.
+        .library(name: "BlobStore", targets: ["BlobStore", "OCI", "Reactor"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -55,6 +57,9 @@ let package = Package(
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),
         .testTarget(name: "BerthAppTests", dependencies: ["BerthApp", "Mirror", "HTTP1", "Reactor", "TLS", "BlobStore", "OCI"]),
         .testTarget(name: "MirrorIntegrationTests", dependencies: ["HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI"]),
+        // Cache lifecycle end to end: the built `berth` binary against Debian's docker-registry,
+        // with a small filesystem (ENOSPC), kill -9, eviction under a budget (needs root for mount).
+        .testTarget(name: "CacheLifecycleTests", dependencies: ["BlobStore", "OCI", "Reactor", "COpenSSL"]),
     ],
     swiftLanguageModes: [.v5]
 )

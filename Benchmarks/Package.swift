@@ -4,7 +4,7 @@ import PackageDescription
 // Benchmarks for Berth, kept out of the root package so its `swift build` and
 // `swift test` do not resolve or build the benchmark harness.
 //
-//   cd Benchmarks && swift package benchmark          # parser micro-benchmarks
+//   cd Benchmarks && swift package benchmark          # parser and cache micro-benchmarks
 //   Benchmarks/e2e/http.sh                             # Berth against nginx, end to end
 //
 // The root package is a path dependency; its identity is its directory's name
@@ -26,6 +26,16 @@ let package = Package(
                 .product(name: "HTTP1", package: root),
             ],
             path: "Benchmarks/HTTP1Benchmarks",
+            swiftSettings: [.swiftLanguageMode(.v5)],
+            plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
+        ),
+        .executableTarget(
+            name: "CacheBenchmarks",
+            dependencies: [
+                .product(name: "Benchmark", package: "benchmark"),
+                .product(name: "BlobStore", package: root),
+            ],
+            path: "Benchmarks/CacheBenchmarks",
             swiftSettings: [.swiftLanguageMode(.v5)],
             plugins: [.plugin(name: "BenchmarkPlugin", package: "benchmark")]
         ),

@@ -82,7 +82,7 @@ head -c $((BIG_MIB * 1024 * 1024)) /dev/urandom > "$TMP/big"
 BIG=sha256:$(sha256sum "$TMP/big" | cut -d' ' -f1)
 LOC=$(curl -s -D - -o /dev/null -X POST "http://127.0.0.1:$UP/v2/bench/big/blobs/uploads/" | tr -d '\r' | awk -F': ' 'tolower($1)=="location"{print $2}')
 case "$LOC" in http*) ;; *) LOC="http://127.0.0.1:$UP$LOC";; esac
-curl -s -o /dev/null -X PUT -H 'Content-Type: application/octet-stream' --data-binary "@$TMP/big" "$LOC&digest=$BIG"
+curl -s -o /dev/null -X PUT -H "Content-Type: application/octet-stream" -T "$TMP/big" "$LOC&digest=$BIG"
 rm -f "$TMP/big"
 
 # --- the proxies --------------------------------------------------------------------

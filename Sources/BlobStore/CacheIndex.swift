@@ -404,7 +404,17 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         var lines = 0
         var clean = bytes.isEmpty
         bytes.withUnsafeBufferPointer { buf in
+            // A snapshot is mostly `B` and `L` records: size the LRU and the links once instead of growing them a million times.
+            var blobs = 0, links = 0
             var start = 0
+            while start < buf.count {
+                if buf[start] == UInt8(ascii: "B") { blobs += 1 } else if buf[start] == UInt8(ascii: "L") { links += 1 }
+                guard let p = memchr(buf.baseAddress! + start, 0x0a, buf.count - start) else { break }
+                start = buf.baseAddress!.distance(to: p.assumingMemoryBound(to: UInt8.self)) + 1
+            }
+            s.lru.reserveCapacity(blobs)
+            s.links.reserveCapacity(links)
+            start = 0
             while start < buf.count {
                 guard let p = memchr(buf.baseAddress! + start, 0x0a, buf.count - start) else { break }  // torn last record
                 let nl = buf.baseAddress!.distance(to: p.assumingMemoryBound(to: UInt8.self))
@@ -418,47 +428,98 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     }
 
     /// Applies one record; returns true when it is a clean-stop record.
+    /// Fields are found as byte ranges; only what the index keeps becomes a
+    /// String (a digest's hex, a name), so a `B` record costs one allocation.
     private static func apply(_ line: UnsafeBufferPointer<UInt8>, to s: inout State) -> Bool {
-        var fields: [Substring] = []
-        fields.reserveCapacity(6)
-        let text = String(decoding: line, as: UTF8.self)
-        fields = text.split(separator: "\t", omittingEmptySubsequences: false)
-        guard let kind = fields.first else { return false }
-        switch (kind, fields.count) {
-        case ("B", 4):
-            if let d = Digest(String(fields[1])), let size = UInt64(fields[2]), let t = Int64(fields[3]) {
-                s.lru.insert(d, size: size, lastUse: t)
+        withUnsafeTemporaryAllocation(of: Range<Int>.self, capacity: 8) { f -> Bool in
+            var n = 0, from = 0
+            for i in 0..<line.count where line[i] == 0x09 {
+                f[n] = from..<i
+                n += 1
+                from = i + 1
+                if n == 7 { break }  // more fields than any record has: only `C` matches
             }
-        case ("X", 2):
-            if let d = Digest(String(fields[1])) { s.lru.remove(d) }
-        case ("P", 3):
-            if let d = Digest(String(fields[1])) {
-                if fields[2] == "1" { s.pins.insert(d) } else { s.pins.remove(d) }
-                s.lru.setPinned(d, fields[2] == "1")
+            if n < 7 {
+                f[n] = from..<line.count
+                n += 1
             }
-        case ("T", 6):
-            if let d = Digest(String(fields[3])), let t = Int64(fields[5]) {
-                s.tags[String(fields[1]), default: [:]][String(fields[2])] = TagRecord(digest: d, mediaType: String(fields[4]), confirmedAt: t)
+            guard f[0].count == 1 else { return false }
+            let kind = line[f[0].lowerBound]
+            switch (kind, n) {
+            case (UInt8(ascii: "B"), 4):
+                if let d = digest(line, f[1]), let size = number(line, f[2]), let t = signedNumber(line, f[3]) {
+                    s.lru.insert(d, size: size, lastUse: t)
+                }
+            case (UInt8(ascii: "X"), 2):
+                if let d = digest(line, f[1]) { s.lru.remove(d) }
+            case (UInt8(ascii: "P"), 3):
+                if let d = digest(line, f[1]) {
+                    let on = f[2].count == 1 && line[f[2].lowerBound] == UInt8(ascii: "1")
+                    if on { s.pins.insert(d) } else { s.pins.remove(d) }
+                    s.lru.setPinned(d, on)
+                }
+            case (UInt8(ascii: "T"), 6):
+                if let d = digest(line, f[3]), let t = signedNumber(line, f[5]) {
+                    s.tags[text(line, f[1]), default: [:]][text(line, f[2])] = TagRecord(digest: d, mediaType: text(line, f[4]), confirmedAt: t)
+                }
+            case (UInt8(ascii: "t"), 3):
+                s.tags[text(line, f[1])]?[text(line, f[2])] = nil
+            case (UInt8(ascii: "M"), 3):
+                if let d = digest(line, f[1]) { s.mediaTypes[d] = text(line, f[2]) }
+            case (UInt8(ascii: "L"), 3):
+                if let d = digest(line, f[2]) { s.links.insert(Link(repository: text(line, f[1]), digest: d)) }
+            case (UInt8(ascii: "I"), 5):
+                if let m = digest(line, f[2]), let t = signedNumber(line, f[3]) {
+                    let covered = text(line, f[4]).split(separator: ",").compactMap { Digest(String($0)) }
+                    s.pinnedImages[text(line, f[1])] = PinnedImage(manifest: m, covered: covered, pinnedAt: t)
+                }
+            case (UInt8(ascii: "i"), 2):
+                s.pinnedImages[text(line, f[1])] = nil
+            case (UInt8(ascii: "C"), _):
+                return true
+            default:
+                break
             }
-        case ("t", 3):
-            s.tags[String(fields[1])]?[String(fields[2])] = nil
-        case ("M", 3):
-            if let d = Digest(String(fields[1])) { s.mediaTypes[d] = String(fields[2]) }
-        case ("I", 5):
-            if let m = Digest(String(fields[2])), let t = Int64(fields[3]) {
-                let covered = fields[4].split(separator: ",").compactMap { Digest(String($0)) }
-                s.pinnedImages[String(fields[1])] = PinnedImage(manifest: m, covered: covered, pinnedAt: t)
-            }
-        case ("i", 2):
-            s.pinnedImages[String(fields[1])] = nil
-        case ("L", 3):
-            if let d = Digest(String(fields[2])) { s.links.insert(Link(repository: String(fields[1]), digest: d)) }
-        case ("C", _):
-            return true
-        default:
-            break
+            return false
         }
-        return false
+    }
+
+    @inline(__always)
+    private static func text(_ line: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> String {
+        String(decoding: UnsafeBufferPointer(rebasing: line[r]), as: UTF8.self)
+    }
+
+    /// `sha256:<hex>` from a field; nil when it is not a valid digest.
+    private static func digest(_ line: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> Digest? {
+        let b = UnsafeBufferPointer(rebasing: line[r])
+        guard let colon = b.firstIndex(of: UInt8(ascii: ":")),
+              let algorithm = DigestAlgorithm(rawValue: String(decoding: UnsafeBufferPointer(rebasing: b[..<colon]), as: UTF8.self))
+        else { return nil }
+        return Digest(algorithm: algorithm, hex: String(decoding: UnsafeBufferPointer(rebasing: b[(colon + 1)...]), as: UTF8.self))
+    }
+
+    /// Decimal digits only; nil when empty, not digits, or too big.
+    private static func number(_ line: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> UInt64? {
+        guard !r.isEmpty else { return nil }
+        var v: UInt64 = 0
+        for i in r {
+            let d = line[i] &- UInt8(ascii: "0")
+            guard d < 10 else { return nil }
+            let (m, o1) = v.multipliedReportingOverflow(by: 10)
+            let (a, o2) = m.addingReportingOverflow(UInt64(d))
+            guard !o1, !o2 else { return nil }
+            v = a
+        }
+        return v
+    }
+
+    private static func signedNumber(_ line: UnsafeBufferPointer<UInt8>, _ r: Range<Int>) -> Int64? {
+        if !r.isEmpty && line[r.lowerBound] == UInt8(ascii: "-") {
+            guard let m = number(line, (r.lowerBound + 1)..<r.upperBound), m <= UInt64(Int64.max) else { return nil }
+            return -Int64(m)
+        }
+        guard let v = number(line, r), v <= UInt64(Int64.max) else { return nil }
+        return Int64(v)
     }
 
     private static func readWhole(_ path: String) -> [UInt8]? {

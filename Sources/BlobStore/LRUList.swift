@@ -30,6 +30,12 @@ struct LRUList {
 
     func contains(_ d: Digest) -> Bool { slots[d] != nil }
 
+    /// Room for `n` blobs without regrowing (loading a journal).
+    mutating func reserveCapacity(_ n: Int) {
+        nodes.reserveCapacity(n)
+        slots.reserveCapacity(n)
+    }
+
     func node(_ d: Digest) -> Node? { slots[d].map { nodes[Int($0)] } }
 
     /// Adds `d` as the most recent (or refreshes it when present).

@@ -283,7 +283,28 @@ final class FillReader {
         }
     }
 
+    /// `progressed` is on the stack; a call from inside it (a write that
+    /// drained the connection runs `onWritable` synchronously) only asks the
+    /// running one to go round again with fresh progress. Without this the
+    /// nested call sent bytes the outer one then sent again, or rewound
+    /// `sent` past relayed chunks already dropped (corrupt body or a stall).
+    private var isSending = false
+    private var sendAgain = false
+
     private func progressed(_ p: BlobFill.Progress) {
+        if isSending { sendAgain = true; return }
+        isSending = true
+        defer { isSending = false }
+        var p = p
+        while true {
+            sendAgain = false
+            step(p)
+            guard sendAgain, token != nil else { return }
+            p = fill.progress
+        }
+    }
+
+    private func step(_ p: BlobFill.Progress) {
         guard token != nil else { return }
         if case .failed(let status, let retryAfter, let reason) = p.outcome {
             stop()

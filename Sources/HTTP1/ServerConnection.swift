@@ -327,8 +327,12 @@ final class ServerConnection: Selectable {
         }
         if wantsWritable, let writer = current?.writer {
             wantsWritable = false
-            writer.onWritable?()
-            if state != .responding || hasQueuedOutput { return }
+            // On the next turn, never from inside the writer's own `write`:
+            // a producer re-entered mid-send would send twice or lose its place.
+            context.loop.execute { [weak writer] in
+                guard let writer, writer.isActive else { return }
+                writer.onWritable?()
+            }
         }
         if responseEnded { finishResponse() }
     }

@@ -31,9 +31,9 @@ final class CacheLifecycleTests: XCTestCase {
     }
 
     private func startBerth(cacheDir: String, maxSize: String?, upstreamPort: UInt16? = nil,
-                            environment: [String: String] = [:]) throws -> BerthProcess {
+                            environment: [String: String] = [:], arguments: [String] = []) throws -> BerthProcess {
         let b = try BerthProcess(directory: work, upstreamPort: upstreamPort ?? registry.port, cacheDir: cacheDir,
-                                 maxSize: maxSize, environment: environment)
+                                 maxSize: maxSize, environment: environment, arguments: arguments)
         berths.append(b)
         return b
     }
@@ -218,9 +218,15 @@ final class CacheLifecycleTests: XCTestCase {
             images.append((name, layers.map { TestBlob(digestOnly: $0) }))
         }
         XCTAssertGreaterThan(pushed, 3 * budget, "the images are several times the budget")
+        // One image is pinned: it must never leave the cache.
+        let pinnedLayers = [TestBlob.random(6 << 20), TestBlob.random(4 << 20)]
+        let pinnedManifest = try registry.pushImage("loop/pinned", tag: "v1", layers: pinnedLayers)
+        let pinned = pinnedLayers.map { TestBlob(digestOnly: $0) }
 
         let cache = work + "/cache"
-        let berth = try startBerth(cacheDir: cache, maxSize: "200MiB")
+        let berth = try startBerth(cacheDir: cache, maxSize: "200MiB", arguments: ["--pin", "loop/pinned:v1"])
+        XCTAssertTrue(waitUntil(30) { pinned.allSatisfy { berth.isCached($0.digest) } && berth.isCached(pinnedManifest) },
+                      "the pinned image is fetched at start")
         let sampler = DiskSampler(root: cache, intervalMillis: 100)
         var sawSamples: [(at: Double, bytes: UInt64)] = []
         defer { if sawSamples.isEmpty { _ = sampler.stop() } }
@@ -238,7 +244,10 @@ final class CacheLifecycleTests: XCTestCase {
             XCTAssertNotNil(fileSize(dest + "/manifest.json"))
         }
 
-        for image in images { try pull(image) }
+        for image in images {
+            try pull(image)
+            for l in pinned { XCTAssertTrue(berth.isCached(l.digest), "pinned layer \(l.digest) evicted after \(image.name)") }
+        }
         // The oldest images were evicted long ago: they come back from the upstream, whole.
         let before = images[0].layers.map { registry.blobGETs(images[0].name, $0.digest) }
         for image in images.prefix(3) { try pull(image) }
@@ -251,6 +260,8 @@ final class CacheLifecycleTests: XCTestCase {
         for s in sawSamples where s.bytes > budget {
             XCTFail("at \(String(format: "%.2f", s.at)) s the cache directory held \(s.bytes) bytes, over the \(budget)-byte budget")
         }
+        XCTAssertTrue(berth.isCached(pinnedManifest), "the pinned manifest stays")
+        XCTAssertEqual(registry.blobGETs("loop/pinned", pinned[0].digest), 1, "the pinned layer was never fetched again")
         print("cache lifecycle loop: \(images.count) images, \(pushed >> 20) MiB pushed, \(sawSamples.count) samples, peak \(peak) bytes of \(budget)")
         assertBlobTreeIntact(cache)
     }

@@ -360,13 +360,15 @@ final class BerthProcess {
     let port: UInt16
     let cacheDir: String
 
-    init(directory: String, upstreamPort: UInt16, cacheDir: String, maxSize: String?, environment: [String: String] = [:]) throws {
+    init(directory: String, upstreamPort: UInt16, cacheDir: String, maxSize: String?, environment: [String: String] = [:],
+         arguments: [String] = []) throws {
         guard let binary = locateBerthBinary() else { throw Subprocess.Failure(description: "berth binary not found; run swift build") }
         port = freeLoopbackPort()
         self.cacheDir = cacheDir
         var args = [binary, "serve", "--listen", "127.0.0.1:\(port)", "--workers", "2", "--log-level", "debug",
                     "--upstream", "http://127.0.0.1:\(upstreamPort)", "--cache-dir", cacheDir]
         if let maxSize { args += ["--cache-max-size", maxSize] }
+        args += arguments
         child = try Subprocess(args, in: directory, environment: cleanEnvironment(environment))
         let port = self.port
         guard waitUntil(20, { (try? httpRequest(port: port, "GET", "/v2/", timeout: 2))?.status == 200 || !child.process.isRunning }),

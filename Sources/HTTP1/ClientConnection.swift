@@ -120,8 +120,25 @@ final class ClientConnection: Selectable {
         readResponse()
     }
 
+    /// Reads per turn before yielding: a fast upstream streaming a large body
+    /// must not keep its loop from every other connection until the body ends.
+    static let readsPerTurn = 16
+
     private func readResponse() {
+        var budget = Self.readsPerTurn
         while state == .ready && task != nil && !paused && !socketDrained {
+            if budget == 0 {
+                if !yieldScheduled {
+                    yieldScheduled = true
+                    client.loop.execute { [weak self] in
+                        guard let self else { return }
+                        self.yieldScheduled = false
+                        self.readResponse()
+                    }
+                }
+                return
+            }
+            budget -= 1
             let n: Int
             do {
                 switch try transport.read(into: scratch) {
@@ -199,6 +216,7 @@ final class ClientConnection: Selectable {
 
     /// Bytes read before the delegate paused, not yet parsed.
     private var stash: [UInt8] = []
+    private var yieldScheduled = false
     /// Read buffer, one per connection: a delegate may start another request
     /// on the same loop while this one's bytes are being handed out.
     private let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)

@@ -191,7 +191,8 @@ final class RecordingDelegate: ClientResponseDelegate {
         guard let every = pauseEvery else { return true }
         sincePause += bytes.count
         guard sincePause >= every else { return true }
-        sincePause = 0
+        // Carry the overshoot: the pause count is then total / every whatever sizes the reads have.
+        sincePause -= every
         pauses += 1
         isPaused = true
         loop.schedule(afterNanos: resumeAfterNanos) { [self] in

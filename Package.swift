@@ -50,16 +50,18 @@ let package = Package(
             ],
             swiftSettings: settings
         ),
+        // Helpers shared by the test targets: Subprocess, TestPKI, ports, waits, temporary directories.
+        .target(name: "TestSupport", path: "Tests/TestSupport"),
         .testTarget(name: "ReactorTests", dependencies: ["Reactor"]),
-        .testTarget(name: "TLSTests", dependencies: ["TLS", "Reactor"]),
-        .testTarget(name: "HTTP1Tests", dependencies: ["HTTP1", "Reactor", "TLS"]),
+        .testTarget(name: "TLSTests", dependencies: ["TestSupport", "TLS", "Reactor"]),
+        .testTarget(name: "HTTP1Tests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS"]),
         .testTarget(name: "OCITests", dependencies: ["OCI"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),
-        .testTarget(name: "BerthAppTests", dependencies: ["BerthApp", "Mirror", "HTTP1", "Reactor", "TLS", "BlobStore", "OCI"]),
-        .testTarget(name: "MirrorIntegrationTests", dependencies: ["HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI"]),
+        .testTarget(name: "BerthAppTests", dependencies: ["TestSupport", "BerthApp", "Mirror", "HTTP1", "Reactor", "TLS", "BlobStore", "OCI"]),
+        .testTarget(name: "MirrorIntegrationTests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI"]),
         // Cache lifecycle end to end: the built `berth` binary against Debian's docker-registry,
         // with a small filesystem (ENOSPC), kill -9, eviction under a budget (needs root for mount).
-        .testTarget(name: "CacheLifecycleTests", dependencies: ["BlobStore", "OCI", "Reactor", "COpenSSL"]),
+        .testTarget(name: "CacheLifecycleTests", dependencies: ["TestSupport", "BlobStore", "OCI", "Reactor", "COpenSSL"]),
     ],
     swiftLanguageModes: [.v5]
 )

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 @testable import BerthApp
+import TestSupport
 
 /// `conf/berth.yaml` documents the embedded defaults; bad values are refused
 /// with the key that holds them; the environment overrides the file.

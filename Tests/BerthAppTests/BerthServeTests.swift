@@ -3,6 +3,7 @@ import XCTest
 import Reactor
 import TLS
 import HTTP1
+import TestSupport
 
 /// The built `berth` binary as a child process, talked to over loopback by a
 /// raw socket, curl, openssl s_client and Berth's own HTTPClient.

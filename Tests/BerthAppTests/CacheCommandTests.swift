@@ -4,6 +4,7 @@ import Reactor
 import HTTP1
 import BlobStore
 import OCI
+import TestSupport
 
 /// `berth cache` as a user runs it: the built binary against a real
 /// `berth serve` (through admin.sock) and against the files alone. The

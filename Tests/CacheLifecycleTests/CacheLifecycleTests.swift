@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestSupport
 
 /// The cache's lifecycle end to end: the built `berth` binary in front of
 /// Debian's docker-registry, pulled with curl and skopeo. A full disk, a blob

@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import COpenSSL
 import BlobStore
+import TestSupport
 
 // Test peers for the cache-lifecycle suite: Debian's docker-registry as the
 // upstream, the built `berth` binary, a throttling TCP relay, a small
@@ -9,60 +10,6 @@ import BlobStore
 // Everything listens on and talks to 127.0.0.1 only.
 
 // MARK: - basics
-
-/// The built `berth` executable: next to the test bundle (`swift build`
-/// puts every product in one directory), else under the package's `.build`.
-func locateBerthBinary(file: String = #filePath) -> String? {
-    var candidates: [URL] = []
-    for b in Bundle.allBundles {
-        candidates.append(b.bundleURL.deletingLastPathComponent().appendingPathComponent("berth"))
-    }
-    candidates.append(Bundle.main.bundleURL.appendingPathComponent("berth"))
-    if let argv0 = CommandLine.arguments.first {
-        candidates.append(URL(fileURLWithPath: argv0).deletingLastPathComponent().appendingPathComponent("berth"))
-    }
-    let root = URL(fileURLWithPath: file).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
-    candidates.append(root.appendingPathComponent(".build/debug/berth"))
-    var isDirectory: ObjCBool = false
-    return candidates.map(\.path).first {
-        FileManager.default.fileExists(atPath: $0, isDirectory: &isDirectory) && !isDirectory.boolValue
-            && FileManager.default.isExecutableFile(atPath: $0)
-    }
-}
-
-/// A loopback port nobody listens on right now (bound to port 0, then released).
-func freeLoopbackPort() -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    precondition(fd >= 0)
-    defer { close(fd) }
-    var sin = sockaddr_in()
-    sin.sin_family = sa_family_t(AF_INET)
-    sin.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &sin) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-    }
-    precondition(ok, "cannot bind a loopback port")
-    return UInt16(bigEndian: sin.sin_port)
-}
-
-/// Waits until `condition` holds, polling every `everyMillis`, at most `seconds`.
-@discardableResult
-func waitUntil(_ seconds: Double = 10, everyMillis: UInt32 = 20, _ condition: () -> Bool) -> Bool {
-    let end = Date().addingTimeInterval(seconds)
-    while Date() < end {
-        if condition() { return true }
-        usleep(everyMillis * 1000)
-    }
-    return condition()
-}
-
-func makeTemporaryDirectory(_ prefix: String) -> String {
-    var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
-    let path = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-    precondition(path != nil, "mkdtemp failed")
-    return String(cString: path!)
-}
 
 /// The inherited environment without `BERTH_*` (so flags decide) and without
 /// `REGISTRY_*` (docker-registry reads every such variable as configuration).
@@ -304,7 +251,7 @@ final class Registry {
         }
     }
 
-    func stop() { child.terminate() }
+    func stop() { child.terminate(grace: 10) }
 
     /// Pushes `blob` into `repository` (POST an upload, then PUT it whole with its digest).
     func push(_ blob: TestBlob, to repository: String) throws {
@@ -385,7 +332,7 @@ final class BerthProcess {
     }
 
     /// SIGTERM: a clean stop (the index is snapshotted).
-    func stop() { child.terminate() }
+    func stop() { child.terminate(grace: 10) }
 
     /// SIGKILL: a crash.
     func crash() { child.killHard() }

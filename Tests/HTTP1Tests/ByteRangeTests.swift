@@ -1,5 +1,6 @@
 import HTTP1
 import XCTest
+import TestSupport
 
 final class ByteRangeTests: XCTestCase {
     private func parse(_ header: String?, size: UInt64 = 1000, maxRanges: Int = 16) -> RangeRequest {

@@ -3,23 +3,7 @@ import XCTest
 import Reactor
 import TLS
 @testable import HTTP1
-
-/// A loopback port nobody listens on right now (bound to port 0, then released).
-func freeLoopbackPort() -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    precondition(fd >= 0)
-    defer { close(fd) }
-    var sin = sockaddr_in()
-    sin.sin_family = sa_family_t(AF_INET)
-    sin.sin_port = 0
-    sin.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    let ok = withUnsafeMutablePointer(to: &sin) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, len) == 0 && getsockname(fd, $0, &len) == 0 }
-    }
-    precondition(ok, "cannot bind a loopback port")
-    return UInt16(bigEndian: sin.sin_port)
-}
+import TestSupport
 
 /// True when something accepts TCP connections on 127.0.0.1:`port`.
 func isListening(_ port: UInt16) -> Bool {

@@ -3,6 +3,7 @@ import XCTest
 import Reactor
 import TLS
 @testable import HTTP1
+import TestSupport
 
 /// HTTPClient over https against nginx with a throwaway CA: verification
 /// against an extra CA file, a certificate for another name, no CA at all.

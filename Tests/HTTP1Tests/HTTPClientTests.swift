@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import Reactor
 @testable import HTTP1
+import TestSupport
 
 /// HTTPClient against Debian's nginx on loopback (framing, keep-alive,
 /// redirects and credentials, backpressure, stale pooled connections), and

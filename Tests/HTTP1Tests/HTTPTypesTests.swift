@@ -1,5 +1,6 @@
 import HTTP1
 import XCTest
+import TestSupport
 
 final class HTTPHeadersTests: XCTestCase {
     func testLookupIsCaseInsensitive() {

@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import Reactor
 import HTTP1
+import TestSupport
 
 /// Thousands of concurrent loopback connections on two loops: every one is
 /// accepted, kept open at the same time, and answered.

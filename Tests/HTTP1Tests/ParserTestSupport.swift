@@ -1,5 +1,6 @@
 import HTTP1
 import XCTest
+import TestSupport
 
 /// The two parsers seen through one interface, so every test can run them the same way.
 protocol TestableParser {

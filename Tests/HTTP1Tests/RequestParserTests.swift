@@ -1,5 +1,6 @@
 import HTTP1
 import XCTest
+import TestSupport
 
 final class RequestParserTests: XCTestCase {
     typealias E = Event<RequestHead>

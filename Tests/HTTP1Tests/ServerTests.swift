@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import Reactor
 import HTTP1
+import TestSupport
 
 /// The server end to end over loopback sockets: every refusal with its exact
 /// status, keep-alive, pipelining, HEAD, ranges from files, streamed bodies.

@@ -2,6 +2,7 @@ import Foundation
 import XCTest
 import Reactor
 import HTTP1
+import TestSupport
 
 /// A blocking loopback socket for driving servers byte by byte in tests.
 final class RawClient {
@@ -138,12 +139,3 @@ func makeTempDir() -> String {
     return dir
 }
 
-/// Waits until `condition` holds, polling every 20 ms, at most `seconds`.
-func waitUntil(_ seconds: Double = 10, _ condition: () -> Bool) -> Bool {
-    let end = Date().addingTimeInterval(seconds)
-    while Date() < end {
-        if condition() { return true }
-        usleep(20_000)
-    }
-    return condition()
-}

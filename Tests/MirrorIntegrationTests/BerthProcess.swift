@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 /// The built `berth` binary run as the system under test: a free loopback
 /// port, a temp cache dir (kept across `restart`), readiness by `/healthz`,
@@ -70,7 +71,7 @@ final class BerthProcess {
         for k in ProcessInfo.processInfo.environment.keys where k.hasPrefix("BERTH_") && environment[k] == nil { env[k] = .some(nil) }
         let args = [binary, "serve", "--listen", hostPort, "--upstream", upstream, "--cache-dir", cacheDir,
                     "--workers", String(workers), "--log-level", "debug"] + arguments
-        let p = try Subprocess(args, in: directory, environment: env, logPath: logPath)
+        let p = try Subprocess(args, in: directory, environmentOverrides: env, logPath: logPath)
         process = p
         let ready = waitUntil(10) { !p.isRunning || probeStatus(port: port, path: "/healthz") == 200 }
         guard ready, p.isRunning else {

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestSupport
 
 /// Docker Hub behaviour against a local stand-in (no test reaches the
 /// internet): a token-auth registry holding `library/alpine`, Berth with

@@ -1,5 +1,6 @@
 import Foundation
 import HTTP1
+import TestSupport
 
 /// An in-process upstream for fault injection only (bytes that do not match
 /// their digest, a connection cut mid-body, 429s): Berth's own HTTP1 server

@@ -1,6 +1,7 @@
 import Foundation
 import XCTest
 import HTTP1
+import TestSupport
 
 /// Berth against an in-process fake upstream that misbehaves on purpose.
 final class FaultInjectionTests: IntegrationTestCase {

@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 /// An image as the registry holds it after a push: the manifest bytes read
 /// back from the registry (skopeo may rewrite on push, so these are the truth)
@@ -44,7 +45,7 @@ final class ImageBuilder {
     func makeGzipLayer(size: Int, in dir: String) throws -> (digest: String, diffID: String, size: Int) {
         let raw = "\(dir)/raw-\(UUID().uuidString.prefix(8))"
         let diffID = try writeRandomFile(raw, count: size)
-        try Subprocess.run(["gzip", "-1", "-n", raw], in: dir)
+        try Subprocess.run(["gzip", "-1", "-n", raw], in: dir, timeout: 60)
         let gz = raw + ".gz"
         guard let hex = sha256Hex(file: gz) else { throw Subprocess.Failure(description: "cannot read \(gz)") }
         try FileManager.default.moveItem(atPath: gz, toPath: "\(dir)/\(hex)")

@@ -3,45 +3,9 @@ import XCTest
 import Reactor
 import HTTP1
 import BlobStore
+import TestSupport
 
-// MARK: - ports, directories, waits
-
-/// A loopback port free at the time of asking (bind to 0, read, close).
-/// Callers that lose the race retry with a new one.
-func freeLoopbackPort() -> UInt16 {
-    let fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
-    defer { close(fd) }
-    var sin = sockaddr_in()
-    sin.sin_family = sa_family_t(AF_INET)
-    sin.sin_port = 0
-    sin.sin_addr.s_addr = inet_addr("127.0.0.1")
-    var len = socklen_t(MemoryLayout<sockaddr_in>.size)
-    _ = withUnsafeMutablePointer(to: &sin) { p in
-        p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa -> Int32 in
-            guard bind(fd, sa, len) == 0 else { return -1 }
-            return getsockname(fd, sa, &len)
-        }
-    }
-    return UInt16(bigEndian: sin.sin_port)
-}
-
-/// A new directory under /tmp (short paths: some peers limit them).
-func makeTemporaryDirectory(_ prefix: String) -> String {
-    var template = Array("/tmp/\(prefix)-XXXXXX".utf8CString)
-    let path = template.withUnsafeMutableBufferPointer { mkdtemp($0.baseAddress!) }
-    precondition(path != nil, "mkdtemp failed")
-    return String(cString: path!)
-}
-
-/// Polls `condition` every 20 ms for at most `seconds`.
-func waitUntil(_ seconds: Double, _ condition: () -> Bool) -> Bool {
-    let end = Date().addingTimeInterval(seconds)
-    while Date() < end {
-        if condition() { return true }
-        usleep(20_000)
-    }
-    return condition()
-}
+// MARK: - readiness
 
 /// The status of `GET path` on 127.0.0.1:`port`, nil when nothing answers
 /// within a second (a readiness probe; no keep-alive, no body read).
@@ -196,13 +160,13 @@ enum Skopeo {
     static func copy(_ source: String, _ destination: String, extra: [String] = [], in dir: String,
                      timeout: Double = 120) throws {
         try Subprocess.run(["skopeo", "copy", "--retry-times", "0"] + extra + [source, destination],
-                           in: dir, environment: ["REGISTRY_AUTH_FILE": nil], timeout: timeout)
+                           in: dir, environmentOverrides: ["REGISTRY_AUTH_FILE": nil], timeout: timeout)
     }
 
     /// The raw manifest bytes of `reference`, exactly as served.
     static func inspectRaw(_ reference: String, extra: [String] = [], in dir: String) throws -> [UInt8] {
         let child = try Subprocess.run(["skopeo", "inspect", "--raw", "--tls-verify=false"] + extra + [reference],
-                                       in: dir, environment: ["REGISTRY_AUTH_FILE": nil], timeout: 60)
+                                       in: dir, environmentOverrides: ["REGISTRY_AUTH_FILE": nil], timeout: 60)
         return [UInt8](child.stdoutData)
     }
 }

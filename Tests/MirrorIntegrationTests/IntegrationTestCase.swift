@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestSupport
 
 /// Shared fixture for the end-to-end tests: a work directory, the peers a
 /// test starts (stopped by PID in `tearDown`, newest first), pulls through

@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestSupport
 
 /// Berth in front of a plain (no auth) Distribution 2.8: skopeo and curl
 /// pull through it; every byte is checked against the registry's.

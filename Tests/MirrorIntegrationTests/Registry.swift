@@ -1,4 +1,5 @@
 import Foundation
+import TestSupport
 
 /// Debian's `docker-registry` (CNCF Distribution 2.8.2) as Berth's upstream:
 /// its own config and filesystem storage in a temp dir, a free loopback port,
@@ -82,7 +83,7 @@ final class Registry {
         var env: [String: String?] = [:]
         for k in ProcessInfo.processInfo.environment.keys where k.hasPrefix("REGISTRY_") { env[k] = .some(nil) }
         let p = try Subprocess(["docker-registry", "serve", "\(directory)/config.yml"], in: directory,
-                               environment: env, logPath: logPath)
+                               environmentOverrides: env, logPath: logPath)
         process = p
         let ready = waitUntil(10) {
             guard p.isRunning else { return true }

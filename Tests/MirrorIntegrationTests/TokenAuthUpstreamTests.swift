@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestSupport
 
 /// Berth in front of Distribution with token auth, tokens from the in-process
 /// TokenService; the password comes from BERTH_UPSTREAM_PASSWORD.

@@ -1,6 +1,7 @@
 import Foundation
 import COpenSSL
 import HTTP1
+import TestSupport
 
 /// A Docker-token-spec token server for the token-auth registry, written for
 /// the tests and run in-process on Berth's own HTTP1 server.
@@ -35,7 +36,7 @@ final class TokenService {
         self.password = password
         directory = makeTemporaryDirectory("berth-token")
         try Subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "token.key",
-                            "-out", "token.pem", "-days", "2", "-subj", "/CN=berth-test-token-issuer"], in: directory)
+                            "-out", "token.pem", "-days", "2", "-subj", "/CN=berth-test-token-issuer"], in: directory, timeout: 60)
         // x5c wants standard base64 of the DER: the PEM body is exactly that, folded.
         let pem = try String(contentsOfFile: "\(directory)/token.pem", encoding: .utf8)
         certificateDERBase64 = pem.split(separator: "\n").filter { !$0.hasPrefix("-----") }.joined()

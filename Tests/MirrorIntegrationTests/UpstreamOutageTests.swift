@@ -1,5 +1,6 @@
 import Foundation
 import XCTest
+import TestSupport
 
 /// The upstream goes away after a warm pull: what is cached keeps pulling,
 /// by tag (fresh, and stale past its TTL) and by digest, across a restart.

@@ -2,6 +2,7 @@ import Foundation
 import Reactor
 import TLS
 import XCTest
+import TestSupport
 
 /// An EventLoop running on its own thread for one test.
 final class LoopThread {

@@ -2,6 +2,7 @@ import Foundation
 import Reactor
 import TLS
 import XCTest
+import TestSupport
 
 /// Certificate rotation: overwrite the files, reload, and see what a new
 /// connection from `openssl s_client` is served.

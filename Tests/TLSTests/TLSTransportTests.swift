@@ -2,6 +2,7 @@ import Foundation
 import Reactor
 import TLS
 import XCTest
+import TestSupport
 
 /// TLSTransport against real peers on 127.0.0.1: curl and `openssl s_client`
 /// talking to Berth's server side, `openssl s_server` answering Berth's

@@ -33,7 +33,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         self.config = config
         self.logger = logger
         group = try EventLoopGroup(count: config.workers == 0 ? System.coreCount : config.workers)
-        pool = BlockingPool(threads: 2)
+        pool = BlockingPool(threads: 4)
     }
 
     /// Binds the listeners and starts the loops. Throws when an address cannot be bound

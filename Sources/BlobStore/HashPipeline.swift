@@ -7,8 +7,8 @@ import Synchronization
 /// Bounded: `enqueue` returns false once more than `limit` bytes wait, and
 /// the producer pauses until `whenBelowLimit` fires.
 final class HashPipeline: @unchecked Sendable {  // all mutable state behind `state`; `hasher` is used by one drain at a time
-    static let limit = 16 << 20
-    static let resumeBelow = 4 << 20
+    static let limit = 4 << 20
+    static let resumeBelow = 1 << 20
 
     private struct State {
         var chunks: [[UInt8]] = []

@@ -35,8 +35,8 @@ public enum Readiness {
 /// by itself. Listening sockets are level-triggered so an `accept` burst cut
 /// short (EMFILE, fairness) is reported again on the next turn.
 ///
-/// Threading: everything here is loop-thread-only except `execute`, `stop`
-/// and `inLoop`, which any thread may call.
+/// Threading: everything here is loop-thread-only except `execute`,
+/// `schedule`, `stop` and `inLoop`, which any thread may call.
 public final class EventLoop: @unchecked Sendable {  // cross-thread entry points are locked or atomic
     /// Position in its group; useful for logs and per-loop state.
     public let index: Int
@@ -107,10 +107,12 @@ public final class EventLoop: @unchecked Sendable {  // cross-thread entry point
     // MARK: timers and tasks
 
     /// Runs `body` on this loop after `delay` nanoseconds, unless cancelled.
+    /// Safe from any thread: off the loop, the timer is handed over with `execute`
+    /// (the heap itself is loop-thread only).
     @discardableResult
     public func schedule(afterNanos delay: UInt64, _ body: @escaping () -> Void) -> Timer {
         let timer = Timer(deadline: Clock.monotonicNanos() &+ delay, body: body)
-        timers.push(timer)
+        if inLoop { timers.push(timer) } else { execute { self.timers.push(timer) } }
         return timer
     }
 

@@ -46,7 +46,8 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
         fills = FillRegistry(store: store, pool: pool)
         auth = UpstreamAuth(config: config.upstream)
         let auth = self.auth
-        upstreams = group.loops.map { Upstream(client: HTTPClient(loop: $0, pool: pool, tls: tls), auth: auth) }
+        let deadline = config.clientDeadlineNanos
+        upstreams = group.loops.map { Upstream(client: HTTPClient(loop: $0, pool: pool, tls: tls), auth: auth, deadlineNanos: deadline) }
     }
 
     func upstream(for loop: EventLoop) -> Upstream { upstreams[loop.index] }

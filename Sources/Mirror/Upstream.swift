@@ -13,9 +13,13 @@ final class Upstream {
     private var pingWaiters: [(Result<UpstreamAuth.Challenge, UpstreamError>) -> Void]?
     private var tokenWaiters: [String: [(Result<String?, UpstreamError>) -> Void]] = [:]
 
-    init(client: HTTPClient, auth: UpstreamAuth) {
+    /// How long a `fetch` may take in all before its caller gets a 504.
+    let deadlineNanos: UInt64
+
+    init(client: HTTPClient, auth: UpstreamAuth, deadlineNanos: UInt64) {
         self.client = client
         self.auth = auth
+        self.deadlineNanos = deadlineNanos
     }
 
     var loop: EventLoop { client.loop }
@@ -123,12 +127,21 @@ final class Upstream {
         retrying.attempt(refresh: false)
     }
 
-    /// A whole bounded response for `repository`.
+    /// A whole bounded response for `repository`, or a 504 once `deadlineNanos`
+    /// have passed whatever stage is still waiting (ping, token, connect, head,
+    /// body): each stage has its own timeout, but a client must get its answer
+    /// (stale content or an error) in time even when several stages are slow.
     func fetch(_ method: HTTPMethod, _ path: String, repository: String, headers: HTTPHeaders = HTTPHeaders(),
                headTimeout: UInt64, maxBytes: Int,
                completion: @escaping (Result<(ResponseHead, [UInt8]), UpstreamError>) -> Void) {
-        send(method, path, repository: repository, headers: headers, headTimeout: headTimeout,
-             delegate: Collector(maxBytes: maxBytes, what: path, completion: completion))
+        let collector = Collector(maxBytes: maxBytes, what: path, completion: completion)
+        let seconds = deadlineNanos / 1_000_000_000
+        let deadline = loop.schedule(afterNanos: deadlineNanos) { [weak collector] in
+            collector?.upstreamFailed(UpstreamError(status: 504, code: .unavailable,
+                                                    message: "upstream did not answer \(path) within \(seconds) s"))
+        }
+        collector.onComplete = { deadline.cancel() }
+        send(method, path, repository: repository, headers: headers, headTimeout: headTimeout, delegate: collector)
     }
 }
 
@@ -237,9 +250,14 @@ final class Collector: UpstreamDelegate {
 
     func upstreamFailed(_ e: UpstreamError) { complete(.failure(e)) }
 
+    /// Runs once, when the result is delivered.
+    var onComplete: (() -> Void)?
+
     private func complete(_ r: Result<(ResponseHead, [UInt8]), UpstreamError>) {
         guard !done else { return }
         done = true
+        onComplete?()
+        onComplete = nil
         completion(r)
     }
 }

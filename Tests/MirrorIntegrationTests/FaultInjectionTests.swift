@@ -103,6 +103,30 @@ final class FaultInjectionTests: IntegrationTestCase {
         XCTAssertTrue(waitUntil(10) { berth.isCached(digest) })
     }
 
+    /// DECISIONS: a client behind a hung upstream gets an answer within 20 s.
+    /// Each stage has its own timeout; here a slow ping (12 s) and a hung
+    /// manifest request (15 s head timeout) would add up to 27 s without the
+    /// overall deadline.
+    func testSlowPingAndHungManifestAnswer504Within20Seconds() throws {
+        let upstream = try startFakeUpstream()
+        upstream.route("/v2/") { w in
+            w.loop.schedule(afterNanos: 12_000_000_000) {
+                var head = ResponseHead(status: 200)
+                head.headers.add("Content-Type", "application/json")
+                w.respond(head, body: Array("{}".utf8))
+            }
+        }
+        upstream.route("/v2/test/hung/manifests/v1") { _ in }  // never answers
+        let berth = try startBerth(upstream: upstream.url, workers: 1)
+        let started = Date()
+        let r = try get(berth, "/v2/test/hung/manifests/v1", headers: ["Accept: \(allManifestTypes)"], timeout: 40)
+        let took = Date().timeIntervalSince(started)
+        XCTAssertEqual(r.status, 504, r.bodyText)
+        XCTAssertTrue(r.bodyText.contains("UNAVAILABLE"), r.bodyText)
+        XCTAssertLessThan(took, 22, "answered within the 20 s deadline")
+        XCTAssertGreaterThan(took, 18, "the deadline, not an earlier stage, answered")
+    }
+
     /// An expired tag whose revalidation meets 429 or 503 is served stale;
     /// nothing cached by digest asks the upstream at all.
     func testRateLimitedOrFailingRevalidationServesStaleTag() throws {

@@ -59,22 +59,20 @@ final class HashPipeline: @unchecked Sendable {  // all mutable state behind `st
 
     private func drain() {
         while true {
-            let (batch, wake, done) = state.withLock { s -> ([[UInt8]], [() -> Void], ((String) -> Void)?) in
+            // Take everything queued; with nothing left, the drain ends (and a finish waiting for it runs).
+            let (batch, done) = state.withLock { s -> ([[UInt8]], ((String) -> Void)?) in
                 if s.chunks.isEmpty {
                     s.draining = false
-                    let f = s.finish
-                    s.finish = nil
-                    return ([], [], f)
+                    defer { s.finish = nil }
+                    return ([], s.finish)
                 }
-                let b = s.chunks
-                s.chunks.removeAll(keepingCapacity: true)
-                return (b, [], nil)
+                defer { s.chunks.removeAll(keepingCapacity: true) }
+                return (s.chunks, nil)
             }
             if batch.isEmpty {
                 if let done { done(hasher.finalizeHex()) }
                 return
             }
-            _ = wake
             for chunk in batch {
                 hasher.update(chunk)
                 let waiters = state.withLock { s -> [() -> Void] in

@@ -46,7 +46,6 @@ public func ociCode(forStatus status: Int) -> OCIErrorCode {
     case 405: return .unsupported
     case 416: return .rangeInvalid
     case 429: return .tooManyRequests
-    case 501: return .unsupported
     default: return .unsupported
     }
 }

@@ -126,7 +126,6 @@ public struct UpstreamError: Error, CustomStringConvertible {
         case 403: return UpstreamError(status: 403, code: .denied, message: "upstream denied access to \(what)")
         case 429: return UpstreamError(status: 429, code: .tooManyRequests, message: "upstream rate limit fetching \(what)",
                                        retryAfter: headers["Retry-After"])
-        case 400..<500: return UpstreamError(status: 502, code: .unavailable, message: "upstream answered \(status) for \(what)")
         default: return UpstreamError(status: 502, code: .unavailable, message: "upstream answered \(status) for \(what)")
         }
     }

@@ -74,12 +74,6 @@ public enum Posix {
         return st
     }
 
-    public static func pipe() throws -> (read: Int32, write: Int32) {
-        var fds: [Int32] = [0, 0]
-        _ = try blocking("pipe2") { CLinux.pipe2(&fds, O_CLOEXEC | O_NONBLOCK) }
-        return (fds[0], fds[1])
-    }
-
     // MARK: sockets
 
     public static func socket(domain: Int32, type: Int32) throws -> Int32 {

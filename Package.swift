@@ -5,9 +5,9 @@ import PackageDescription
 // Swift 5 language mode: the reactor owns its threading model (one loop per
 // thread, explicit hand-offs), documented next to each type, instead of
 // annotating every loop-bound class for the Swift 6 checker.
-let settings: [SwiftSetting] = [
-    .unsafeFlags(["-Ounchecked"], .when(configuration: .release)),
-]
+// Release builds use the default `-O`: preconditions, bounds and overflow
+// checks are part of the design (`-Ounchecked` would compile them out).
+let settings: [SwiftSetting] = []
 
 let package = Package(
     name: "Berth",

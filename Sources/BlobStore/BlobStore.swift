@@ -74,9 +74,12 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
     /// used blobs now if needed. False when even evicting every unpinned blob
     /// would not make room: the caller streams without caching.
     public func reserve(_ bytes: UInt64) -> Bool {
+        guard bytes <= budget.maxBytes else { return false }
         let u = index.usage
-        if u.total + bytes > budget.maxBytes {
-            let needed = u.total + bytes - budget.maxBytes
+        let (sum, overflow) = u.total.addingReportingOverflow(bytes)
+        guard !overflow else { return false }
+        if sum > budget.maxBytes {
+            let needed = sum - budget.maxBytes
             let victims = index.evictionCandidates(totalling: needed)
             guard victims.reduce(0, { $0 + $1.size }) >= needed else { return false }
             evict(victims, reason: "making room for a \(bytes)-byte fill")

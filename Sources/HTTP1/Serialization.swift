@@ -25,13 +25,25 @@ extension RequestHead {
 }
 
 extension HTTPHeaders {
+    /// Writes each field as `name: value` CRLF. A field whose name is not an
+    /// RFC 9110 token, or whose value holds CR, LF or NUL, is left out: no
+    /// value that came from elsewhere (an upstream's manifest, a header it
+    /// sent) can add a header line or end the head early.
     func write(into out: inout [UInt8]) {
-        for (name, value) in self {
+        for (name, value) in self where HTTPHeaders.isSafe(name: name, value: value) {
             out.append(contentsOf: name.utf8)
             out.append(contentsOf: [0x3a, 0x20])
             out.append(contentsOf: value.utf8)
             out.append(contentsOf: [0x0d, 0x0a])
         }
+    }
+}
+
+extension HTTPHeaders {
+    /// True when `name` is a non-empty token and `value` has no CR, LF or NUL.
+    static func isSafe(name: String, value: String) -> Bool {
+        guard !name.isEmpty, name.utf8.allSatisfy(isTokenByte) else { return false }
+        return !value.utf8.contains { $0 == 0x0d || $0 == 0x0a || $0 == 0x00 }
     }
 }
 

@@ -175,6 +175,10 @@ final class BlobFetch: UpstreamDelegate {
     let repo: String
     private var ok = false
 
+    /// The largest blob length Berth believes (1 TiB): no real layer comes
+    /// near it, and every length sum below it stays far from overflow.
+    static let maxLength: UInt64 = 1 << 40
+
     init(mirror: Mirror, fill: BlobFill, repo: String) {
         self.mirror = mirror
         self.fill = fill
@@ -188,6 +192,11 @@ final class BlobFetch: UpstreamDelegate {
     func didReceiveHead(_ head: ResponseHead, url: HTTPURL, task: ClientTask) {
         guard head.status == 200 else {
             fill.fail(status: head.status, retryAfter: head.headers["Retry-After"], reason: "upstream answered \(head.status)")
+            task.cancel()
+            return
+        }
+        if let n = head.headers["Content-Length"].flatMap({ UInt64($0) }), n > BlobFetch.maxLength {
+            fill.fail(status: 502, retryAfter: nil, reason: "upstream declared a \(n)-byte blob, over the \(BlobFetch.maxLength)-byte limit")
             task.cancel()
             return
         }
@@ -212,11 +221,15 @@ final class BlobFetch: UpstreamDelegate {
     }
 
     func didFinish(_ error: HTTPClientError?, task: ClientTask) {
-        guard ok else { return }
+        // A fetch that broke before its head (reset, refused, TLS, head
+        // timeout) ends the fill too: its readers hear now, and the next
+        // request starts a new fetch (issue 8, defect 1).
         if let error {
-            fill.fail(status: error.isTimeout ? 504 : 502, retryAfter: nil, reason: "upstream transfer broke: \(error)")
+            let stage = ok ? "upstream transfer broke" : "upstream did not answer"
+            fill.fail(status: error.isTimeout ? 504 : 502, retryAfter: nil, reason: "\(stage): \(error)")
             return
         }
+        guard ok else { return }
         let (digest, log) = (fill.digest, mirror.log)
         fill.finish(store: mirror.store, pool: mirror.pool) { committed in
             if !committed { log(.warning, "fill \(digest) was not kept (verification or write failed)") }
@@ -317,7 +330,7 @@ final class FillReader {
             let range = plan.parts[part].range
             // Hold back the blob's last byte until the digest has been checked.
             var limit = min(range.upperBound, p.written)
-            if p.outcome != .verified && range.upperBound == total && limit == total { limit = total - 1 }
+            if p.outcome != .verified && range.upperBound == total && limit == total && total > 0 { limit = total - 1 }
             send(upTo: limit, inFile: p.inFile)
             guard sent == range.upperBound else { return }
             plan.parts[part].trailer.withUnsafeBytes { _ = w.write($0) }
@@ -360,6 +373,9 @@ final class FillReader {
     /// Sends the head once the size is known; false when there is nothing more to do now.
     private func startResponse(_ p: BlobFill.Progress) -> Bool {
         guard let total = p.total else { return false }
+        // An empty body has no last byte to hold back: the head itself waits
+        // for the digest check, or a client would take it as complete (defect 2).
+        if total == 0 && p.outcome != .verified { return false }
         deadline?.cancel()
         deadline = nil
         guard let plan = RangePlan(w.request.headers["Range"], size: total, boundary: request.boundary) else {

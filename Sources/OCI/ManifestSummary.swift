@@ -76,6 +76,9 @@ public struct ManifestSummary: Equatable, Sendable {
         // application/octet-stream, text/plain) says nothing about the document.
         let served = contentType.map(MediaType.essence).flatMap { MediaType.isManifest($0) ? $0 : nil }
         let declared = document.mediaType.flatMap { $0.isEmpty ? nil : $0 }
+        if let declared, !MediaType.isValid(declared) {
+            throw ManifestError(message: "manifest mediaType is not a type/subtype media type")
+        }
         if let declared, let served, declared.lowercased() != served {
             throw ManifestError(message: "manifest mediaType \(declared) differs from Content-Type \(served)")
         }

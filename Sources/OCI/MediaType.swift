@@ -36,6 +36,23 @@ public enum MediaType {
         return essence == dockerSchema1Signed || essence == dockerSchema1
     }
 
+    /// True for a bare `type/subtype` (RFC 6838 restricted names: a letter or
+    /// digit, then up to 126 of letters, digits and `!#$&-^_.+`), the only
+    /// shape Berth accepts from a manifest's `mediaType`: it becomes a
+    /// `Content-Type` header, so no parameter, space, CR or LF may come with it.
+    public static func isValid(_ mediaType: String) -> Bool {
+        let parts = mediaType.utf8.split(separator: UInt8(ascii: "/"), omittingEmptySubsequences: false)
+        guard parts.count == 2 else { return false }
+        return parts.allSatisfy { name in
+            guard let first = name.first, name.count <= 127, isAlnum(first) else { return false }
+            return name.allSatisfy { isAlnum($0) || "!#$&-^_.+".utf8.contains($0) }
+        }
+    }
+
+    private static func isAlnum(_ b: UInt8) -> Bool {
+        (b >= 0x30 && b <= 0x39) || (b >= 0x41 && b <= 0x5a) || (b >= 0x61 && b <= 0x7a)
+    }
+
     /// `type/subtype` of a `Content-Type` value: parameters dropped, whitespace trimmed, lowercased.
     public static func essence(_ contentType: String) -> String {
         let bare = contentType.utf8.firstIndex(of: UInt8(ascii: ";")).map { contentType[..<$0] } ?? contentType[...]

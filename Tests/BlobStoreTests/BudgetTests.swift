@@ -171,4 +171,20 @@ final class BudgetTests: XCTestCase {
         XCTAssertNil(Budget.parseSize("150%", filesystemOf: "/"))
         XCTAssertLessThanOrEqual(Budget.defaultBudget(for: "/").maxBytes, 50 << 30)
     }
+
+    /// A length near 2^64 from an upstream trapped (or wrapped) in `reserve`.
+    func testReserveRefusesLengthsThatCannotFitWithoutOverflow() throws {
+        let store = try BlobStore(root: dir, pool: pool, budget: Budget(maxBytes: 100_000))
+        let (b, d) = blob(1, size: 1000)
+        try store.store(b, as: d)
+        let before = store.index.usage.total
+        for n: UInt64 in [UInt64.max, UInt64.max - 500, UInt64(Int64.max), 100_001] {
+            XCTAssertFalse(store.reserve(n), "\(n)")
+        }
+        XCTAssertEqual(store.index.usage.total, before, "nothing reserved, nothing evicted")
+        XCTAssertTrue(store.contains(d))
+        XCTAssertTrue(store.reserve(1000))
+        store.release(1000)
+        XCTAssertEqual(store.index.usage.total, before)
+    }
 }

@@ -105,4 +105,19 @@ final class HTTPTypesTests: XCTestCase {
         XCTAssertEqual(error.description, "431 too many fields")
         XCTAssertEqual(error, HTTPParseError(status: 431, reason: "too many fields"))
     }
+
+    /// Regression (issue 8, defect 3): no header value Berth writes can carry
+    /// CR, LF or NUL, whatever an upstream put in it; such a field is left out.
+    func testHeaderValuesWithCRLFOrNULAreNotWritten() {
+        var head = ResponseHead(status: 200)
+        head.headers.add("Content-Type", "application/json\r\nSet-Cookie: injected=1")
+        head.headers.add("X-Nul", "a\u{0}b")
+        head.headers.add("X-LF", "a\nb")
+        head.headers.add("Bad Name", "v")
+        head.headers.add("Content-Length", "0")
+        var out: [UInt8] = []
+        head.write(into: &out)
+        let text = String(decoding: out, as: UTF8.self)
+        XCTAssertEqual(text, "HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    }
 }

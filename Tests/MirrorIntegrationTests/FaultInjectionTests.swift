@@ -178,4 +178,105 @@ final class FaultInjectionTests: IntegrationTestCase {
         XCTAssertTrue(r.bodyText.contains("TOOMANYREQUESTS"), r.bodyText)
         XCTAssertEqual(upstream.count(method: "GET", path: "/v2/test/limited/manifests/v1"), 1)
     }
+
+    // MARK: issue 8 regressions
+
+    /// Defect 1: a fetch that broke before the upstream's head (a reset) left
+    /// its fill in the single-flight table for good: every later GET of the
+    /// digest waited 20 s for a 504 without asking the upstream again.
+    func testFetchFailingBeforeTheHeadEndsTheFillAndTheNextRequestFetchesAgain() throws {
+        let upstream = try startFakeUpstream()
+        let good = randomBytes(64 << 10)
+        let digest = "sha256:" + sha256Hex(good)
+        let path = "/v2/test/reset/blobs/\(digest)"
+        upstream.route(path) { w in w.abort() }
+        let berth = try startBerth(upstream: upstream.url)
+
+        let failed = try get(berth, path, timeout: 30)
+        XCTAssertEqual(failed.status, 502, "the reader hears of the reset, not the 20 s deadline: \(failed.bodyText)")
+        XCTAssertTrue(failed.bodyText.contains("UNAVAILABLE"), failed.bodyText)
+        assertNothingCached(berth, digest)
+        let attempts = upstream.count(method: "GET", path: path)
+        XCTAssertGreaterThanOrEqual(attempts, 1)
+
+        upstream.route(path, FakeUpstream.serve(good, digest: digest))
+        let r = try get(berth, path, timeout: 30)
+        XCTAssertEqual(r.status, 200, r.bodyText)
+        XCTAssertTrue(r.body == good, "exact bytes once the upstream recovered")
+        XCTAssertEqual(upstream.count(method: "GET", path: path), attempts + 1, "the next request fetched again")
+        XCTAssertTrue(waitUntil(10) { berth.isCached(digest) })
+        XCTAssertTrue(berth.partialFiles().isEmpty, "\(berth.partialFiles())")
+    }
+
+    /// Defect 2: `Content-Length: 0` for a digest that is not the empty blob's
+    /// reached the client as a complete 200 with an empty body, unverified.
+    func testEmptyBodyForANonEmptyDigestIsNotDeliveredAsComplete() throws {
+        let upstream = try startFakeUpstream()
+        let digest = "sha256:" + sha256Hex(Array("not empty".utf8))
+        let path = "/v2/test/empty/blobs/\(digest)"
+        upstream.route(path, FakeUpstream.serve([], digest: digest))
+        let emptyDigest = "sha256:" + sha256Hex([])
+        let emptyPath = "/v2/test/empty/blobs/\(emptyDigest)"
+        upstream.route(emptyPath, FakeUpstream.serve([], digest: emptyDigest))
+        let berth = try startBerth(upstream: upstream.url)
+
+        let r = try get(berth, path, timeout: 30)
+        XCTAssertEqual(r.status, 502, "an empty body that does not hash to the digest is refused: \(r.bodyText)")
+        XCTAssertTrue(r.bodyText.contains("digest mismatch"), r.bodyText)
+        assertNothingCached(berth, digest)
+
+        let empty = try get(berth, emptyPath, timeout: 30)
+        XCTAssertEqual(empty.status, 200, empty.bodyText)
+        XCTAssertEqual(empty.body.count, 0)
+        XCTAssertEqual(empty.headers["content-length"], "0")
+        XCTAssertTrue(waitUntil(10) { berth.isCached(emptyDigest) }, "the real empty blob verifies and is kept")
+    }
+
+    /// Defect 3: a manifest served as application/json whose `mediaType` held
+    /// an escaped CR LF and a header line put that header into Berth's answer.
+    func testManifestMediaTypeCannotInjectAResponseHeader() throws {
+        let upstream = try startFakeUpstream()
+        let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json\r\nX-Injected: yes","config":{"mediaType":"application/vnd.oci.empty.v1+json","size":2,"digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a"},"layers":[]}"#.utf8)
+        let digest = "sha256:" + sha256Hex(manifest)
+        for path in ["/v2/test/inject/manifests/v1", "/v2/test/inject/manifests/\(digest)"] {
+            upstream.route(path) { w in
+                var head = ResponseHead(status: 200)
+                head.headers.add("Content-Type", "application/json")
+                head.headers.add("Docker-Content-Digest", digest)
+                w.respond(head, body: manifest)
+            }
+        }
+        let berth = try startBerth(upstream: upstream.url)
+        for path in ["/v2/test/inject/manifests/v1", "/v2/test/inject/manifests/\(digest)"] {
+            let r = try get(berth, path, headers: ["Accept: \(allManifestTypes)"])
+            XCTAssertEqual(r.status, 502, r.bodyText)
+            XCTAssertTrue(r.bodyText.contains("MANIFEST_INVALID"), r.bodyText)
+            XCTAssertNil(r.headers["x-injected"], "no header of the upstream's choosing")
+        }
+        XCTAssertFalse(berth.isCached(digest))
+    }
+
+    /// A Content-Length near 2^64 trapped or wrapped in the budget's and the
+    /// range arithmetic. Berth refuses it as implausible and stays up.
+    func testImplausibleContentLengthIsRefusedAndBerthStaysUp() throws {
+        let upstream = try startFakeUpstream()
+        let bytes = randomBytes(4096)
+        let digest = "sha256:" + sha256Hex(bytes)
+        let path = "/v2/test/huge/blobs/\(digest)"
+        upstream.route(path) { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", "application/octet-stream")
+            w.start(head, contentLength: UInt64.max)
+            bytes.withUnsafeBytes { _ = w.write($0) }
+            _ = w.loop.schedule(afterNanos: 100_000_000) { w.abort() }
+        }
+        let berth = try startBerth(upstream: upstream.url)
+        for range in [[], ["Range: bytes=0-1,5-9"], ["Range: bytes=-10"]] {
+            let r = try get(berth, path, headers: range, timeout: 30)
+            XCTAssertEqual(r.status, 502, r.bodyText)
+            XCTAssertTrue(r.bodyText.contains("limit"), r.bodyText)
+        }
+        XCTAssertEqual(try get(berth, "/v2/").status, 200, "berth is still up")
+        assertNothingCached(berth, digest)
+    }
 }

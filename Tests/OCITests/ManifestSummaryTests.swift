@@ -227,6 +227,22 @@ final class ManifestSummaryTests: XCTestCase {
         assertRefused(#"{"schemaVersion":2,"layers":[{"mediaType":"l","digest":"\#(layer1)","size":"1"}]}"#)
     }
 
+    /// Regression (issue 8, defect 3): a `mediaType` with an escaped CR LF and
+    /// a header line, served as application/json, became a Content-Type
+    /// header that added a header of the upstream's choosing.
+    func testMediaTypeWithCRLFOrParametersIsRefused() {
+        for bad in [#"application/vnd.oci.image.manifest.v1+json\r\nSet-Cookie: x=1"#,
+                    #"application/vnd.oci.image.manifest.v1+json\u0000"#,
+                    "application/vnd.oci.image.manifest.v1+json; charset=utf-8",
+                    "application /json", "application", "a/b/c", "/json", "application/", "-x/y",
+                    "application/" + String(repeating: "x", count: 128)] {
+            assertRefused(#"{"schemaVersion":2,"mediaType":"\#(bad)","layers":[]}"#, "application/json", "type/subtype", line: #line)
+        }
+        XCTAssertNoThrow(try parse(#"{"schemaVersion":2,"mediaType":"application/vnd.example+json","layers":[]}"#, "application/json"))
+        XCTAssertTrue(MediaType.isValid(MediaType.ociManifest))
+        XCTAssertTrue(MediaType.isValid("application/vnd.docker.distribution.manifest.v1+prettyjws"))
+    }
+
     func testInvalidJSON() {
         for doc in ["", "null", "[]", "\"x\"", "{", "{\"layers\": [}", "{\"mediaType\": 5}", "\u{0}", "{\"layers\": {}}"] {
             assertRefused(doc)

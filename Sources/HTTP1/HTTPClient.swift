@@ -31,6 +31,9 @@ public struct ClientRequest {
     public var connectTimeoutNanos: UInt64 = 5_000_000_000
     public var headTimeoutNanos: UInt64 = 15_000_000_000
     public var idleTimeoutNanos: UInt64 = 30_000_000_000
+    /// Decides whether a redirect to a URL is followed; nil follows any. A
+    /// refused redirect fails the request (`.protocolError`).
+    public var allowsRedirect: (@Sendable (HTTPURL) -> Bool)?
 
     public init(method: HTTPMethod = .get, url: HTTPURL, headers: HTTPHeaders = HTTPHeaders()) {
         self.method = method
@@ -262,6 +265,10 @@ public final class ClientTask {
             }
             guard let next = url.resolving(location) else {
                 fail(HTTPClientError(.protocolError, "unusable redirect Location from \(url.authority)"))
+                return
+            }
+            if let allows = request.allowsRedirect, !allows(next) {
+                fail(HTTPClientError(.protocolError, "redirect from \(url.authority) to \(next.authority) refused"))
                 return
             }
             redirectsLeft -= 1

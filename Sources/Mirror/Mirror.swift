@@ -79,6 +79,11 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             head.headers.add("Content-Type", "application/json")
             head.headers.add("Docker-Distribution-API-Version", "registry/2.0")
             w.respond(head, body: Array("{}".utf8))
+        case .success(.manifest(_, .digest(let digest))) where digest.algorithm != .sha256,
+             .success(.blob(_, let digest)) where digest.algorithm != .sha256:
+            // Valid by the spec's grammar, but Berth hashes what it serves with
+            // SHA-256 only: it cannot verify this content, so it does not serve it.
+            Mirror.error(w, .unsupported, "Berth verifies sha256 digests only; \(digest.algorithm.rawValue) content is not served", status: 400)
         case .success(.manifest(let name, let reference)):
             ManifestRequest(mirror: self, writer: w, name: name, reference: reference).run()
         case .success(.blob(let name, let digest)):

@@ -31,6 +31,8 @@ final class Upstream {
         r.connectTimeoutNanos = config.connectTimeoutNanos
         r.headTimeoutNanos = headTimeout
         r.idleTimeoutNanos = config.idleTimeoutNanos
+        let upstreamHost = config.url.host
+        r.allowsRedirect = { RealmPolicy.allowsRedirect(toHost: $0.host, upstreamHost: upstreamHost) }
         return r
     }
 
@@ -41,7 +43,12 @@ final class Upstream {
         if let c = auth.challenge { done(.success(c)); return }
         if pingWaiters != nil { pingWaiters!.append(done); return }
         pingWaiters = [done]
-        client.fetch(request(.get, "/v2/", headTimeout: config.manifestHeadTimeoutNanos), maxBytes: 64 * 1024) { [self] result in
+        // The challenge is learned from the upstream's own origin only: a ping
+        // redirected elsewhere fails rather than take another host's realm.
+        var ping = request(.get, "/v2/", headTimeout: config.manifestHeadTimeoutNanos)
+        let origin = config.url
+        ping.allowsRedirect = { $0.sameOrigin(origin) }
+        client.fetch(ping, maxBytes: 64 * 1024) { [self] result in
             let outcome: Result<UpstreamAuth.Challenge, UpstreamError>
             switch result {
             case .failure(let e):
@@ -179,7 +186,9 @@ private final class RetryOn401: ClientResponseDelegate {
     }
 
     func didReceiveHead(_ head: ResponseHead, url: HTTPURL, task: ClientTask) {
-        if head.status == 401 && !retried {
+        // Only the upstream's own origin may teach a challenge; a 401 from a
+        // storage host it redirected to is passed on as it is.
+        if head.status == 401 && !retried && url.sameOrigin(upstream.config.url) {
             swallowing = true
             challengeHeader = head.headers["WWW-Authenticate"]
             return

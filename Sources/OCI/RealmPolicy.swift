@@ -29,6 +29,19 @@ public enum RealmPolicy {
         return allowList.contains { normalizedHost($0) == url.host }
     }
 
+    /// True when Berth may follow an upstream's redirect to `targetHost`
+    /// (storage and CDN redirects go to other hosts, without credentials). An
+    /// IP literal or a `localhost` name is followed only when it is the
+    /// upstream's own host: an upstream must not steer Berth at loopback,
+    /// link-local (cloud metadata) or private addresses it does not itself use.
+    public static func allowsRedirect(toHost targetHost: String, upstreamHost: String) -> Bool {
+        guard let target = normalizedHost(stripPort(targetHost)) else { return false }
+        guard let upstream = normalizedHost(stripPort(upstreamHost)) else { return false }
+        if target == upstream { return true }
+        if isIPLiteral(target) { return false }
+        return target != "localhost" && !target.hasSuffix(".localhost")
+    }
+
     /// The registrable domain of a host name: its last two labels, or last three
     /// when the TLD has two letters and the second-to-last label is a common
     /// second level (`co`, `com`, `org`…). Nil for IP literals, single labels,

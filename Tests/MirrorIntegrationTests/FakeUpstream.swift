@@ -13,10 +13,13 @@ final class FakeUpstream {
     private var seen: [(method: String, path: String)] = []
     private var server: LoopbackServer?
     private(set) var port: UInt16 = 0
-    var url: String { "http://127.0.0.1:\(port)" }
+    let host: String
+    var url: String { "http://\(host):\(port)" }
 
-    init() throws {
-        server = try LoopbackServer { [weak self] w in self?.handle(w) }
+    /// Listens on `host` (any 127.0.0.0/8 address) and a free port.
+    init(host: String = "127.0.0.1") throws {
+        self.host = host
+        server = try LoopbackServer(host: host) { [weak self] w in self?.handle(w) }
         port = server!.port
     }
 
@@ -84,6 +87,15 @@ final class FakeUpstream {
                 bytes[sent...].withUnsafeBytes { _ = w.write($0) }
                 w.end()
             }
+        }
+    }
+
+    /// A redirect to `location`.
+    static func redirect(to location: String, status: Int = 307) -> Route {
+        { w in
+            var head = ResponseHead(status: status)
+            head.headers.add("Location", location)
+            w.respond(head, body: [])
         }
     }
 

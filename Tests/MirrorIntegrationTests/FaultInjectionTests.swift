@@ -279,4 +279,69 @@ final class FaultInjectionTests: IntegrationTestCase {
         XCTAssertEqual(try get(berth, "/v2/").status, 200, "berth is still up")
         assertNothingCached(berth, digest)
     }
+
+    /// An upstream's redirect may not steer Berth at an IP literal other than
+    /// the upstream's own (loopback, link-local metadata, private ranges).
+    func testRedirectToAnotherIPLiteralIsRefused() throws {
+        let upstream = try startFakeUpstream()
+        let elsewhere = try startFakeUpstream(host: "127.0.0.2")
+        let bytes = randomBytes(4096)
+        let digest = "sha256:" + sha256Hex(bytes)
+        let path = "/v2/test/redirect/blobs/\(digest)"
+        upstream.route(path, FakeUpstream.redirect(to: elsewhere.url + "/storage/blob"))
+        elsewhere.route("/storage/blob", FakeUpstream.serve(bytes, digest: digest))
+        let berth = try startBerth(upstream: upstream.url)
+
+        let r = try get(berth, path, timeout: 30)
+        XCTAssertEqual(r.status, 502, r.bodyText)
+        XCTAssertTrue(r.bodyText.contains("refused"), r.bodyText)
+        XCTAssertEqual(elsewhere.count(method: "GET", path: "/storage/blob"), 0, "the other address was never contacted")
+        assertNothingCached(berth, digest)
+
+        // A redirect to the upstream's own host (another port) is followed.
+        let sameHost = try startFakeUpstream()
+        sameHost.route("/storage/blob", FakeUpstream.serve(bytes, digest: digest))
+        upstream.route(path, FakeUpstream.redirect(to: sameHost.url + "/storage/blob"))
+        let ok = try get(berth, path, timeout: 30)
+        XCTAssertEqual(ok.status, 200, ok.bodyText)
+        XCTAssertTrue(ok.body == bytes)
+    }
+
+    /// A 401 from a host the upstream redirected to does not teach Berth a
+    /// challenge: no token is asked of that host's realm.
+    func testChallengeIsLearnedFromTheUpstreamOriginOnly() throws {
+        let upstream = try startFakeUpstream()
+        let storage = try startFakeUpstream()
+        let digest = "sha256:" + sha256Hex(Array("x".utf8))
+        let path = "/v2/test/challenge/blobs/\(digest)"
+        upstream.route(path, FakeUpstream.redirect(to: storage.url + "/storage/blob"))
+        storage.route("/storage/blob") { w in
+            var head = ResponseHead(status: 401)
+            head.headers.add("WWW-Authenticate", #"Bearer realm="\#(storage.url)/token",service="evil""#)
+            w.respond(head, body: [])
+        }
+        storage.route("/token", FakeUpstream.serve(Array(#"{"token":"t"}"#.utf8), digest: digest))
+        let berth = try startBerth(upstream: upstream.url)
+
+        let r = try get(berth, path, timeout: 30)
+        XCTAssertEqual(r.status, 401, r.bodyText)
+        XCTAssertEqual(storage.count(method: "GET", path: "/token"), 0, "no token asked of a redirected-to host's realm")
+        XCTAssertEqual(storage.count(method: "GET", path: "/storage/blob"), 1, "and no retry driven by it")
+    }
+
+    /// sha512 digests match the grammar but Berth hashes with SHA-256 only:
+    /// it says so instead of fetching what it could never verify.
+    func testSha512DigestsAreRefusedHonestly() throws {
+        let upstream = try startFakeUpstream()
+        let berth = try startBerth(upstream: upstream.url)
+        let digest = "sha512:" + String(repeating: "ab", count: 64)
+        for path in ["/v2/test/x/blobs/\(digest)", "/v2/test/x/manifests/\(digest)"] {
+            for method in ["GET", "HEAD"] {
+                let r = try get(berth, path, method: method)
+                XCTAssertEqual(r.status, 400, "\(method) \(path)")
+                if method == "GET" { XCTAssertTrue(r.bodyText.contains("sha256 digests only"), r.bodyText) }
+                XCTAssertEqual(upstream.count(method: method, path: path), 0)
+            }
+        }
+    }
 }

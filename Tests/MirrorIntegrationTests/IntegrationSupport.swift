@@ -181,10 +181,10 @@ final class LoopbackServer {
     let server: HTTPServer
     let port: UInt16
 
-    init(handler: @escaping (ResponseWriter) -> Void) throws {
+    init(host: String = "127.0.0.1", handler: @escaping (ResponseWriter) -> Void) throws {
         group = try EventLoopGroup(count: 1)
         var c = HTTPServer.Configuration()
-        c.plain = [SocketAddress("127.0.0.1:0")!]
+        c.plain = [SocketAddress("\(host):0")!]
         server = HTTPServer(configuration: c, group: group, pool: pool, handler: handler)
         try server.start()
         group.start()

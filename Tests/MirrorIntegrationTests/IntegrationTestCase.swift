@@ -56,8 +56,8 @@ class IntegrationTestCase: XCTestCase {
         return t
     }
 
-    func startFakeUpstream() throws -> FakeUpstream {
-        let f = try FakeUpstream()
+    func startFakeUpstream(host: String = "127.0.0.1") throws -> FakeUpstream {
+        let f = try FakeUpstream(host: host)
         cleanups.append { f.stop() }
         return f
     }

@@ -157,4 +157,16 @@ final class RealmPolicyTests: XCTestCase {
         XCTAssertFalse(allows("https://evil.co.uk/token", "registry.example.co.uk"))
         XCTAssertFalse(allows("https://auth.other.co.uk/token", "registry.example.co.uk"))
     }
+
+    func testRedirectTargets() {
+        let allows = RealmPolicy.allowsRedirect
+        XCTAssertTrue(allows("production.cloudflare.docker.com", "registry-1.docker.io"))
+        XCTAssertTrue(allows("registry-1.docker.io:443", "registry-1.docker.io"))
+        XCTAssertTrue(allows("127.0.0.1:9000", "127.0.0.1:5000"), "the upstream's own IP literal, another port")
+        for target in ["127.0.0.1", "169.254.169.254", "10.0.0.1", "[::1]", "::1", "2130706433", "0x7f.1", "localhost", "LOCALHOST.", "a.localhost", "bad host", ""] {
+            XCTAssertFalse(allows(target, "registry-1.docker.io"), target)
+        }
+        XCTAssertFalse(allows("127.0.0.2", "127.0.0.1:5000"))
+        XCTAssertFalse(allows("169.254.169.254", "10.0.0.5"))
+    }
 }

@@ -15,6 +15,12 @@ import Synchronization
 /// corrupt blob for a whole one. The file is then fsynced and renamed into the
 /// store on the blocking pool. A fill runs to the end even if every reader
 /// has left.
+///
+/// A fill that cannot be cached (over the budget, or the disk refused a
+/// write) becomes a relay: bytes past the file's end are kept in a window of
+/// the latest `relayWindow` bytes, shared by every reader, and new requests
+/// keep joining while the window still starts where the file ends. A relay
+/// nobody reads any more is abandoned (`onAbandoned` cancels its fetch).
 public final class BlobFill: @unchecked Sendable {  // mutable state behind `state`; `hashing` is fed from the owner loop only
     public enum Outcome: Equatable, Sendable {
         case filling
@@ -47,19 +53,34 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
         var progress = Progress()
         var reserved: UInt64 = 0
         var subscribers: [Subscriber] = []
+        /// Relayed bytes past `inFile`, oldest first, contiguous.
+        var window: [(offset: UInt64, bytes: [UInt8])] = []
+        var windowBytes = 0
+        /// True once the window dropped bytes: a reader from the start can no longer follow.
+        var windowMoved = false
+        var onAbandoned: (() -> Void)?
     }
+
+    /// The relayed bytes one relay keeps for its readers (a reader further
+    /// behind than this is cut, so that it retries).
+    public static let relayWindow = 16 << 20
+    /// All relay windows together stay under this (a window shrinks to its
+    /// latest chunk rather than pass it).
+    public static let relayMemoryCap = 256 << 20
+    static let relayMemory = Atomic<Int>(0)
+
+    /// Bytes held in relay windows now, across fills (tests, metrics).
+    public static var relayMemoryInUse: Int { relayMemory.load(ordering: .relaxed) }
 
     /// A reader's callback on its loop; `pending` coalesces notifications.
     final class Subscriber: @unchecked Sendable {  // `pending` is atomic; callbacks run on `loop` only
         let loop: EventLoop
         let callback: (Progress) -> Void
-        let relay: (UInt64, [UInt8]) -> Void
         let pending = Atomic<Bool>(false)
         let cancelled = Atomic<Bool>(false)
-        init(loop: EventLoop, callback: @escaping (Progress) -> Void, relay: @escaping (UInt64, [UInt8]) -> Void) {
+        init(loop: EventLoop, callback: @escaping (Progress) -> Void) {
             self.loop = loop
             self.callback = callback
-            self.relay = relay
         }
     }
 
@@ -82,12 +103,10 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
 
     /// Calls `callback` on `loop` after each change, until `unsubscribe`. It
     /// is not called for the state at subscription: read `progress` after
-    /// subscribing (no change can fall between the two).
-    /// In a relay, bytes past `inFile` come to `relay(offset, bytes)`, in order,
-    /// before the progress that counts them.
-    public func subscribe(on loop: EventLoop, relay: @escaping (UInt64, [UInt8]) -> Void = { _, _ in },
-                          _ callback: @escaping (Progress) -> Void) -> AnyObject {
-        let s = Subscriber(loop: loop, callback: callback, relay: relay)
+    /// subscribing (no change can fall between the two). In a relay, bytes
+    /// past `inFile` are read with `relayed(at:)`.
+    public func subscribe(on loop: EventLoop, _ callback: @escaping (Progress) -> Void) -> AnyObject {
+        let s = Subscriber(loop: loop, callback: callback)
         state.withLock { $0.subscribers.append(s) }
         return s
     }
@@ -95,7 +114,89 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
     public func unsubscribe(_ token: AnyObject) {
         guard let s = token as? Subscriber else { return }
         s.cancelled.store(true, ordering: .relaxed)
-        state.withLock { $0.subscribers.removeAll { $0 === s } }
+        let (abandoned, ended) = state.withLock { st -> ((() -> Void)?, Bool) in
+            st.subscribers.removeAll { $0 === s }
+            guard st.subscribers.isEmpty, st.progress.isRelay else { return (nil, false) }
+            return st.progress.outcome == .filling ? (st.onAbandoned, false) : (nil, true)
+        }
+        // Nothing will be cached and nobody reads: stop downloading (on the owner loop).
+        if let abandoned { ownerLoop.execute(abandoned) }
+        if ended { dropWindow() }
+    }
+
+    /// What the fetch does when a relay has no reader left (cancel itself).
+    public func setOnAbandoned(_ body: @escaping () -> Void) {
+        state.withLock { $0.onAbandoned = body }
+    }
+
+    /// True while a new reader from byte 0 can still follow this fill: it
+    /// has not failed, and no relayed byte has left the window.
+    public var isJoinable: Bool {
+        state.withLock { s in
+            if case .failed = s.progress.outcome { return false }
+            return !s.windowMoved
+        }
+    }
+
+    /// A relay's bytes from `offset`.
+    public enum RelayRead {
+        /// Bytes starting at the offset asked for (at least one).
+        case bytes(ArraySlice<UInt8>)
+        /// Not received yet.
+        case notYet
+        /// Dropped from the window: this reader fell too far behind.
+        case gone
+    }
+
+    /// Relayed bytes from `offset` (at or past `inFile`), as far as one chunk goes.
+    public func relayed(at offset: UInt64) -> RelayRead {
+        state.withLock { s in
+            guard let first = s.window.first else {
+                return offset >= s.progress.written ? .notYet : .gone
+            }
+            if offset < first.offset { return .gone }
+            if offset >= s.progress.written { return .notYet }
+            // Chunks are contiguous: find the one holding `offset` (readers are mostly near the end).
+            var i = s.window.count - 1
+            while s.window[i].offset > offset { i -= 1 }
+            let c = s.window[i]
+            return .bytes(c.bytes[Int(offset - c.offset)...])
+        }
+    }
+
+    private func keepRelayed(_ chunk: [UInt8], at offset: UInt64) {
+        let (dropped, moved) = state.withLock { s -> (Int, Bool) in
+            s.window.append((offset, chunk))
+            s.windowBytes += chunk.count
+            var dropped = 0
+            let total = BlobFill.relayMemory.add(chunk.count, ordering: .relaxed).newValue
+            var over = total - BlobFill.relayMemoryCap
+            while s.window.count > 1 && (s.windowBytes > BlobFill.relayWindow || over > 0) {
+                let n = s.window.removeFirst().bytes.count
+                s.windowBytes -= n
+                dropped += n
+                over -= n
+            }
+            let first = dropped > 0 && !s.windowMoved
+            if dropped > 0 { s.windowMoved = true }
+            return (dropped, first)
+        }
+        if dropped > 0 { _ = BlobFill.relayMemory.subtract(dropped, ordering: .relaxed) }
+        // New requests can no longer follow from the start: let them fetch anew.
+        if moved { registry.remove(digest, ifStill: self) }
+    }
+
+    /// Frees the window of an ended relay once no reader is left.
+    private func dropWindow() {
+        let n = state.withLock { s -> Int in
+            guard s.subscribers.isEmpty else { return 0 }
+            let n = s.windowBytes
+            s.window = []
+            s.windowBytes = 0
+            s.windowMoved = true
+            return n
+        }
+        if n > 0 { _ = BlobFill.relayMemory.subtract(n, ordering: .relaxed) }
     }
 
     private func notify(_ s: Subscriber) {
@@ -143,14 +244,7 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
         }
         if over { fail(status: 0, retryAfter: nil, reason: "upstream sent more bytes than its Content-Length"); return true }
         let keepGoing = hashing.enqueue(bytes)
-        if relayNow {
-            let chunk = [UInt8](bytes)
-            for sub in state.withLock({ $0.subscribers }) {
-                if sub.loop === ownerLoop && sub.loop.inLoop { sub.relay(base, chunk) } else {
-                    sub.loop.execute { if !sub.cancelled.load(ordering: .relaxed) { sub.relay(base, chunk) } }
-                }
-            }
-        }
+        if relayNow { keepRelayed([UInt8](bytes), at: base) }
         notifyAll()
         return keepGoing
     }
@@ -167,16 +261,11 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
         }
     }
 
-    /// From now on bytes go only to the readers attached (no room in the
-    /// budget, or the disk refused a write). New requests no longer join this
-    /// fill; nothing of it will be cached.
+    /// From now on bytes past the file go only to readers, through the relay
+    /// window (no room in the budget, or the disk refused a write). Nothing of
+    /// this fill will be cached.
     public func relayOnly() {
-        let first = state.withLock { s -> Bool in
-            if s.progress.isRelay { return false }
-            s.progress.isRelay = true
-            return true
-        }
-        if first { registry.remove(digest, ifStill: self) }
+        state.withLock { $0.progress.isRelay = true }
     }
 
     /// Runs `body` on the owner loop once hashing has caught up.
@@ -208,9 +297,11 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
         let relayed = state.withLock { s -> Bool in
             s.progress.total = s.progress.written
             s.progress.outcome = .verified
+            s.onAbandoned = nil
             return s.progress.isRelay
         }
         notifyAll()
+        if relayed { dropWindow() }
         let (path, file, digest, registry) = (tempPath, self.file, self.digest, self.registry)
         if relayed {
             let reserved = self.reserved
@@ -243,10 +334,12 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
         let changed = state.withLock { s -> Bool in
             guard s.progress.outcome == .filling else { return false }
             s.progress.outcome = .failed(status: status, retryAfter: retryAfter, reason: reason)
+            s.onAbandoned = nil
             return true
         }
         guard changed else { return }
         notifyAll()
+        dropWindow()
         let (path, digest, registry, store, reserved) = (tempPath, self.digest, self.registry, registry.store, self.reserved)
         registry.pool.submit {
             store.discard(tempPath: path)
@@ -279,7 +372,7 @@ public final class FillRegistry: @unchecked Sendable {  // `fills` behind a lock
     /// meanwhile is seen as cached, never started twice.
     public func lookup(_ digest: Digest, loop: EventLoop) throws -> Lookup {
         try fills.withLock { f in
-            if let existing = f[digest] { return .joined(existing) }
+            if let existing = f[digest], existing.isJoinable { return .joined(existing) }
             if store.contains(digest) { return .cached }
             let (path, file) = try store.makeTempFile(for: digest)
             let fill = BlobFill(digest: digest, ownerLoop: loop, tempPath: path, file: file, registry: self)

@@ -88,14 +88,22 @@ public final class ResponseWriter {
         return c.queueBody(bytes, chunked: chunked)
     }
 
-    /// Appends `range` of `file` to a streamed body with a declared length
-    /// (zero-copy on plain connections). Consecutive ranges of one file join
-    /// into one pending send, so a reader following a growing file just calls
-    /// this as bytes land.
+    /// Appends `range` of `file` to a streamed body (zero-copy on plain
+    /// connections). Consecutive ranges of one file join into one pending
+    /// send, so a reader following a growing file just calls this as bytes
+    /// land. In a chunked body the range is one chunk.
     public func writeFile(_ file: FileDescriptor, range: Range<UInt64>) {
         guard case .streaming(let chunked, let remaining) = phase, let c = connection, !range.isEmpty else { return }
-        precondition(!chunked, "file ranges need a declared Content-Length")
         if isHeadOnly { return }
+        if chunked {
+            var size: [UInt8] = []
+            appendHex(Int(range.count), to: &size)
+            size += [0x0d, 0x0a]
+            _ = size.withUnsafeBytes { c.queueBody($0, chunked: false) }
+            c.queueFile(file, range: range)
+            _ = [UInt8]([0x0d, 0x0a]).withUnsafeBytes { c.queueBody($0, chunked: false) }
+            return
+        }
         if let remaining {
             precondition(UInt64(range.count) <= remaining, "streamed body longer than its Content-Length")
             phase = .streaming(chunked: false, remaining: remaining - UInt64(range.count))
@@ -139,3 +147,4 @@ public final class ResponseWriter {
         if !wasDone { cb?() }
     }
 }
+

@@ -189,6 +189,9 @@ final class BlobFetch: UpstreamDelegate {
         upstream.send(.get, path, repository: repo, headTimeout: headTimeout, delegate: self)
     }
 
+    /// A fill of unknown length reserves budget in steps as bytes come.
+    static let reserveStep: UInt64 = 64 << 20
+
     func didReceiveHead(_ head: ResponseHead, url: HTTPURL, task: ClientTask) {
         guard head.status == 200 else {
             fill.fail(status: head.status, retryAfter: head.headers["Retry-After"], reason: "upstream answered \(head.status)")
@@ -202,6 +205,13 @@ final class BlobFetch: UpstreamDelegate {
         }
         ok = true
         mirror.store.index.link(repo, [fill.digest])
+        // A relay nobody reads any more stops downloading.
+        // Weak: the fill keeps this closure, and its temp file's descriptor must close when it ends.
+        fill.setOnAbandoned { [weak fill, weak task, log = mirror.log] in
+            if let fill { log(.info, "blob \(fill.digest): relay abandoned, every reader left; upstream fetch cancelled") }
+            fill?.fail(status: 0, retryAfter: nil, reason: "relay abandoned: every reader left")
+            task?.cancel()
+        }
         if let n = head.headers["Content-Length"].flatMap({ UInt64($0) }) {
             if mirror.store.reserve(n) {
                 fill.reserved = n
@@ -214,10 +224,33 @@ final class BlobFetch: UpstreamDelegate {
     }
 
     func didReceiveBody(_ bytes: UnsafeRawBufferPointer, task: ClientTask) -> Bool {
+        if fill.progress.total == nil && !reserveAhead(UInt64(bytes.count)) {
+            task.cancel()
+            return false
+        }
         if fill.append(bytes) { return true }
         // Hashing lags behind the network: pause the upstream until it catches up.
         fill.whenReady { task.resume() }
         return false
+    }
+
+    /// Without a Content-Length the budget is reserved a step ahead of the
+    /// bytes (so the temp file stays inside it); no room turns the fill into a
+    /// relay. False when the body passed the largest length Berth believes.
+    private func reserveAhead(_ count: UInt64) -> Bool {
+        let p = fill.progress
+        guard p.written + count <= BlobFetch.maxLength else {
+            fill.fail(status: 502, retryAfter: nil, reason: "upstream blob passed the \(BlobFetch.maxLength)-byte limit")
+            return false
+        }
+        guard !p.isRelay, p.written + count > fill.reserved else { return true }
+        if mirror.store.reserve(BlobFetch.reserveStep) {
+            fill.reserved += BlobFetch.reserveStep
+        } else {
+            mirror.log(.warning, "blob \(fill.digest) (no Content-Length, \(p.written) bytes so far) outgrew the cache budget: streamed uncached")
+            fill.relayOnly()
+        }
+        return true
     }
 
     func didFinish(_ error: HTTPClientError?, task: ClientTask) {
@@ -242,8 +275,11 @@ final class BlobFetch: UpstreamDelegate {
 }
 
 /// One client following a fill: sends its blob (or its ranges) from the temp
-/// file as bytes land. A part that ends with the blob's last byte waits for
-/// the digest check before sending that byte.
+/// file as bytes land, and past the file's end (a relay) from the fill's
+/// shared window. A part that ends with the blob's last byte waits for the
+/// digest check before sending that byte. A fill of unknown length (no
+/// upstream Content-Length) is sent chunked, whole, and its closing chunk
+/// waits for the digest check.
 final class FillReader {
     let request: BlobRequest
     let fill: BlobFill
@@ -251,9 +287,13 @@ final class FillReader {
     private var w: ResponseWriter { request.w }
     private var token: AnyObject?
     private var plan: RangePlan?
+    private var isChunked = false
     private var part = 0                 // the part being sent
     private var sent: UInt64 = 0         // next byte of that part's range
     private var deadline: Timer?
+    private var stallTimer: Timer?
+    private var lastWritten: UInt64 = 0
+    private var lastMove: UInt64 = 0
 
     init(request: BlobRequest, fill: BlobFill, cacheStatus: String) {
         self.request = request
@@ -264,11 +304,13 @@ final class FillReader {
     func start() {
         w.onClose = { [self] in stop() }
         deadline = w.loop.schedule(afterNanos: request.mirror.config.clientDeadlineNanos) { [self] in
-            guard plan == nil, w.isActive else { return }
+            guard plan == nil, !isChunked, w.isActive else { return }
             stop()
             request.mirror.error(w, UpstreamError(status: 504, code: .unavailable, message: "upstream did not answer for \(request.digest) in time"))
         }
-        token = fill.subscribe(on: w.loop, relay: { [self] offset, bytes in relayed(offset, bytes) }) { [self] p in progressed(p) }
+        lastMove = w.loop.now
+        watchForStall()
+        token = fill.subscribe(on: w.loop) { [self] p in progressed(p) }
         progressed(fill.progress)
     }
 
@@ -277,30 +319,38 @@ final class FillReader {
         token = nil
         deadline?.cancel()
         deadline = nil
-        memory = []
+        stallTimer?.cancel()
+        stallTimer = nil
     }
 
-    /// Relayed bytes not yet sent (a relay has no file to read them from later).
-    private var memory: [(offset: UInt64, bytes: [UInt8])] = []
-    private var memoryBytes = 0
-    static let maxMemory = 16 << 20
-
-    private func relayed(_ offset: UInt64, _ bytes: [UInt8]) {
-        guard token != nil else { return }
-        memory.append((offset, bytes))
-        memoryBytes += bytes.count
-        if memoryBytes > Self.maxMemory {
-            // A client this far behind a relay cannot be fed: cut it so it retries.
-            stop()
-            return w.abort()
+    /// A fill that stops moving while this reader waits on it (for longer
+    /// than the upstream's own idle timeout, which should have failed it)
+    /// cuts the reader, so that no client waits forever.
+    private func watchForStall() {
+        let limit = request.mirror.config.upstream.idleTimeoutNanos + 10_000_000_000
+        stallTimer = w.loop.schedule(afterNanos: limit / 4) { [self] in
+            guard token != nil else { return }
+            let p = fill.progress
+            let now = w.loop.now
+            if p.outcome != .filling || p.written != lastWritten {
+                lastWritten = p.written
+                lastMove = now
+            } else if now &- lastMove >= limit {
+                request.mirror.log(.warning, "blob \(request.digest): fill stalled at \(p.written) bytes; cutting a reader")
+                stop()
+                if plan == nil && !isChunked {
+                    return request.mirror.error(w, UpstreamError(status: 504, code: .unavailable, message: "upstream stalled for \(request.digest)"))
+                }
+                return w.abort()
+            }
+            watchForStall()
         }
     }
 
     /// `progressed` is on the stack; a call from inside it (a write that
     /// drained the connection runs `onWritable` synchronously) only asks the
     /// running one to go round again with fresh progress. Without this the
-    /// nested call sent bytes the outer one then sent again, or rewound
-    /// `sent` past relayed chunks already dropped (corrupt body or a stall).
+    /// nested call sent bytes the outer one then sent again.
     private var isSending = false
     private var sendAgain = false
 
@@ -321,18 +371,28 @@ final class FillReader {
         guard token != nil else { return }
         if case .failed(let status, let retryAfter, let reason) = p.outcome {
             stop()
-            if plan != nil { return w.abort() }
+            if plan != nil || isChunked { return w.abort() }
             return request.mirror.error(w, Self.error(status: status, retryAfter: retryAfter, reason: reason, request: request))
         }
-        if plan == nil && !startResponse(p) { return }
+        if plan == nil && !isChunked {
+            if p.total == nil && p.written > 0 {
+                startChunked()
+            } else if !startResponse(p) {
+                return
+            }
+        }
+        if isChunked {
+            guard send(upTo: p.written, inFile: p.inFile), p.outcome == .verified, sent == p.written else { return }
+            stop()
+            return w.end()
+        }
         guard let plan, let total = p.total else { return }
         while part < plan.parts.count {
             let range = plan.parts[part].range
             // Hold back the blob's last byte until the digest has been checked.
             var limit = min(range.upperBound, p.written)
             if p.outcome != .verified && range.upperBound == total && limit == total && total > 0 { limit = total - 1 }
-            send(upTo: limit, inFile: p.inFile)
-            guard sent == range.upperBound else { return }
+            guard send(upTo: limit, inFile: p.inFile), sent == range.upperBound else { return }
             plan.parts[part].trailer.withUnsafeBytes { _ = w.write($0) }
             part += 1
             if part < plan.parts.count {
@@ -344,30 +404,47 @@ final class FillReader {
         w.end()
     }
 
-    /// Sends `sent..<limit`: from the file while it has the bytes, then from relayed memory.
-    private func send(upTo limit: UInt64, inFile: UInt64) {
+    /// Sends `sent..<limit`: from the file while it has the bytes, then from
+    /// the relay window. False when this reader was cut (it fell out of the window).
+    private func send(upTo limit: UInt64, inFile: UInt64) -> Bool {
         if sent < limit && sent < inFile {
             let end = min(limit, inFile)
             w.writeFile(fill.file, range: sent..<end)
             sent = end
         }
-        while sent < limit, let first = memory.first {
-            let chunkEnd = first.offset + UInt64(first.bytes.count)
-            if chunkEnd <= sent {
-                memory.removeFirst()
-                memoryBytes -= first.bytes.count
-                continue
-            }
-            guard first.offset <= sent else { return }  // bytes before this chunk are in the file
-            let from = Int(sent - first.offset), to = Int(min(limit, chunkEnd) - first.offset)
-            let more = first.bytes[from..<to].withUnsafeBytes { w.write($0) }
-            sent = first.offset + UInt64(to)
-            if !more {
-                // The client is slow: carry on when its connection drains.
-                w.onWritable = { [self] in progressed(fill.progress) }
-                return
+        while sent < limit {
+            switch fill.relayed(at: sent) {
+            case .notYet:
+                return true
+            case .gone:
+                // Too far behind a relay to be fed: cut it so that it retries.
+                request.mirror.log(.info, "blob \(request.digest): a reader fell out of the relay window; cut")
+                stop()
+                w.abort()
+                return false
+            case .bytes(let chunk):
+                let n = Int(min(UInt64(chunk.count), limit - sent))
+                let more = chunk.prefix(n).withUnsafeBytes { w.write($0) }
+                sent += UInt64(n)
+                if !more {
+                    // The client is slow: carry on when its connection drains.
+                    w.onWritable = { [self] in progressed(fill.progress) }
+                    return true
+                }
             }
         }
+        return true
+    }
+
+    /// No Content-Length upstream: the whole blob, chunked (a Range header is
+    /// ignored, as RFC 9110 allows, since the size is not known yet).
+    private func startChunked() {
+        deadline?.cancel()
+        deadline = nil
+        isChunked = true
+        let head = Mirror.contentHead(status: 200, digest: request.digest, mediaType: "application/octet-stream", cacheStatus: cacheStatus)
+        w.start(head, contentLength: nil)
+        sent = 0
     }
 
     /// Sends the head once the size is known; false when there is nothing more to do now.

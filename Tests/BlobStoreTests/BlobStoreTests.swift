@@ -121,33 +121,44 @@ final class BlobStoreTests: XCTestCase {
     }
 
     /// A blob that does not fit (or a disk that refuses writes) is relayed to
-    /// the readers attached, verified, and never kept.
-    func testRelayReachesReadersAndKeepsNothing() throws {
+    /// its readers through one shared window, verified, and never kept. New
+    /// requests join the relay while the window still starts at the file's
+    /// end, and start their own fetch once it has moved on.
+    func testRelayReachesReadersThroughTheWindowAndKeepsNothing() throws {
         let store = try BlobStore(root: dir, pool: pool)
         let registry = FillRegistry(store: store, pool: pool)
-        let bytes = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 13) }
+        let size = BlobFill.relayWindow + (4 << 20)
+        let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 13 &+ $0 >> 16) }
         let d = digest(of: bytes)
         var relayed: [UInt8] = []
         var outcome = BlobFill.Outcome.filling
         let committed = expectation(description: "done")
+        var token: AnyObject?
+        var fillRef: BlobFill?
         onLoop { done in
             guard case .started(let fill)? = try? registry.lookup(d, loop: self.loop) else { XCTFail("not started"); done(); return }
-            _ = fill.subscribe(on: self.loop, relay: { offset, chunk in
-                XCTAssertEqual(Int(offset), relayed.count, "relayed in order")
-                relayed += chunk
-            }) { p in outcome = p.outcome }
+            fillRef = fill
+            token = fill.subscribe(on: self.loop) { p in
+                outcome = p.outcome
+                while case .bytes(let chunk) = fill.relayed(at: UInt64(relayed.count)) { relayed += chunk }
+            }
             fill.setTotal(UInt64(bytes.count))
             fill.relayOnly()
-            // A relay takes no new readers: the next request starts its own fetch.
-            if case .started(let other)? = try? registry.lookup(d, loop: self.loop) {
-                other.fail(status: 0, retryAfter: nil, reason: "not driven in this test")
-            } else {
-                XCTFail("a relay takes no new readers")
+            guard case .joined(let same)? = try? registry.lookup(d, loop: self.loop), same === fill else {
+                XCTFail("a relay whose window has not moved takes new readers"); done(); return
             }
+            var movedAt: Int?
             for c in stride(from: 0, to: bytes.count, by: 65536) {
                 _ = Array(bytes[c..<min(c + 65536, bytes.count)]).withUnsafeBytes { fill.append($0) }
+                if movedAt == nil, case .started(let other)? = try? registry.lookup(d, loop: self.loop) {
+                    movedAt = c
+                    other.fail(status: 0, retryAfter: nil, reason: "not driven in this test")
+                }
             }
+            XCTAssertEqual(movedAt.map { $0 >= BlobFill.relayWindow - 65536 }, true, "new readers join until the window moves: \(String(describing: movedAt))")
+            guard case .gone = fill.relayed(at: 0) else { XCTFail("the window's first bytes are gone"); done(); return }
             XCTAssertEqual(fill.progress.inFile, 0, "nothing went to the file")
+            XCTAssertLessThanOrEqual(BlobFill.relayMemoryInUse, BlobFill.relayWindow)
             fill.finish(store: store, pool: self.pool) { ok in
                 XCTAssertFalse(ok)
                 committed.fulfill()
@@ -156,9 +167,32 @@ final class BlobStoreTests: XCTestCase {
         }
         wait(for: [committed], timeout: 20)
         XCTAssertEqual(outcome, .verified)
-        XCTAssertEqual(relayed, bytes)
+        XCTAssertTrue(relayed == bytes, "the reader got every byte in order (\(relayed.count) of \(bytes.count))")
         XCTAssertFalse(store.contains(d))
+        XCTAssertGreaterThan(BlobFill.relayMemoryInUse, 0, "a reader still attached keeps the window")
+        onLoop { done in fillRef!.unsubscribe(token!); done() }
+        XCTAssertEqual(BlobFill.relayMemoryInUse, 0, "the last reader leaving an ended relay frees its window")
         XCTAssertTrue(waitFor { (try? FileManager.default.contentsOfDirectory(atPath: self.dir + "/tmp"))?.isEmpty == true })
+    }
+
+    /// A relay whose last reader leaves is abandoned (its fetch cancelled);
+    /// a fill that can be cached runs on without readers.
+    func testRelayWithoutReadersIsAbandoned() throws {
+        let store = try BlobStore(root: dir, pool: pool)
+        let registry = FillRegistry(store: store, pool: pool)
+        let d = digest(of: [1, 2, 3])
+        let abandoned = expectation(description: "abandoned")
+        onLoop { done in
+            guard case .started(let fill)? = try? registry.lookup(d, loop: self.loop) else { XCTFail("not started"); done(); return }
+            fill.setOnAbandoned { abandoned.fulfill() }
+            let a = fill.subscribe(on: self.loop) { _ in }
+            fill.unsubscribe(a)  // not a relay: nothing happens
+            let b = fill.subscribe(on: self.loop) { _ in }
+            fill.relayOnly()
+            fill.unsubscribe(b)
+            done()
+        }
+        wait(for: [abandoned], timeout: 10)
     }
 
     func testIndexSurvivesReopenAndIgnoresTornLine() throws {

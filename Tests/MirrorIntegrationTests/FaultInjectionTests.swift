@@ -344,4 +344,102 @@ final class FaultInjectionTests: IntegrationTestCase {
             }
         }
     }
+
+    // MARK: relays and unknown lengths
+
+    /// A blob over the budget is relayed uncached; clients asking while the
+    /// relay window still starts at byte 0 share its one upstream GET.
+    func testRelayOfABlobOverTheBudgetIsJoinedNotFetchedAgain() throws {
+        let upstream = try startFakeUpstream()
+        let size = 4 << 20
+        let good = randomBytes(size)
+        let digest = "sha256:" + sha256Hex(good)
+        let path = "/v2/test/relay/blobs/\(digest)"
+        upstream.route(path, FakeUpstream.stall(good, after: 1 << 20, stallNanos: 2_000_000_000, digest: digest))
+        let berth = try startBerth(upstream: upstream.url, arguments: ["--cache-max-size", "2MiB"])
+
+        let first = try Subprocess(["curl", "-s", "-o", "\(workDir!)/relay-1", "-w", "%{http_code}", "--max-time", "20", berth.url + path], in: workDir)
+        XCTAssertTrue(waitUntil(5) { upstream.count(method: "GET", path: path) == 1 }, "the relay started")
+        let second = try get(berth, path, timeout: 20)
+        XCTAssertTrue(first.waitForExit(seconds: 25))
+        XCTAssertEqual(first.stdout, "200")
+        XCTAssertEqual(sha256Hex(file: "\(workDir!)/relay-1").map { "sha256:" + $0 }, digest)
+        XCTAssertEqual(second.status, 200)
+        XCTAssertTrue(second.body == good, "the joiner got exact bytes")
+        XCTAssertEqual(upstream.count(method: "GET", path: path), 1, "one upstream GET for both")
+        XCTAssertFalse(berth.isCached(digest), "over the budget: not kept")
+        XCTAssertTrue(berth.log.contains("streamed uncached"), "relayed uncached")
+    }
+
+    /// A relay whose last client left stops downloading instead of running
+    /// to the end for nobody.
+    func testRelayIsCancelledWhenItsLastReaderLeaves() throws {
+        let upstream = try startFakeUpstream()
+        let size = 4 << 20
+        let good = randomBytes(size)
+        let digest = "sha256:" + sha256Hex(good)
+        let path = "/v2/test/abandon/blobs/\(digest)"
+        let upstreamClosed = expectation(description: "the upstream connection was closed by berth")
+        upstream.route(path) { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", "application/octet-stream")
+            w.start(head, contentLength: UInt64(size))
+            w.onClose = { upstreamClosed.fulfill() }
+            // 1 MiB, then 64 KiB every 200 ms: the whole body would take 10 s.
+            var sent = 1 << 20
+            good[0..<sent].withUnsafeBytes { _ = w.write($0) }
+            func dribble() {
+                guard w.isActive, sent < size else { return }
+                good[sent..<(sent + 65536)].withUnsafeBytes { _ = w.write($0) }
+                sent += 65536
+                _ = w.loop.schedule(afterNanos: 200_000_000) { dribble() }
+            }
+            dribble()
+        }
+        let berth = try startBerth(upstream: upstream.url, arguments: ["--cache-max-size", "2MiB"])
+        let r = try get(berth, path, timeout: 2)  // curl gives up after 2 s
+        XCTAssertNotEqual(r.exitCode, 0, "the client left mid-body")
+        wait(for: [upstreamClosed], timeout: 15)
+        XCTAssertTrue(waitUntil(5) { berth.log.contains("relay abandoned") }, berth.log.suffix(1000).description)
+        XCTAssertTrue(waitUntil(5) { berth.partialFiles().isEmpty })
+    }
+
+    /// An upstream blob without Content-Length (chunked) reaches the client
+    /// as it arrives, chunked, its end held back until the digest checks; a
+    /// bad one never looks complete.
+    func testBlobWithoutContentLengthIsStreamedChunkedAndVerified() throws {
+        let upstream = try startFakeUpstream()
+        let size = 3 << 20
+        let good = randomBytes(size)
+        let digest = "sha256:" + sha256Hex(good)
+        let badDigest = String(digest.dropLast()) + (digest.hasSuffix("0") ? "1" : "0")  // served the good bytes
+        func chunked(_ bytes: [UInt8]) -> FakeUpstream.Route {
+            { w in
+                var head = ResponseHead(status: 200)
+                head.headers.add("Content-Type", "application/octet-stream")
+                w.start(head, contentLength: nil)
+                bytes[0..<(1 << 20)].withUnsafeBytes { _ = w.write($0) }
+                _ = w.loop.schedule(afterNanos: 500_000_000) {
+                    bytes[(1 << 20)...].withUnsafeBytes { _ = w.write($0) }
+                    w.end()
+                }
+            }
+        }
+        upstream.route("/v2/test/chunked/blobs/\(digest)", chunked(good))
+        upstream.route("/v2/test/chunked/blobs/\(badDigest)", chunked(good))
+        let berth = try startBerth(upstream: upstream.url)
+
+        let r = try get(berth, "/v2/test/chunked/blobs/\(digest)", timeout: 20)
+        XCTAssertEqual(r.status, 200, r.bodyText)
+        XCTAssertEqual(r.headers["transfer-encoding"], "chunked")
+        XCTAssertTrue(r.body == good, "exact bytes")
+        XCTAssertTrue(waitUntil(10) { berth.isCached(digest) })
+        let warm = try get(berth, "/v2/test/chunked/blobs/\(digest)")
+        XCTAssertEqual(warm.headers["content-length"], String(size), "from the cache with its length")
+        XCTAssertTrue(warm.body == good)
+
+        let wrong = try get(berth, "/v2/test/chunked/blobs/\(badDigest)", timeout: 20)
+        XCTAssertNotEqual(wrong.exitCode, 0, "a body that does not hash to its digest never ends cleanly (status \(wrong.status))")
+        assertNothingCached(berth, badDigest)
+    }
 }

@@ -182,6 +182,8 @@ final class LoopbackServer {
     let port: UInt16
 
     init(host: String = "127.0.0.1", handler: @escaping (ResponseWriter) -> Void) throws {
+        // As `berth serve` does: a peer that left must not kill the test process.
+        signal(SIGPIPE, SIG_IGN)
         group = try EventLoopGroup(count: 1)
         var c = HTTPServer.Configuration()
         c.plain = [SocketAddress("\(host):0")!]

@@ -47,6 +47,7 @@ final class AdminServer {
         var c = HTTPServer.Configuration()
         c.plain = [address]
         c.idleTimeoutNanos = 10_000_000_000
+        c.maxConnections = 64  // local commands only; leaves the descriptors to the main listeners
         var handler: ((ResponseWriter) -> Void)?
         http = HTTPServer(configuration: c, group: group, pool: pool) { w in handler?(w) }
         handler = { [unowned self] w in handle(w) }

@@ -39,8 +39,14 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     /// Binds the listeners and starts the loops. Throws when an address cannot be bound
     /// or the certificate cannot be loaded.
     public func start(handleSignals: Bool = true) throws {
+        // Connections cost descriptors: take what the hard limit allows before the caps are worked out.
+        System.raiseOpenFileLimit()
         var sc = HTTPServer.Configuration()
         sc.plain = [SocketAddress(config.listen)!]
+        sc.headTimeoutNanos = UInt64(config.server.headerTimeout * 1e9)
+        sc.idleTimeoutNanos = UInt64(config.server.keepaliveTimeout * 1e9)
+        sc.maxConnections = config.server.maxConnections == 0 ? nil : config.server.maxConnections
+        sc.maxConnectionsPerClient = config.server.maxConnectionsPerClient
         if !config.tls.listen.isEmpty {
             tls = try ReloadableServerContext(certificateChainPath: config.tls.certificate, privateKeyPath: config.tls.key)
             sc.secure = [SocketAddress(config.tls.listen)!]
@@ -75,7 +81,15 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             "upstream": "\(config.upstream.url)",
             "cache": "\(config.cache.dir)",
             "workers": "\(group.loops.count)",
+            "max_connections": "\(http.limiter.maxConnections)",
+            "max_connections_per_client": "\(http.limiter.maxPerClient)",
         ])
+        if config.server.maxConnections > http.limiter.maxConnections {
+            logger.warning("server.max_connections lowered to what the open-file limit allows", metadata: [
+                "configured": "\(config.server.maxConnections)", "in_force": "\(http.limiter.maxConnections)",
+                "nofile": "\(System.openFileLimit)",
+            ])
+        }
     }
 
     private func makeMirror(log: @escaping (HTTPServer.LogLevel, String) -> Void) throws -> Mirror {

@@ -13,6 +13,7 @@ public struct BerthConfig: Equatable, Sendable {
     /// Plain HTTP address: `:5000`, `127.0.0.1:5000`, `[::1]:5000`.
     public var listen = ":5000"
     public var tls = TLSSection()
+    public var server = ServerSection()
     /// Event-loop threads; 0 means one per core.
     public var workers = 0
     public var log = LogSection()
@@ -56,6 +57,22 @@ public struct BerthConfig: Equatable, Sendable {
         public var pinned: [String] = []
     }
 
+    /// Limits on client connections, for both listeners.
+    public struct ServerSection: Equatable, Sendable {
+        /// A request head must be complete this long after the connection
+        /// opened (first request, TLS handshake included) or after its first
+        /// byte (later requests); else 408 and close.
+        public var headerTimeout = 20.0
+        /// A kept-alive connection with no request in flight closes after this long.
+        public var keepaliveTimeout = 60.0
+        /// Connections open at once; 0 (`auto` in the file) = the open-file
+        /// limit less 1,024 descriptors kept for upstream sockets and cache files.
+        /// A larger number is lowered to that.
+        public var maxConnections = 0
+        /// Connections open at once from one IPv4 address or IPv6 /64; 0 = no cap.
+        public var maxConnectionsPerClient = 1024
+    }
+
     public struct TLSSection: Equatable, Sendable {
         /// HTTPS address; empty turns HTTPS off.
         public var listen = ""
@@ -91,6 +108,17 @@ public struct BerthConfig: Equatable, Sendable {
                     case "certificate": c.tls.certificate = try string(tv, key: "tls.certificate")
                     case "key": c.tls.key = try string(tv, key: "tls.key")
                     default: throw ConfigError(key: "tls.\(tk)", "unknown key")
+                    }
+                }
+            case "server":
+                for (sk, sv) in try table(v, key: "server") {
+                    let key = "server.\(sk)"
+                    switch sk {
+                    case "header_timeout": c.server.headerTimeout = try duration(sv, key: key)
+                    case "keepalive_timeout": c.server.keepaliveTimeout = try duration(sv, key: key)
+                    case "max_connections": c.server.maxConnections = try connectionCap(sv, key: key)
+                    case "max_connections_per_client": c.server.maxConnectionsPerClient = try int(sv, key: key)
+                    default: throw ConfigError(key: key, "unknown key")
                     }
                 }
             case "upstream":
@@ -144,7 +172,8 @@ public struct BerthConfig: Equatable, Sendable {
     }
 
     /// Applies `BERTH_LISTEN`, `BERTH_WORKERS`, `BERTH_TLS_LISTEN`,
-    /// `BERTH_TLS_CERTIFICATE`, `BERTH_TLS_KEY`, `BERTH_LOG_LEVEL`.
+    /// `BERTH_TLS_CERTIFICATE`, `BERTH_TLS_KEY`, `BERTH_LOG_LEVEL`,
+    /// `BERTH_SERVER_*`, `BERTH_UPSTREAM_*`, `BERTH_CACHE_*`.
     public mutating func apply(environment env: [String: String]) throws {
         if let v = env["BERTH_LISTEN"] { listen = v }
         if let v = env["BERTH_WORKERS"] {
@@ -155,6 +184,15 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_TLS_CERTIFICATE"] { tls.certificate = v }
         if let v = env["BERTH_TLS_KEY"] { tls.key = v }
         if let v = env["BERTH_LOG_LEVEL"] { log.level = v }
+        if let v = env["BERTH_SERVER_HEADER_TIMEOUT"] { server.headerTimeout = try Self.duration(v, key: "server.header_timeout") }
+        if let v = env["BERTH_SERVER_KEEPALIVE_TIMEOUT"] { server.keepaliveTimeout = try Self.duration(v, key: "server.keepalive_timeout") }
+        if let v = env["BERTH_SERVER_MAX_CONNECTIONS"] { server.maxConnections = try Self.connectionCap(v, key: "server.max_connections") }
+        if let v = env["BERTH_SERVER_MAX_CONNECTIONS_PER_CLIENT"] {
+            guard let n = Int(v) else {
+                throw ConfigError(key: "server.max_connections_per_client", "BERTH_SERVER_MAX_CONNECTIONS_PER_CLIENT=\(v) is not a whole number")
+            }
+            server.maxConnectionsPerClient = n
+        }
         if let v = env["BERTH_UPSTREAM_URL"] { upstream.url = v }
         if let v = env["BERTH_UPSTREAM_USERNAME"] { upstream.username = v }
         if let v = env["BERTH_UPSTREAM_PASSWORD"] { upstream.password = v }
@@ -188,6 +226,15 @@ public struct BerthConfig: Equatable, Sendable {
             }
             if tls.certificate.isEmpty { throw ConfigError(key: "tls.certificate", "required when tls.listen is set") }
             if tls.key.isEmpty { throw ConfigError(key: "tls.key", "required when tls.listen is set") }
+        }
+        for (key, v) in [("server.header_timeout", server.headerTimeout), ("server.keepalive_timeout", server.keepaliveTimeout)] where !(v > 0) {
+            throw ConfigError(key: key, "must be a positive duration such as 20s")
+        }
+        guard server.maxConnections >= 0 else {
+            throw ConfigError(key: "server.max_connections", "must be auto or a positive number")
+        }
+        guard server.maxConnectionsPerClient >= 0 else {
+            throw ConfigError(key: "server.max_connections_per_client", "must be 0 (no cap) or a positive number")
         }
         guard (0...256).contains(workers) else { throw ConfigError(key: "workers", "\(workers) is out of range 0...256") }
         guard HTTPURL(upstream.url) != nil else {
@@ -246,6 +293,16 @@ public struct BerthConfig: Equatable, Sendable {
         }
         if let n = Double(s) { return n }
         throw ConfigError(key: key, "\"\(s)\" is not a duration such as 30s or 5m")
+    }
+
+    /// `auto` (stored as 0) or a positive number of connections.
+    public static func parseConnectionCap(_ v: Any, key: String) throws -> Int { try connectionCap(v, key: key) }
+
+    static func connectionCap(_ v: Any, key: String) throws -> Int {
+        if let s = v as? String, s == "auto" { return 0 }
+        if let i = v as? Int, i > 0 { return i }
+        if let s = v as? String, let i = Int(s), i > 0 { return i }
+        throw ConfigError(key: key, "\(v) is not auto or a positive number of connections")
     }
 
     private static func int(_ v: Any, key: String) throws -> Int {

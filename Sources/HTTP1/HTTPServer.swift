@@ -3,7 +3,6 @@ import Glibc
 #endif
 import Reactor
 import TLS
-import Synchronization
 
 /// An HTTP/1.1 server: one listener per loop and address (`SO_REUSEPORT`
 /// spreads connections across loops), connections that stay on the loop that
@@ -18,10 +17,25 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
         public var secure: [SocketAddress] = []
         public var tls: ReloadableServerContext?
         public var limits = ParserLimits()
-        /// Keep-alive connections idle this long are closed.
+        /// A request head must be complete this long after it started: after
+        /// accept for a connection's first request (TLS handshake included),
+        /// after its first byte for later ones. Absolute: bytes arriving meanwhile
+        /// do not extend it. A partial head is answered 408; nothing at all, closed.
+        public var headTimeoutNanos: UInt64 = 20_000_000_000
+        /// Keep-alive connections idle this long between requests are closed.
         public var idleTimeoutNanos: UInt64 = 60_000_000_000
-        /// A request head (or a stalled write) making no progress this long closes the connection.
+        /// A response the client stops reading, making no progress this long, closes the connection.
         public var stallTimeoutNanos: UInt64 = 30_000_000_000
+        /// Connections open at once, across loops; nil = as many as the
+        /// open-file limit allows after `descriptorHeadroom`. A configured value
+        /// above that is lowered to it. Connections past the cap are closed at accept.
+        public var maxConnections: Int?
+        /// Connections open at once from one client (an IPv4 address or an IPv6 /64);
+        /// 0 = no per-client cap. The excess is closed at accept.
+        public var maxConnectionsPerClient = 0
+        /// Descriptors kept out of the connection cap for upstream sockets,
+        /// cache files and the like (at most a quarter of the limit).
+        public var descriptorHeadroom = 1024
         /// Body for refusals the server makes itself (parse errors): (content type, bytes).
         public var errorBody: (Int, String) -> (String, [UInt8]) = { _, reason in ("text/plain", Array((reason + "\n").utf8)) }
         public init() {}
@@ -32,9 +46,11 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
     public let pool: BlockingPool
     let handler: (ResponseWriter) -> Void
     let logger: (LogLevel, String) -> Void
+    /// The connection caps in force (`maxConnections` resolved against the open-file limit).
+    public let limiter: ConnectionLimiter
+    let timeouts: ConnectionTimeouts
     private var contexts: [LoopContext] = []
     private var bound: [SocketAddress] = []   // written once in `start`
-    private let openConnections = Atomic<Int>(0)
 
     /// `handler` runs on the connection's loop for every request that passed the
     /// server's own checks; it answers through the writer, now or later.
@@ -46,14 +62,24 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
         self.pool = pool
         self.logger = logger
         self.handler = handler
+        let ceiling = Self.connectionCeiling(openFileLimit: System.openFileLimit, headroom: configuration.descriptorHeadroom)
+        limiter = ConnectionLimiter(maxConnections: min(configuration.maxConnections ?? ceiling, ceiling),
+                                    maxPerClient: max(configuration.maxConnectionsPerClient, 0))
+        timeouts = ConnectionTimeouts(headNanos: configuration.headTimeoutNanos, idleNanos: configuration.idleTimeoutNanos,
+                                      stallNanos: configuration.stallTimeoutNanos)
+    }
+
+    /// The most connections a process with `openFileLimit` descriptors may
+    /// hold and still open upstream sockets and cache files: the limit less
+    /// `headroom`, but never less than half the limit.
+    public static func connectionCeiling(openFileLimit: Int, headroom: Int) -> Int {
+        max(openFileLimit - max(headroom, 0), openFileLimit / 2, 1)
     }
 
     func log(_ level: LogLevel, _ message: @autoclosure () -> String) { logger(level, message()) }
 
     /// Connections currently open, across loops.
-    public var connectionCount: Int { openConnections.load(ordering: .relaxed) }
-    func connectionOpened() { openConnections.add(1, ordering: .relaxed) }
-    func connectionClosed() { openConnections.subtract(1, ordering: .relaxed) }
+    public var connectionCount: Int { limiter.openCount }
 
     /// Binds every address on every loop. Call before the loops run, or from any
     /// thread: registration happens on each loop. Throws if a bind fails.
@@ -125,30 +151,39 @@ final class LoopContext {
         }
     }
 
-    func accepted(fd: Int32, secure: Bool) {
+    /// A connection the listener accepted: admitted under the caps, or closed
+    /// at once (the client sees its connection end before any answer).
+    func accepted(fd: Int32, peer: SocketAddress, secure: Bool) {
         if shuttingDown { Posix.close(fd: fd); return }
+        let client = ClientKey(peer)
+        if let refusal = server.limiter.admit(client) {
+            Posix.close(fd: fd)
+            if let line = server.limiter.noteRefusal(refusal, now: loop.now) { server.log(.warning, line) }
+            return
+        }
         try? Sockets.setNoDelay(fd)
         let transport: Transport
         if secure, let tls = server.configuration.tls {
             do { transport = try TLSTransport(acceptedFD: fd, context: tls.current) } catch {
                 server.log(.warning, "TLS setup failed: \(error)")
                 Posix.close(fd: fd)
+                server.limiter.release(client)
                 return
             }
         } else {
             transport = SocketTransport(fd: fd)
         }
-        let c = ServerConnection(transport: transport, context: self)
+        let c = ServerConnection(transport: transport, client: client, context: self)
         do {
             try loop.register(fd: fd, events: Readiness.readable | Readiness.writable | Readiness.readHangup | Readiness.edge, handler: c)
         } catch {
             server.log(.warning, "cannot watch connection: \(error)")
             transport.close()
+            server.limiter.release(client)
             return
         }
         c.slot = connections.count
         connections.append(c)
-        server.connectionOpened()
         // Data may already be waiting (the edge came before registration).
         c.handleEvents(Readiness.readable)
     }
@@ -161,23 +196,25 @@ final class LoopContext {
             last.slot = c.slot
         }
         c.slot = -1
-        server.connectionClosed()
+        server.limiter.release(c.client)
     }
 
-    /// Once a second: close connections idle or stalled past their timeouts.
+    /// Every `sweepIntervalNanos`: ends the waits that ran out (see
+    /// `ConnectionTimeouts`), and sums up a burst of refused connections once it is over.
     func startSweeping() {
-        loop.schedule(afterNanos: 1_000_000_000) { [weak self] in
+        let timeouts = server.timeouts
+        loop.schedule(afterNanos: timeouts.sweepIntervalNanos) { [weak self] in
             guard let self else { return }
             let now = Clock.monotonicNanos()
-            let cfg = self.server.configuration
+            // `close` and `requestTimeout` remove from `connections`: walk a snapshot.
             for c in self.connections.reversed() {
-                let quiet = now &- c.lastActivity
-                let limit: UInt64
-                if c.isIdle { limit = cfg.idleTimeoutNanos }
-                else if !c.isResponding || c.isWaitingOnClient { limit = cfg.stallTimeoutNanos }
-                else { continue }  // waiting on its handler: the upstream's timeouts bound that
-                if quiet > limit { c.close() }
+                switch timeouts.expiry(of: c.wait, now: now) {
+                case .none: break
+                case .close: c.close()
+                case .requestTimeout: c.requestTimedOut(after: timeouts.headNanos)
+                }
             }
+            if let line = self.server.limiter.burstSummary(now: now) { self.server.log(.warning, line) }
             self.startSweeping()
         }
     }
@@ -211,9 +248,9 @@ final class Listener: Selectable {
     func handleEvents(_ events: UInt32) {
         for _ in 0..<64 {
             do {
-                switch try Posix.accept(fd: fd) {
+                switch try Posix.acceptWithPeer(fd: fd) {
                 case .wouldBlock: return
-                case .processed(let client): context.accepted(fd: client, secure: secure)
+                case .processed(let client): context.accepted(fd: client.fd, peer: client.peer, secure: secure)
                 }
             } catch let e as IOError where e.errno == EMFILE || e.errno == ENFILE || e.errno == ENOBUFS || e.errno == ENOMEM {
                 context.server.log(.warning, "accept: \(e); pausing accepts for 100 ms")

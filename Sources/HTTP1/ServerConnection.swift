@@ -15,6 +15,8 @@ import Reactor
 /// `EventLoop`): `socketDrained` remembers whether the last read hit EAGAIN.
 final class ServerConnection: Selectable {
     let transport: Transport
+    /// Who connected, as the per-client cap counts it (nil for unix-domain peers).
+    let client: ClientKey?
     unowned let context: LoopContext
     var slot = -1                          // index in context.connections
     private var parser: RequestParser
@@ -24,7 +26,12 @@ final class ServerConnection: Selectable {
     private var pending: [UInt8] = []      // bytes read past the request being answered
     private var socketDrained = false
     private var inputEnded = false
-    private(set) var lastActivity: UInt64
+    // The moments the deadlines count from (see `wait` and `ConnectionTimeouts`).
+    private let acceptedAt: UInt64
+    private var hasAnswered = false        // a response finished: later heads count from their first byte
+    private var headStartedAt: UInt64 = 0  // first byte of the request being read (after the first request)
+    private var idleSince: UInt64 = 0      // the last response finished
+    private var lastWriteProgress: UInt64  // bytes last left for the client (or the socket drained some)
     private var current: (head: RequestHead, writer: ResponseWriter?)?
     private var keepAlive = true
     var closeAfterResponse = false         // set by graceful shutdown
@@ -46,12 +53,30 @@ final class ServerConnection: Selectable {
 
     static let highWater = 256 * 1024
     static let lowWater = 64 * 1024
+    static let idleOutputCapacity = 4096
 
-    init(transport: Transport, context: LoopContext) {
+    init(transport: Transport, client: ClientKey?, context: LoopContext) {
         self.transport = transport
+        self.client = client
         self.context = context
         self.parser = RequestParser(limits: context.server.configuration.limits)
-        self.lastActivity = context.loop.now
+        acceptedAt = context.loop.now
+        lastWriteProgress = acceptedAt
+    }
+
+    /// What the connection waits for, for the loop's sweep.
+    var wait: ConnectionTimeouts.Wait {
+        switch state {
+        case .reading:
+            if !headStarted && pending.isEmpty {
+                return hasAnswered ? .nextRequest(idleSince: idleSince) : .firstRequest(acceptedAt: acceptedAt)
+            }
+            return .head(since: hasAnswered ? headStartedAt : acceptedAt)
+        case .responding:
+            return isWaitingOnClient ? .client(lastProgress: lastWriteProgress) : .handler
+        case .closed:
+            return .handler
+        }
     }
 
     var isIdle: Bool { state == .reading && !headStarted && pending.isEmpty }
@@ -70,7 +95,9 @@ final class ServerConnection: Selectable {
     // MARK: events
 
     func handleEvents(_ events: UInt32) {
-        lastActivity = context.loop.now
+        // Writable again: the client took bytes (counts against the stall bound).
+        // Incoming bytes do not count: a client that sends but never reads is stalled.
+        if events & Readiness.writable != 0 { lastWriteProgress = context.loop.now }
         if events & (Readiness.readable | Readiness.readHangup | Readiness.hangup | Readiness.error) != 0 {
             socketDrained = false
         }
@@ -156,7 +183,10 @@ final class ServerConnection: Selectable {
             do {
                 let (event, consumed) = try parser.parse(UnsafeRawBufferPointer(rebasing: bytes[offset...]))
                 offset += consumed
-                if consumed > 0 { headStarted = true }
+                if consumed > 0 && !headStarted {
+                    headStarted = true
+                    headStartedAt = context.loop.now
+                }
                 guard let event else {
                     if consumed == 0 { break }
                     continue
@@ -211,9 +241,18 @@ final class ServerConnection: Selectable {
         }
     }
 
-    private func refuse(_ status: Int, _ reason: String) {
-        context.server.log(.info, "refused request: \(status) \(reason)")
+    /// The request head did not arrive in time: 408 and close. (Logged at
+    /// debug: under a slowloris flood this happens per connection.)
+    func requestTimedOut(after nanos: UInt64) {
+        guard state == .reading else { return }
+        let seconds = Double(nanos / 1_000_000) / 1000
+        refuse(408, "request head not complete within \(seconds) s", level: .debug)
+    }
+
+    private func refuse(_ status: Int, _ reason: String, level: HTTPServer.LogLevel = .info) {
+        context.server.log(level, "refused request: \(status) \(reason)")
         state = .responding
+        lastWriteProgress = context.loop.now
         keepAlive = false
         let (contentType, body) = context.server.configuration.errorBody(status, reason)
         var head = ResponseHead(status: status)
@@ -227,6 +266,7 @@ final class ServerConnection: Selectable {
 
     private func dispatch(_ head: RequestHead) {
         state = .responding
+        lastWriteProgress = context.loop.now
         responseEnded = false
         keepAlive = head.keepAlive && !closeAfterResponse
         let writer = ResponseWriter(request: head, loop: context.loop, connection: self)
@@ -343,7 +383,7 @@ final class ServerConnection: Selectable {
             let r = try bytes.withUnsafeBytes { try transport.write(UnsafeRawBufferPointer(rebasing: $0[offset...])) }
             guard case .processed(let n) = r else { return false }
             offset += n
-            lastActivity = context.loop.now
+            lastWriteProgress = context.loop.now
         }
         return true
     }
@@ -359,7 +399,7 @@ final class ServerConnection: Selectable {
                 guard case .processed(let n) = try transport.sendFile(from: fd.fd, offset: &offset, count: count) else { return false }
                 if n == 0 { throw IOError(errno: EIO, call: "sendfile: file shorter than its range") }
                 next += UInt64(n)
-                lastActivity = context.loop.now
+                lastWriteProgress = context.loop.now
             }
             return true
         }
@@ -401,7 +441,11 @@ final class ServerConnection: Selectable {
             return
         }
         state = .reading
-        lastActivity = context.loop.now
+        hasAnswered = true
+        idleSince = context.loop.now
+        headStartedAt = idleSince  // for pipelined bytes already waiting in `pending`
+        // An idle connection keeps no big output buffer (a 4 MiB manifest answer grows it).
+        if out.capacity > Self.idleOutputCapacity { out = [] }
         if inputEnded && isIdle { close(); return }
         drive()  // a no-op when called from inside `drive`, which carries on by itself
     }

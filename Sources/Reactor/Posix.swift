@@ -100,6 +100,28 @@ public enum Posix {
         try retrying("accept4") { CLinux.accept4(fd, nil, nil, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)) }
     }
 
+    /// A socket `accept` returned, with the peer's address.
+    public struct Accepted: Equatable {
+        public let fd: Int32
+        public let peer: SocketAddress
+    }
+
+    /// Accepts one connection as a nonblocking, close-on-exec socket and says who connected
+    /// (the kernel fills the address in the same call: no `getpeername`).
+    public static func acceptWithPeer(fd: Int32) throws -> IOResult<Accepted> {
+        var storage = sockaddr_storage()
+        var len = socklen_t(MemoryLayout<sockaddr_storage>.size)
+        let r = try withUnsafeMutablePointer(to: &storage) { p in
+            try p.withMemoryRebound(to: sockaddr.self, capacity: 1) { sa in
+                try retrying("accept4") { CLinux.accept4(fd, sa, &len, Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue)) }
+            }
+        }
+        switch r {
+        case .wouldBlock: return .wouldBlock
+        case .processed(let client): return .processed(Accepted(fd: client, peer: SocketAddress(storage: storage)))
+        }
+    }
+
     /// Starts a nonblocking connect: `.processed` when connected at once,
     /// `.wouldBlock` when in progress (wait for writability, then `socketError`).
     public static func connect(fd: Int32, address: SocketAddress) throws -> IOResult<Int32> {

@@ -112,6 +112,41 @@ public struct SocketAddress: Equatable, CustomStringConvertible, Sendable {
         return String(cString: buf)
     }
 
+    /// The IPv4 address in host byte order, for an IPv4 address and for an
+    /// IPv4-mapped IPv6 one (how a dual-stack listener sees IPv4 peers); nil otherwise.
+    public var ipv4: UInt32? {
+        withUnsafePointer(to: storage) { p in
+            switch family {
+            case AF_INET:
+                return p.withMemoryRebound(to: sockaddr_in.self, capacity: 1) { UInt32(bigEndian: $0.pointee.sin_addr.s_addr) }
+            case AF_INET6:
+                return p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { sin -> UInt32? in
+                    let (high, low) = Self.halves(sin.pointee.sin6_addr)
+                    guard high == 0, low >> 32 == 0xffff else { return nil }
+                    return UInt32(truncatingIfNeeded: low)
+                }
+            default:
+                return nil
+            }
+        }
+    }
+
+    /// The 128 bits of an IPv6 address as two host-order halves (`high` holds
+    /// the /64 prefix); nil for other families.
+    public var ipv6: (high: UInt64, low: UInt64)? {
+        guard family == AF_INET6 else { return nil }
+        return withUnsafePointer(to: storage) { p in
+            p.withMemoryRebound(to: sockaddr_in6.self, capacity: 1) { Self.halves($0.pointee.sin6_addr) }
+        }
+    }
+
+    private static func halves(_ a: in6_addr) -> (high: UInt64, low: UInt64) {
+        withUnsafeBytes(of: a) { b in
+            (UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 0, as: UInt64.self)),
+             UInt64(bigEndian: b.loadUnaligned(fromByteOffset: 8, as: UInt64.self)))
+        }
+    }
+
     public var description: String {
         if let path = unixPath { return "unix:" + path }
         return family == AF_INET6 ? "[\(ip)]:\(port)" : "\(ip):\(port)"

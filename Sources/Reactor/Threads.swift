@@ -116,6 +116,28 @@ public final class BlockingPool: @unchecked Sendable {  // `queue` and `closed` 
 public enum System {
     public static var coreCount: Int { max(1, Int(sysconf(Int32(_SC_NPROCESSORS_ONLN)))) }
 
+    /// The open-file limit (RLIMIT_NOFILE) after raising the soft limit to the
+    /// hard one, as servers do at start (descriptors are what connections cost).
+    /// Returns the soft limit in force.
+    @discardableResult
+    public static func raiseOpenFileLimit() -> Int {
+        var rl = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return 1024 }
+        if rl.rlim_cur < rl.rlim_max {
+            var raised = rl
+            raised.rlim_cur = rl.rlim_max
+            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { rl = raised }
+        }
+        return Int(clamping: min(rl.rlim_cur, rlim_t(Int32.max)))
+    }
+
+    /// The soft open-file limit (RLIMIT_NOFILE) in force.
+    public static var openFileLimit: Int {
+        var rl = rlimit()
+        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return 1024 }
+        return Int(clamping: min(rl.rlim_cur, rlim_t(Int32.max)))
+    }
+
     /// Resident set size in bytes, from /proc/self/statm.
     public static func residentBytes() -> Int {
         guard let f = fopen("/proc/self/statm", "r") else { return 0 }

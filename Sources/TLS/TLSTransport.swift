@@ -42,8 +42,11 @@ public final class TLSTransport: Transport {
     /// Most ciphertext held in `networkOut` since it was last empty.
     private var pendingOutputPeak = 0
     /// Socket reads land here before they go into `networkIn`; also the sink
-    /// for ciphertext discarded from `networkOut` after a socket write.
-    private let scratch: UnsafeMutableRawBufferPointer
+    /// for ciphertext discarded from `networkOut` after a socket write. One per
+    /// thread, not per connection: its bytes never outlive the call that
+    /// filled them, and a transport is used on one thread at a time (32 KiB
+    /// per connection up front made an idle HTTPS connection cost ~43 KiB).
+    private var scratch: UnsafeMutableRawBufferPointer { Self.threadScratch() }
     private var isOpen = true
     /// The peer's close_notify arrived, or TCP EOF after the handshake.
     private var isInputClosed = false
@@ -125,7 +128,21 @@ public final class TLSTransport: Transport {
         self.ssl = ssl
         networkIn = input
         networkOut = output
-        scratch = .allocate(byteCount: Self.scratchSize, alignment: 16)
+    }
+
+    private static let scratchKey: pthread_key_t = {
+        var key = pthread_key_t()
+        let r = pthread_key_create(&key) { p in p?.deallocate() }
+        precondition(r == 0, "pthread_key_create failed: \(r)")
+        return key
+    }()
+
+    /// This thread's scratch buffer, made on first use and freed when the thread ends.
+    private static func threadScratch() -> UnsafeMutableRawBufferPointer {
+        if let p = pthread_getspecific(scratchKey) { return UnsafeMutableRawBufferPointer(start: p, count: scratchSize) }
+        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: scratchSize, alignment: 16)
+        pthread_setspecific(scratchKey, b.baseAddress)
+        return b
     }
 
     private static func makeOutputBIO() -> OpaquePointer? {
@@ -136,7 +153,6 @@ public final class TLSTransport: Transport {
 
     deinit {
         SSL_free(ssl)
-        scratch.deallocate()
         if isOpen { Posix.close(fd: fd) }
     }
 
@@ -281,6 +297,7 @@ public final class TLSTransport: Transport {
 
     /// Reads one scratch buffer of ciphertext from the socket into `networkIn`.
     private func pullFromSocket() throws -> Pull {
+        let scratch = self.scratch
         switch try Posix.read(fd: fd, into: scratch) {
         case .wouldBlock:
             return .wouldBlock
@@ -317,6 +334,7 @@ public final class TLSTransport: Transport {
                 // Memory BIOs cannot skip bytes, so the sent prefix is read
                 // out into scratch: one cache-hot copy, no allocation.
                 var left = n
+                let scratch = self.scratch
                 while left > 0 {
                     let r = BIO_read(networkOut, scratch.baseAddress, Int32(min(left, scratch.count)))
                     precondition(r > 0, "memory BIO lost pending bytes")

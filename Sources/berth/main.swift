@@ -29,6 +29,14 @@ struct Serve: ParsableCommand {
     var tlsCertificate: String?
     @Option(name: .customLong("tls-key"), help: "PEM private key (tls.key).")
     var tlsKey: String?
+    @Option(name: .customLong("header-timeout"), help: "A request head must be complete this long after it started, e.g. 20s (server.header_timeout).")
+    var headerTimeout: String?
+    @Option(name: .customLong("keepalive-timeout"), help: "Close kept-alive connections idle this long, e.g. 60s (server.keepalive_timeout).")
+    var keepaliveTimeout: String?
+    @Option(name: .customLong("max-connections"), help: "Connections open at once: auto (open-file limit - 1024) or a number (server.max_connections).")
+    var maxConnections: String?
+    @Option(name: .customLong("max-connections-per-client"), help: "Connections open at once per IPv4 address or IPv6 /64; 0 = no cap (server.max_connections_per_client).")
+    var maxConnectionsPerClient: Int?
     @Option(name: .long, help: "Event-loop threads (workers); 0 = one per core.")
     var workers: Int?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (log.level).")
@@ -71,6 +79,10 @@ struct Serve: ParsableCommand {
             if let tlsCertificate { c.tls.certificate = tlsCertificate }
             if let tlsKey { c.tls.key = tlsKey }
             if let workers { c.workers = workers }
+            if let headerTimeout { c.server.headerTimeout = try BerthConfig.parseDuration(headerTimeout, key: "server.header_timeout") }
+            if let keepaliveTimeout { c.server.keepaliveTimeout = try BerthConfig.parseDuration(keepaliveTimeout, key: "server.keepalive_timeout") }
+            if let maxConnections { c.server.maxConnections = try BerthConfig.parseConnectionCap(maxConnections, key: "server.max_connections") }
+            if let maxConnectionsPerClient { c.server.maxConnectionsPerClient = maxConnectionsPerClient }
             if let logLevel { c.log.level = logLevel }
             if let upstream { c.upstream.url = upstream }
             if let upstreamUser { c.upstream.username = upstreamUser }

@@ -119,6 +119,53 @@ final class BerthConfigTests: XCTestCase {
         XCTAssertEqual(c.workers, 2)
     }
 
+    func testServerLimits() throws {
+        let d = BerthConfig()
+        XCTAssertEqual(d.server.headerTimeout, 20)
+        XCTAssertEqual(d.server.keepaliveTimeout, 60)
+        XCTAssertEqual(d.server.maxConnections, 0, "auto")
+        XCTAssertEqual(d.server.maxConnectionsPerClient, 1024)
+        var c = try BerthConfig.parse(yaml: """
+        server:
+          header_timeout: 5s
+          keepalive_timeout: 2m
+          max_connections: 5000
+          max_connections_per_client: 0
+        """)
+        XCTAssertEqual(c.server.headerTimeout, 5)
+        XCTAssertEqual(c.server.keepaliveTimeout, 120)
+        XCTAssertEqual(c.server.maxConnections, 5000)
+        XCTAssertEqual(c.server.maxConnectionsPerClient, 0)
+        XCTAssertEqual(try BerthConfig.parse(yaml: "server:\n  max_connections: auto\n").server.maxConnections, 0)
+        try c.apply(environment: [
+            "BERTH_SERVER_HEADER_TIMEOUT": "750ms",
+            "BERTH_SERVER_KEEPALIVE_TIMEOUT": "75",
+            "BERTH_SERVER_MAX_CONNECTIONS": "auto",
+            "BERTH_SERVER_MAX_CONNECTIONS_PER_CLIENT": "64",
+        ])
+        XCTAssertEqual(c.server.headerTimeout, 0.75)
+        XCTAssertEqual(c.server.keepaliveTimeout, 75)
+        XCTAssertEqual(c.server.maxConnections, 0)
+        XCTAssertEqual(c.server.maxConnectionsPerClient, 64)
+    }
+
+    func testBadServerLimitsNameTheKey() {
+        assertRefused("server:\n  header_timeout: 0s\n", key: "server.header_timeout")
+        assertRefused("server:\n  header_timeout: soon\n", key: "server.header_timeout")
+        assertRefused("server:\n  keepalive_timeout: 0\n", key: "server.keepalive_timeout")
+        assertRefused("server:\n  max_connections: 0\n", key: "server.max_connections")
+        assertRefused("server:\n  max_connections: lots\n", key: "server.max_connections")
+        assertRefused("server:\n  max_connections_per_client: -1\n", key: "server.max_connections_per_client")
+        assertRefused("server:\n  client_header_timeout: 5s\n", key: "server.client_header_timeout")
+        var c = BerthConfig()
+        XCTAssertThrowsError(try c.apply(environment: ["BERTH_SERVER_MAX_CONNECTIONS_PER_CLIENT": "many"])) { e in
+            XCTAssertEqual((e as? ConfigError)?.key, "server.max_connections_per_client")
+        }
+        XCTAssertThrowsError(try c.apply(environment: ["BERTH_SERVER_MAX_CONNECTIONS": "-3"])) { e in
+            XCTAssertEqual((e as? ConfigError)?.key, "server.max_connections")
+        }
+    }
+
     func testBadEnvironmentValueNamesTheKey() throws {
         var c = BerthConfig()
         XCTAssertThrowsError(try c.apply(environment: ["BERTH_WORKERS": "two"])) { e in

@@ -127,6 +127,30 @@ final class BerthServeTests: XCTestCase {
                                     key: "tls.certificate")
     }
 
+    // MARK: connection limits
+
+    func testServeHelpListsTheConnectionLimitFlags() throws {
+        let binary = try XCTUnwrap(locateBerthBinary())
+        let out = try Subprocess.run([binary, "serve", "--help"], in: directory, timeout: 15)
+        for flag in ["--header-timeout", "--keepalive-timeout", "--max-connections", "--max-connections-per-client"] {
+            XCTAssertTrue(out.stdout.contains(flag), "\(flag) missing from berth serve --help")
+        }
+    }
+
+    func testHeaderTimeoutFlagAnswers408AndConnectionCapsAreLogged() throws {
+        let b = try BerthProcess(directory: directory, extra: ["--header-timeout", "300ms", "--max-connections", "100",
+                                                               "--max-connections-per-client", "7"])
+        berth = b
+        XCTAssertTrue(b.waitForLog("max_connections=100"), b.child.stderr)
+        XCTAssertTrue(b.child.stderr.contains("max_connections_per_client=7"), b.child.stderr)
+        let c = try RawClient(port: b.port)
+        c.send("GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n")  // the head never ends
+        let r = try XCTUnwrap(c.readResponse(), "no answer before the head deadline's close")
+        XCTAssertEqual(r.status, 408)
+        XCTAssertEqual(r.headers["connection"], "close")
+        XCTAssertTrue(c.readsEOF())
+    }
+
     // MARK: TLS
 
     /// A PKI, and its server certificate copied to `live/` where berth reads it.

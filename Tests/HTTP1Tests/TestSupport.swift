@@ -8,8 +8,19 @@ import TestSupport
 final class RawClient {
     let fd: Int32
 
-    init(port: UInt16, timeoutSeconds: Int = 10) throws {
+    /// Connects to 127.0.0.1:`port`, from `source` (another loopback address
+    /// such as 127.0.0.2, to look like another client) when given.
+    init(port: UInt16, source: String? = nil, timeoutSeconds: Int = 10) throws {
         fd = socket(AF_INET, Int32(SOCK_STREAM.rawValue), 0)
+        if let source {
+            var local = sockaddr_in()
+            local.sin_family = sa_family_t(AF_INET)
+            local.sin_addr.s_addr = inet_addr(source)
+            let b = withUnsafePointer(to: &local) { p in
+                p.withMemoryRebound(to: sockaddr.self, capacity: 1) { bind(fd, $0, socklen_t(MemoryLayout<sockaddr_in>.size)) }
+            }
+            if b != 0 { close(fd); throw IOError(errno: errno, call: "bind \(source)") }
+        }
         var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
         setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
         setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
@@ -48,6 +59,21 @@ final class RawClient {
             out.append(contentsOf: buf[0..<n])
         }
         return out
+    }
+
+    /// Reads until the peer closes; `closed` is false when the receive timeout
+    /// ran out first (the peer kept the connection open). A reset counts as closed.
+    func readUntilClosed() -> (bytes: [UInt8], closed: Bool) {
+        var out = buffered
+        buffered = []
+        var buf = [UInt8](repeating: 0, count: 65536)
+        while true {
+            let n = recv(fd, &buf, buf.count, 0)
+            if n > 0 { out.append(contentsOf: buf[0..<n]); continue }
+            if n == 0 { return (out, true) }
+            if errno == EINTR { continue }
+            return (out, errno != EAGAIN && errno != EWOULDBLOCK)
+        }
     }
 
     private var buffered: [UInt8] = []
@@ -111,12 +137,13 @@ final class TestServer {
     let port: UInt16
 
     init(loops: Int = 1, configure: (inout HTTPServer.Configuration) -> Void = { _ in },
+         logger: @escaping (HTTPServer.LogLevel, String) -> Void = { _, _ in },
          handler: @escaping (ResponseWriter) -> Void) throws {
         group = try EventLoopGroup(count: loops)
         var c = HTTPServer.Configuration()
         c.plain = [SocketAddress("127.0.0.1:0")!]
         configure(&c)
-        server = HTTPServer(configuration: c, group: group, pool: pool, handler: handler)
+        server = HTTPServer(configuration: c, group: group, pool: pool, logger: logger, handler: handler)
         try server.start()
         group.start()
         var p: UInt16 = 0

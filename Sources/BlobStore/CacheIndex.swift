@@ -90,7 +90,20 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     private let path: String
     private let pool: BlockingPool
     private var fd: Int32                       // replaced only by `snapshot`, under `fdLock`
-    private let fdLock = Mutex(())
+    private let fdLock = Mutex(FileIO())
+
+    /// The writes the index makes to its files: the system's, or a test's
+    /// that fails the way a full disk does.
+    struct FileIO {
+        var pwrite: (Int32, UnsafeRawBufferPointer, off_t) throws -> Void = { try Posix.pwriteAll(fd: $0, $1, offset: $2) }
+        var fsync: (Int32) throws -> Void = { try Posix.fsync(fd: $0) }
+    }
+
+    /// Tests swap in failing writes here.
+    var io: FileIO {
+        get { fdLock.withLock { $0 } }
+        set { fdLock.withLock { $0 = newValue } }
+    }
     /// True when the journal ended with a clean-stop record.
     public let wasCleanlyClosed: Bool
     /// Journal lines read at startup.
@@ -328,22 +341,23 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
 
     /// Appends pending records to the journal. Blocking: pool (or shutdown) only.
     public func flush() {
-        fdLock.withLock { _ in
-            let bytes = state.withLock { s -> [UInt8] in
+        fdLock.withLock { io in
+            let (bytes, offset) = state.withLock { s -> ([UInt8], UInt64) in
                 let b = s.pending
+                let offset = s.journalBytes
                 s.pending = []
                 s.flushScheduled = false
                 s.journalBytes += UInt64(b.count)
-                return b
+                return (b, offset)
             }
-            writeAll(fd, bytes)
+            writeAll(fd, bytes, at: offset, io)
         }
     }
 
     /// Rewrites the journal compactly, blobs oldest first with their last use;
     /// `clean` ends it with a clean-stop record. Blocking: pool (or shutdown) only.
     public func snapshot(clean: Bool = false) throws {
-        try fdLock.withLock { _ in
+        try fdLock.withLock { io in
             let text = state.withLock { s -> [UInt8] in
                 s.pending = []
                 s.dirtySinceSnapshot = false
@@ -353,8 +367,8 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
             }
             let tmp = path + ".snapshot"
             let out = try Posix.open(path: tmp, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
-            writeAll(out, text)
-            fsync(out)
+            writeAll(out, text, at: 0, io)
+            try? io.fsync(out)
             Posix.close(fd: out)
             guard rename(tmp, path) == 0 else { throw IOError(errno: errno, call: "rename \(tmp)") }
             let newFD = try Posix.open(path: path, flags: O_WRONLY | O_APPEND, mode: 0o644)
@@ -370,13 +384,9 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         String(s.unicodeScalars.filter { $0.value >= 0x20 && $0 != "\t" })
     }
 
-    private func writeAll(_ fd: Int32, _ bytes: [UInt8]) {
-        var off = 0
-        while off < bytes.count {
-            let n = bytes[off...].withUnsafeBytes { Glibc.write(fd, $0.baseAddress, $0.count) }
-            if n < 0 { if errno == EINTR { continue }; return }
-            off += n
-        }
+    // Errors ignored, as before (the journal is O_APPEND: `offset` only matters to tests).
+    private func writeAll(_ fd: Int32, _ bytes: [UInt8], at offset: UInt64, _ io: FileIO) {
+        bytes.withUnsafeBytes { try? io.pwrite(fd, $0, off_t(offset)) }
     }
 
     private static func render(_ s: State, clean: Bool) -> [UInt8] {

@@ -24,15 +24,17 @@ public enum Posix {
         }
     }
 
+    /// Loops on EINTR and throws for the rest; `path`, when given, goes into
+    /// the error (`rename /cache/index.log.snapshot`).
     @inline(__always)
-    static func blocking<T: FixedWidthInteger>(_ name: StaticString, _ body: () -> T) throws -> T {
+    static func blocking<T: FixedWidthInteger>(_ name: StaticString, _ path: String? = nil, _ body: () -> T) throws -> T {
         while true {
             let r = body()
             if r >= 0 { return r }
             let e = errno
             if e == EINTR { continue }
             if e == EBADF || e == EFAULT { preconditionFailure("\(name) on a bad descriptor or buffer: errno \(e)") }
-            throw IOError(errno: e, call: "\(name)")
+            throw IOError(errno: e, call: path.map { "\(name) \($0)" } ?? "\(name)")
         }
     }
 
@@ -65,19 +67,137 @@ public enum Posix {
     }
 
     public static func open(path: String, flags: Int32, mode: mode_t = 0o644) throws -> Int32 {
-        try blocking("open") { Glibc.open(path, flags | O_CLOEXEC, mode) }
+        try blocking("open", path) { Glibc.open(path, flags | O_CLOEXEC, mode) }
     }
 
-    public static func fstat(fd: Int32) throws -> stat {
-        var st = stat()
+    public static func fstat(fd: Int32) throws -> Glibc.stat {
+        var st = Glibc.stat()
         _ = try blocking("fstat") { Glibc.fstat(fd, &st) }
         return st
     }
 
+    // MARK: files (blocking: the worker pool, the CLI, startup)
+
+    /// Writes all of `buffer` at `offset`, continuing after short writes.
+    /// For blocking descriptors (regular files): a failure midway throws, and
+    /// what reached the file before it is the caller's to discard.
+    public static func pwriteAll(fd: Int32, _ buffer: UnsafeRawBufferPointer, offset: off_t) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = try blocking("pwrite") { Glibc.pwrite(fd, buffer.baseAddress! + done, buffer.count - done, offset + off_t(done)) }
+            // pwrite(2) returns 0 for a nonzero count only when nothing can be written: never loop on it.
+            if n == 0 { throw IOError(errno: EIO, call: "pwrite (no progress)") }
+            done += n
+        }
+    }
+
+    /// Writes all of `buffer` at the descriptor's position, continuing after
+    /// short writes. For blocking descriptors (regular files, the CLI's pipes).
+    public static func writeAll(fd: Int32, _ buffer: UnsafeRawBufferPointer) throws {
+        var done = 0
+        while done < buffer.count {
+            let n = try blocking("write") { Glibc.write(fd, buffer.baseAddress! + done, buffer.count - done) }
+            if n == 0 { throw IOError(errno: EIO, call: "write (no progress)") }
+            done += n
+        }
+    }
+
+    public static func fsync(fd: Int32) throws {
+        _ = try blocking("fsync") { Glibc.fsync(fd) }
+    }
+
+    /// Makes the entries of `path` (a directory) durable: after a `rename`
+    /// into it, the new name survives a crash only once this returns.
+    public static func fsyncDirectory(path: String) throws {
+        let fd = try blocking("open", path) { Glibc.open(path, O_RDONLY | O_DIRECTORY | O_CLOEXEC) }
+        defer { close(fd: fd) }
+        _ = try blocking("fsync", path) { Glibc.fsync(fd) }
+    }
+
+    public static func ftruncate(fd: Int32, length: off_t) throws {
+        _ = try blocking("ftruncate") { Glibc.ftruncate(fd, length) }
+    }
+
+    /// `flock(2)`: `.wouldBlock` when `operation` has `LOCK_NB` and another holds the lock.
+    public static func flock(fd: Int32, operation: Int32) throws -> IOResult<Int32> {
+        try retrying("flock") { cFlock(fd, operation) }
+    }
+
+    public static func rename(from: String, to: String) throws {
+        _ = try blocking("rename", "\(from) to \(to)") { Glibc.rename(from, to) }
+    }
+
+    public static func unlink(path: String) throws {
+        _ = try blocking("unlink", path) { Glibc.unlink(path) }
+    }
+
+    /// Creates the directory `path`; one that already exists is fine.
+    public static func mkdirIfMissing(path: String, mode: mode_t = 0o755) throws {
+        while Glibc.mkdir(path, mode) != 0 {
+            let e = errno
+            if e == EEXIST { return }
+            if e == EINTR { continue }
+            if e == EFAULT { preconditionFailure("mkdir with a bad buffer") }
+            throw IOError(errno: e, call: "mkdir \(path)")
+        }
+    }
+
+    /// `stat(2)` of `path` (symlinks followed). ENOENT throws like any failure.
+    public static func stat(path: String) throws -> Glibc.stat {
+        var st = Glibc.stat()
+        _ = try blocking("stat", path) { cStat(path, &st) }
+        return st
+    }
+
+    public static func statvfs(path: String) throws -> Glibc.statvfs {
+        var st = Glibc.statvfs()
+        _ = try blocking("statvfs", path) { cStatvfs(path, &st) }
+        return st
+    }
+
+    /// Calls `body` with the name of every entry of the directory `path` but
+    /// `.` and `..` (opendir, readdir, closedir), in directory order.
+    public static func forEachEntry(inDirectory path: String, _ body: (String) throws -> Void) throws {
+        var opened: OpaquePointer?
+        while opened == nil {
+            opened = opendir(path)
+            if opened == nil {
+                let e = errno
+                if e != EINTR { throw IOError(errno: e, call: "opendir \(path)") }
+            }
+        }
+        let dir = opened!
+        defer { closedir(dir) }
+        while true {
+            errno = 0  // readdir(3) returns NULL both at the end and on an error: errno tells them apart
+            guard let entry = readdir(dir) else {
+                let e = errno
+                if e != 0 { throw IOError(errno: e, call: "readdir \(path)") }
+                return
+            }
+            let name = withUnsafeBytes(of: entry.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
+            if name == "." || name == ".." { continue }
+            try body(name)
+        }
+    }
+
     // MARK: sockets
 
-    public static func socket(domain: Int32, type: Int32) throws -> Int32 {
-        try blocking("socket") { Glibc.socket(domain, type | Int32(SOCK_NONBLOCK.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0) }
+    /// A close-on-exec socket, nonblocking unless `blocking` (command-line
+    /// clients that wait with `SO_RCVTIMEO`).
+    public static func socket(domain: Int32, type: Int32, blocking isBlocking: Bool = false) throws -> Int32 {
+        let flags = Int32(SOCK_CLOEXEC.rawValue) | (isBlocking ? 0 : Int32(SOCK_NONBLOCK.rawValue))
+        return try blocking("socket") { Glibc.socket(domain, type | flags, 0) }
+    }
+
+    /// `send(2)`; on a blocking socket with `SO_SNDTIMEO`, `.wouldBlock` means the timeout passed.
+    public static func send(fd: Int32, _ buffer: UnsafeRawBufferPointer, flags: Int32 = Int32(MSG_NOSIGNAL)) throws -> IOResult<Int> {
+        try retrying("send") { Glibc.send(fd, buffer.baseAddress, buffer.count, flags) }
+    }
+
+    /// `recv(2)`; on a blocking socket with `SO_RCVTIMEO`, `.wouldBlock` means the timeout passed.
+    public static func recv(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, flags: Int32 = 0) throws -> IOResult<Int> {
+        try retrying("recv") { Glibc.recv(fd, buffer.baseAddress, buffer.count, flags) }
     }
 
     public static func setsockopt<T>(fd: Int32, level: Int32, name: Int32, value: T) throws {
@@ -183,3 +303,9 @@ public enum Posix {
         try blocking("eventfd") { CLinux.eventfd(0, Int32(EFD_CLOEXEC) | Int32(EFD_NONBLOCK)) }
     }
 }
+
+// Inside `Posix`, `stat`, `statvfs` and `flock` name the wrappers above (and
+// the C structs of the same names): these reach the C functions.
+private func cStat(_ path: String, _ st: inout Glibc.stat) -> Int32 { stat(path, &st) }
+private func cStatvfs(_ path: String, _ st: inout Glibc.statvfs) -> Int32 { statvfs(path, &st) }
+private func cFlock(_ fd: Int32, _ operation: Int32) -> Int32 { flock(fd, operation) }

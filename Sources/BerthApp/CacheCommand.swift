@@ -159,6 +159,10 @@ public enum CacheCommand {
             return 1
         }
         store.log = { FileOut.stderr("berth: \($0)\n") }
+        store.index.log = store.log
+        if store.index.droppedTailBytes > 0 {
+            store.log("cache index: cut a torn last record (\(store.index.droppedTailBytes) bytes) off index.log, left by a crash mid-append")
+        }
         let mutates: Bool
         switch op {
         case .ls, .du: mutates = false

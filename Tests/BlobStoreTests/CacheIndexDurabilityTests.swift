@@ -44,6 +44,14 @@ final class CacheIndexDurabilityTests: XCTestCase {
         index.flush()
     }
 
+    /// Lines the index logs, from whichever thread.
+    private final class LogLines: @unchecked Sendable {  // `lines` under `lock`
+        private let lock = NSLock()
+        private var lines: [String] = []
+        func append(_ l: String) { lock.lock(); lines.append(l); lock.unlock() }
+        var all: [String] { lock.lock(); defer { lock.unlock() }; return lines }
+    }
+
     /// Writes the first half of each buffer, then reports a full disk.
     private static func halfThenFull() -> CacheIndex.FileIO {
         var io = CacheIndex.FileIO()
@@ -63,16 +71,20 @@ final class CacheIndexDurabilityTests: XCTestCase {
         // A crash mid-append leaves half a record, without its newline.
         let h = try XCTUnwrap(FileHandle(forWritingAtPath: path))
         h.seekToEndOfFile()
-        h.write(Data("T\tlibrary/alpine\tedge\tsha256:12".utf8))
+        let torn = "T\tlibrary/alpine\tedge\tsha256:12"
+        h.write(Data(torn.utf8))
         h.closeFile()
         do {
             let index = try openIndex()
+            XCTAssertEqual(index.droppedTailBytes, torn.utf8.count)
+            XCTAssertFalse(index.wasCleanlyClosed, "a torn record means a crash")
             XCTAssertEqual(index.tag("library/alpine", "3.20"), record(1))
             XCTAssertTrue(try journal().hasSuffix("\n"), "the torn record is cut at load")
             index.setTag("library/alpine", "3.21", record(2))
             settle(index)
         }
         let index = try openIndex()
+        XCTAssertEqual(index.droppedTailBytes, 0)
         XCTAssertEqual(index.tag("library/alpine", "3.21"), record(2), "the record appended after the torn tail is kept")
         XCTAssertEqual(index.tags(of: "library/alpine"), ["3.20", "3.21"])
     }
@@ -84,10 +96,13 @@ final class CacheIndexDurabilityTests: XCTestCase {
             index.setTag("library/alpine", "3.20", record(1))
             settle(index)
             let before = try journal()
+            let logged = LogLines()
+            index.log = logged.append
             index.io = Self.halfThenFull()
             XCTAssertThrowsError(try index.snapshot(clean: true)) { error in
                 XCTAssertEqual((error as? IOError)?.errno, ENOSPC)
             }
+            XCTAssertTrue(logged.all.contains { $0.contains("cannot write a snapshot") && $0.contains("No space left") }, "\(logged.all)")
             XCTAssertEqual(try journal(), before, "the journal is untouched")
             XCTAssertFalse(FileManager.default.fileExists(atPath: path + ".snapshot"), "no partial snapshot stays")
             // Room again: later records go to the old journal, after what it had.
@@ -128,13 +143,17 @@ final class CacheIndexDurabilityTests: XCTestCase {
             let index = try openIndex()
             index.setTag("library/alpine", "3.20", record(1))
             settle(index)
+            let logged = LogLines()
+            index.log = logged.append
             index.io = Self.halfThenFull()
             index.setTag("library/alpine", "3.21", record(2))
             settle(index)
             XCTAssertTrue(try journal().hasSuffix("\n"), "no half record stays in the journal")
+            XCTAssertEqual(logged.all.filter { $0.contains("cannot append") }.count, 1, "logged once while failing: \(logged.all)")
             index.io = CacheIndex.FileIO()
             index.setTag("library/alpine", "3.22", record(3))
             settle(index)
+            XCTAssertEqual(logged.all.last, "appending to \(path) works again")
         }
         let index = try openIndex()
         XCTAssertEqual(index.tags(of: "library/alpine"), ["3.20", "3.21", "3.22"])

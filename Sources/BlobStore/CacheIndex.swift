@@ -140,7 +140,7 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         self.path = path
         self.pool = pool
         // A snapshot a crash interrupted before its rename: never complete, never the journal.
-        try? Posix.unlink(path: path + ".snapshot")
+        _ = try? Posix.unlink(path: path + ".snapshot")
         let fd = try Posix.open(path: path, flags: O_RDWR | O_CREAT, mode: 0o644)
         var s = State()
         let loaded: (lines: Int, clean: Bool, complete: Int, dropped: Int)
@@ -469,7 +469,7 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
             try Posix.rename(from: tmp, to: path)
         } catch {
             Posix.close(fd: fd)
-            try? Posix.unlink(path: tmp)  // best effort: a leftover is removed at the next start
+            _ = try? Posix.unlink(path: tmp)  // best effort: a leftover is removed at the next start
             throw error
         }
         return fd

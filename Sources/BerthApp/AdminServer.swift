@@ -42,8 +42,8 @@ final class AdminServer {
         guard let address = SocketAddress(unixPath: path) else {
             throw ConfigError(key: "cache.dir", "\(path) is too long for a unix socket path (107 bytes at most)")
         }
-        // We hold berth.lock: a socket file left here belongs to a server that is gone.
-        unlink(path)
+        // We hold berth.lock: a socket file left here belongs to a server that is gone (none is fine).
+        _ = try? Posix.unlink(path: path)
         var c = HTTPServer.Configuration()
         c.plain = [address]
         c.idleTimeoutNanos = 10_000_000_000
@@ -56,7 +56,7 @@ final class AdminServer {
 
     func stop() {
         http.beginShutdown()
-        unlink(path)
+        _ = try? Posix.unlink(path: path)  // best effort at shutdown; the next start removes a leftover
     }
 
     private func handle(_ w: ResponseWriter) {

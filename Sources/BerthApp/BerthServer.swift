@@ -116,12 +116,16 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         let budget = config.makeBudget()
         let store = try BlobStore(root: config.cache.dir, pool: pool, budget: budget)
         store.log = { [logger] in logger.warning("\($0)") }
+        store.index.log = store.log
         self.store = store
         let usage = store.index.usage
         logger.info("cache loaded", metadata: [
             "blobs": "\(usage.count)", "bytes": "\(usage.blobs)", "budget": "\(budget.maxBytes)",
             "journal_lines": "\(store.index.loadedLines)", "clean": "\(store.index.wasCleanlyClosed)",
         ])
+        if store.index.droppedTailBytes > 0 {
+            logger.warning("cache index: cut a torn last record (\(store.index.droppedTailBytes) bytes) off index.log, left by a crash mid-append")
+        }
         if !store.index.wasCleanlyClosed {
             // After a crash the journal may miss blobs published just before it: scan in the background.
             pool.submit { [logger] in

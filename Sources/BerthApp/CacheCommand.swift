@@ -62,8 +62,7 @@ public enum CacheCommand {
         default: break
         }
         let dir = config.cache.dir
-        var st = stat()
-        guard stat(dir, &st) == 0, (st.st_mode & S_IFMT) == S_IFDIR else {
+        guard let st = try? Posix.stat(path: dir), (st.st_mode & S_IFMT) == S_IFDIR else {
             FileOut.stderr("berth: no cache directory at \(dir) (set --cache-dir or cache.dir)\n")
             return 2
         }
@@ -159,6 +158,10 @@ public enum CacheCommand {
             return 1
         }
         store.log = { FileOut.stderr("berth: \($0)\n") }
+        store.index.log = store.log
+        if store.index.droppedTailBytes > 0 {
+            store.log("cache index: cut a torn last record (\(store.index.droppedTailBytes) bytes) off index.log, left by a crash mid-append")
+        }
         let mutates: Bool
         switch op {
         case .ls, .du: mutates = false
@@ -262,18 +265,18 @@ struct AdminClient {
     /// Sends a bodiless request; `onLine` sees each complete line of the body as it arrives.
     func send(_ method: String, _ target: String, timeoutSeconds: Int, onLine: ([UInt8]) -> Void = { _ in }) throws -> Response {
         guard let address = SocketAddress(unixPath: path) else { throw Failure(description: "socket path too long: \(path)") }
-        let fd = socket(AF_UNIX, Int32(SOCK_STREAM.rawValue) | Int32(SOCK_CLOEXEC.rawValue), 0)
-        guard fd >= 0 else { throw IOError(errno: errno, call: "socket") }
-        defer { close(fd) }
-        var tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
-        setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
-        setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, socklen_t(MemoryLayout<timeval>.size))
+        let fd = try Posix.socket(domain: AF_UNIX, type: Int32(SOCK_STREAM.rawValue), blocking: true)
+        defer { Posix.close(fd: fd) }
+        let tv = timeval(tv_sec: timeoutSeconds, tv_usec: 0)
+        try Posix.setsockopt(fd: fd, level: SOL_SOCKET, name: SO_RCVTIMEO, value: tv)
+        try Posix.setsockopt(fd: fd, level: SOL_SOCKET, name: SO_SNDTIMEO, value: tv)
         try address.connectBlocking(fd)
         let request = Array("\(method) \(target) HTTP/1.1\r\nHost: berth-admin\r\nConnection: close\r\nContent-Length: 0\r\n\r\n".utf8)
         var off = 0
         while off < request.count {
-            let n = request[off...].withUnsafeBytes { Glibc.send(fd, $0.baseAddress, $0.count, Int32(MSG_NOSIGNAL)) }
-            if n < 0 { if errno == EINTR { continue }; throw IOError(errno: errno, call: "send") }
+            guard case .processed(let n) = try request[off...].withUnsafeBytes({ try Posix.send(fd: fd, $0) }) else {
+                throw Failure(description: "the server took no request within \(timeoutSeconds) s")
+            }
             off += n
         }
         var raw: [UInt8] = []
@@ -284,11 +287,11 @@ struct AdminClient {
         var chunked = false
         var buf = [UInt8](repeating: 0, count: 65536)
         while true {
-            let n = recv(fd, &buf, buf.count, 0)
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw Failure(description: errno == EAGAIN ? "no answer within \(timeoutSeconds) s" : String(cString: strerror(errno)))
+            let got: IOResult<Int>
+            do { got = try buf.withUnsafeMutableBytes { try Posix.recv(fd: fd, into: $0) } } catch {
+                throw Failure(description: "\(error)")
             }
+            guard case .processed(let n) = got else { throw Failure(description: "no answer within \(timeoutSeconds) s") }
             if n == 0 { break }
             if headEnd == nil {
                 raw.append(contentsOf: buf[0..<n])

@@ -34,21 +34,27 @@ public final class CacheLock {
     public static func attempt(_ directory: String) throws -> Attempt {
         let p = path(in: directory)
         let fd = try Posix.open(path: p, flags: O_RDWR | O_CREAT, mode: 0o644)
-        while flock(fd, LOCK_EX | LOCK_NB) != 0 {
-            let e = errno
-            if e == EINTR { continue }
-            var buf = [UInt8](repeating: 0, count: 32)
-            let n = pread(fd, &buf, buf.count, 0)
+        let locked: IOResult<Int32>
+        do { locked = try Posix.flock(fd: fd, operation: LOCK_EX | LOCK_NB) } catch {
             Posix.close(fd: fd)
-            if e == EWOULDBLOCK {
-                let text = n > 0 ? String(decoding: buf[0..<n], as: UTF8.self) : ""
-                return .held(pid: Int32(text.split(separator: "\n").first ?? ""))
-            }
-            throw IOError(errno: e, call: "flock \(p)")
+            throw error  // callers name the lock file
         }
+        guard case .processed = locked else {
+            var buf = [UInt8](repeating: 0, count: 32)
+            // The pid is only for the message: an unreadable file still means "held".
+            let n = (try? buf.withUnsafeMutableBytes { try Posix.pread(fd: fd, into: $0, offset: 0) }) ?? 0
+            Posix.close(fd: fd)
+            let text = String(decoding: buf[0..<n], as: UTF8.self)
+            return .held(pid: Int32(text.split(separator: "\n").first ?? ""))
+        }
+        // The pid is only for messages (`berth cache` naming the server): the lock holds without it.
         let text = Array("\(getpid())\n".utf8)
-        _ = ftruncate(fd, 0)
-        _ = pwrite(fd, text, text.count, 0)
+        do {
+            try Posix.ftruncate(fd: fd, length: 0)
+            try text.withUnsafeBytes { try Posix.pwriteAll(fd: fd, $0, offset: 0) }
+        } catch {
+            FileOut.stderr("berth: cannot write the pid into \(p): \(error)\n")
+        }
         return .acquired(CacheLock(path: p, fd: fd))
     }
 
@@ -57,7 +63,7 @@ public final class CacheLock {
         var prefix = directory.hasPrefix("/") ? "/" : ""
         for part in directory.split(separator: "/") {
             prefix += part
-            if mkdir(prefix, 0o755) != 0 && errno != EEXIST { throw IOError(errno: errno, call: "mkdir \(prefix)") }
+            try Posix.mkdirIfMissing(path: prefix)
             prefix += "/"
         }
     }

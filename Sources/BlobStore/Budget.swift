@@ -1,6 +1,7 @@
 #if canImport(Glibc)
 import Glibc
 #endif
+import Reactor
 
 /// How much the cache may hold, and when eviction starts and stops.
 ///
@@ -24,8 +25,7 @@ public struct Budget: Equatable, Sendable {
 
     /// Size of the filesystem holding `path`, in bytes.
     public static func filesystemSize(_ path: String) -> UInt64? {
-        var st = statvfs()
-        guard statvfs(path, &st) == 0 else { return nil }
+        guard let st = try? Posix.statvfs(path: path) else { return nil }
         return UInt64(st.f_blocks) * UInt64(st.f_frsize)
     }
 

@@ -22,9 +22,16 @@ import Synchronization
 /// `L repo digest`, `I image manifest pinnedAt covered,…` (a pinned image),
 /// `i image` (unpinned), `C time` (clean stop).
 ///
-/// Loading replays the journal; a torn last line (crash mid-append) is
-/// ignored. `wasCleanlyClosed` tells the store whether to reconcile with the
-/// files on disk.
+/// Loading replays the journal; a torn last line (crash mid-append) is cut
+/// off the file, so the next append starts on a clean line
+/// (`droppedTailBytes` says how much went).
+/// `wasCleanlyClosed` tells the store whether to reconcile with the files on disk.
+///
+/// Durability: appends go at the journal's known length with `pwrite`, so a
+/// failed append (ENOSPC) is truncated away and retried from the same offset
+/// with the next flush. A snapshot is written to `index.log.snapshot`,
+/// fsynced, renamed over the journal and the directory fsynced; if any step
+/// fails the old journal stays, with the records it lacked queued again.
 public final class CacheIndex: @unchecked Sendable {  // all state behind `state`
     public struct TagRecord: Equatable, Sendable {
         public var digest: Digest
@@ -89,8 +96,18 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     private let state = Mutex(State())
     private let path: String
     private let pool: BlockingPool
-    private var fd: Int32                       // replaced only by `snapshot`, under `fdLock`
-    private let fdLock = Mutex(FileIO())
+    /// The open journal; held across its disk I/O (pool threads, shutdown), never by a hit.
+    private let file: Mutex<JournalFile>
+    private let logSink = Mutex<(String) -> Void>({ _ in })
+
+    private struct JournalFile {
+        var fd: Int32
+        /// Bytes of whole records in the file: where the next append goes.
+        var size: UInt64
+        var io: FileIO
+        /// The last append failed (logged once until one succeeds).
+        var isFailing = false
+    }
 
     /// The writes the index makes to its files: the system's, or a test's
     /// that fails the way a full disk does.
@@ -101,25 +118,47 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
 
     /// Tests swap in failing writes here.
     var io: FileIO {
-        get { fdLock.withLock { $0 } }
-        set { fdLock.withLock { $0 = newValue } }
+        get { file.withLock { $0.io } }
+        set { file.withLock { $0.io = newValue } }
     }
+
+    /// Where write failures are reported; the owner sets it at startup
+    /// (`BerthServer` passes the store's log). Called with no lock held.
+    public var log: (String) -> Void {
+        get { logSink.withLock { $0 } }
+        set { logSink.withLock { $0 = newValue } }
+    }
+
     /// True when the journal ended with a clean-stop record.
     public let wasCleanlyClosed: Bool
     /// Journal lines read at startup.
     public let loadedLines: Int
+    /// Bytes of a torn last record (a crash mid-append) cut off the journal at startup; 0 normally.
+    public let droppedTailBytes: Int
 
     init(path: String, pool: BlockingPool) throws {
         self.path = path
         self.pool = pool
+        // A snapshot a crash interrupted before its rename: never complete, never the journal.
+        _ = try? Posix.unlink(path: path + ".snapshot")
+        let fd = try Posix.open(path: path, flags: O_RDWR | O_CREAT, mode: 0o644)
         var s = State()
-        (loadedLines, wasCleanlyClosed) = CacheIndex.load(path: path, into: &s)
-        fd = try Posix.open(path: path, flags: O_WRONLY | O_CREAT | O_APPEND, mode: 0o644)
-        s.journalBytes = (try? UInt64(Posix.fstat(fd: fd).st_size)) ?? 0
+        let loaded: (lines: Int, clean: Bool, complete: Int, dropped: Int)
+        do { loaded = try CacheIndex.load(fd: fd, into: &s) } catch { Posix.close(fd: fd); throw error }
+        (loadedLines, droppedTailBytes) = (loaded.lines, loaded.dropped)
+        wasCleanlyClosed = loaded.clean && loaded.dropped == 0
+        if loaded.dropped > 0 {
+            // Best effort: appends start at `complete` whatever the file's length, and the torn
+            // bytes hold no newline, so any left past a shorter append stay a torn tail.
+            try? Posix.ftruncate(fd: fd, length: off_t(loaded.complete))
+            try? Posix.fsync(fd: fd)
+        }
+        s.journalBytes = UInt64(loaded.complete)
+        file = Mutex(JournalFile(fd: fd, size: UInt64(loaded.complete), io: FileIO()))
         state.withLock { $0 = s }
     }
 
-    deinit { Posix.close(fd: fd) }
+    deinit { Posix.close(fd: file.withLock { $0.fd }) }
 
     // MARK: blobs
 
@@ -340,41 +379,105 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     }
 
     /// Appends pending records to the journal. Blocking: pool (or shutdown) only.
+    /// A failed append is logged and its records stay queued for the next.
     public func flush() {
-        fdLock.withLock { io in
-            let (bytes, offset) = state.withLock { s -> ([UInt8], UInt64) in
-                let b = s.pending
-                let offset = s.journalBytes
-                s.pending = []
-                s.flushScheduled = false
-                s.journalBytes += UInt64(b.count)
-                return (b, offset)
-            }
-            writeAll(fd, bytes, at: offset, io)
+        let message = file.withLock { f in appendPending(&f) }
+        if let message { log(message) }
+    }
+
+    /// Writes the queued records at the journal's end; on failure cuts off
+    /// whatever part reached the file and queues them again, in front.
+    /// Returns a line for the log when the journal starts or stops failing.
+    private func appendPending(_ f: inout JournalFile) -> String? {
+        let bytes = state.withLock { s -> [UInt8] in
+            defer { s.pending = [] }
+            s.flushScheduled = false
+            return s.pending
         }
+        if bytes.isEmpty { return nil }
+        do {
+            try bytes.withUnsafeBytes { try f.io.pwrite(f.fd, $0, off_t(f.size)) }
+        } catch {
+            // Best effort: the retry overwrites from `size` with these same bytes first, and a
+            // crash before it leaves a torn tail that loading cuts off.
+            try? Posix.ftruncate(fd: f.fd, length: off_t(f.size))
+            state.withLock { s in s.pending = bytes + s.pending }
+            if f.isFailing { return nil }
+            f.isFailing = true
+            return "cannot append to \(path): \(error); its records are kept in memory and retried with the next change or snapshot"
+        }
+        f.size += UInt64(bytes.count)
+        let size = f.size
+        state.withLock { $0.journalBytes = size }
+        if f.isFailing {
+            f.isFailing = false
+            return "appending to \(path) works again"
+        }
+        return nil
     }
 
     /// Rewrites the journal compactly, blobs oldest first with their last use;
     /// `clean` ends it with a clean-stop record. Blocking: pool (or shutdown) only.
+    ///
+    /// Throws when the new file could not be written whole and made durable:
+    /// the old journal then stays, and the records it lacks are appended to it.
     public func snapshot(clean: Bool = false) throws {
-        try fdLock.withLock { io in
-            let text = state.withLock { s -> [UInt8] in
-                s.pending = []
-                s.dirtySinceSnapshot = false
-                let t = CacheIndex.render(s, clean: clean)
-                s.journalBytes = UInt64(t.count)
-                return t
+        var notes: [String] = []
+        defer { for n in notes { log(n) } }
+        try file.withLock { f in
+            let (text, taken) = state.withLock { s -> ([UInt8], [UInt8]) in
+                defer {
+                    s.pending = []
+                    s.dirtySinceSnapshot = false
+                }
+                return (CacheIndex.render(s, clean: clean), s.pending)
             }
-            let tmp = path + ".snapshot"
-            let out = try Posix.open(path: tmp, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
-            writeAll(out, text, at: 0, io)
-            try? io.fsync(out)
-            Posix.close(fd: out)
-            guard rename(tmp, path) == 0 else { throw IOError(errno: errno, call: "rename \(tmp)") }
-            let newFD = try Posix.open(path: path, flags: O_WRONLY | O_APPEND, mode: 0o644)
-            Posix.close(fd: fd)
-            fd = newFD
+            let newFD: Int32
+            do {
+                newFD = try writeSnapshot(text, io: f.io)
+            } catch {
+                state.withLock { s in
+                    s.pending = taken + s.pending
+                    s.dirtySinceSnapshot = true
+                }
+                notes.append("cannot write a snapshot of \(path) (\(error)); keeping the journal")
+                if let n = appendPending(&f) { notes.append(n) }
+                throw error
+            }
+            Posix.close(fd: f.fd)
+            f.fd = newFD
+            f.size = UInt64(text.count)
+            f.isFailing = false
+            let size = f.size
+            state.withLock { $0.journalBytes = size }
+            // The rename is done and the file synced: only the directory entry may not be durable yet.
+            do { try Posix.fsyncDirectory(path: directory) } catch {
+                notes.append("snapshot of \(path) written, but its directory could not be synced: \(error)")
+            }
         }
+    }
+
+    /// Writes `text` to `<path>.snapshot`, fsyncs it and renames it over the
+    /// journal; returns it open for appending. On any failure the temp file
+    /// is removed and the journal untouched.
+    private func writeSnapshot(_ text: [UInt8], io: FileIO) throws -> Int32 {
+        let tmp = path + ".snapshot"
+        let fd = try Posix.open(path: tmp, flags: O_WRONLY | O_CREAT | O_TRUNC, mode: 0o644)
+        do {
+            try text.withUnsafeBytes { try io.pwrite(fd, $0, 0) }
+            try io.fsync(fd)
+            try Posix.rename(from: tmp, to: path)
+        } catch {
+            Posix.close(fd: fd)
+            _ = try? Posix.unlink(path: tmp)  // best effort: a leftover is removed at the next start
+            throw error
+        }
+        return fd
+    }
+
+    private var directory: String {
+        guard let slash = path.lastIndex(of: "/") else { return "." }
+        return slash == path.startIndex ? "/" : String(path[..<slash])
     }
 
     /// True when something changed since the last snapshot.
@@ -382,11 +485,6 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
 
     func clean(_ s: String) -> String {
         String(s.unicodeScalars.filter { $0.value >= 0x20 && $0 != "\t" })
-    }
-
-    // Errors ignored, as before (the journal is O_APPEND: `offset` only matters to tests).
-    private func writeAll(_ fd: Int32, _ bytes: [UInt8], at offset: UInt64, _ io: FileIO) {
-        bytes.withUnsafeBytes { try? io.pwrite(fd, $0, off_t(offset)) }
     }
 
     private static func render(_ s: State, clean: Bool) -> [UInt8] {
@@ -408,10 +506,12 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
 
     // MARK: loading
 
-    /// Replays the journal into `s`: returns the lines read and whether the last was a clean stop.
-    static func load(path: String, into s: inout State) -> (Int, Bool) {
-        guard let bytes = readWhole(path) else { return (0, true) }
+    /// Replays the journal into `s`: returns the lines read, whether the last
+    /// was a clean stop, the bytes of whole records and those of a torn tail after them.
+    static func load(fd: Int32, into s: inout State) throws -> (lines: Int, clean: Bool, complete: Int, dropped: Int) {
+        let bytes = try readWhole(fd)
         var lines = 0
+        var complete = 0
         var clean = bytes.isEmpty
         bytes.withUnsafeBufferPointer { buf in
             // A snapshot is mostly `B` and `L` records: size the LRU and the links once instead of growing them a million times.
@@ -433,8 +533,9 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
                 start = nl + 1
                 clean = apply(line, to: &s)
             }
+            complete = start
         }
-        return (lines, clean)
+        return (lines, clean, complete, bytes.count - complete)
     }
 
     /// Applies one record; returns true when it is a clean-stop record.
@@ -532,17 +633,12 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         return Int64(v)
     }
 
-    private static func readWhole(_ path: String) -> [UInt8]? {
-        let fd = Glibc.open(path, O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { Glibc.close(fd) }
-        var st = stat()
-        guard fstat(fd, &st) == 0 else { return nil }
-        var out = [UInt8](repeating: 0, count: Int(st.st_size))
+    private static func readWhole(_ fd: Int32) throws -> [UInt8] {
+        var out = [UInt8](repeating: 0, count: Int(try Posix.fstat(fd: fd).st_size))
         var off = 0
         while off < out.count {
-            let n = out.withUnsafeMutableBytes { Glibc.read(fd, $0.baseAddress! + off, $0.count - off) }
-            if n <= 0 { break }
+            let n = try out.withUnsafeMutableBytes { try Posix.pread(fd: fd, into: UnsafeMutableRawBufferPointer(rebasing: $0[off...]), offset: off_t(off)) }
+            if n == 0 { break }
             off += n
         }
         out.removeLast(out.count - off)

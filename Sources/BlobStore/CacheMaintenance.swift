@@ -196,9 +196,8 @@ extension BlobStore {
         guard size != nil || contains(digest) else { throw RemoveError(description: "\(digest) is not cached") }
         for t in index.allTags() where t.record.digest == digest { index.removeTag(t.repository, t.tag) }
         index.removeBlob(digest)
-        var st = stat()
-        let onDisk = stat(path(for: digest), &st) == 0 ? UInt64(st.st_size) : 0
-        unlink(path(for: digest))
+        let onDisk = (try? Posix.stat(path: path(for: digest))).map { UInt64($0.st_size) } ?? 0
+        removeFile(path(for: digest))
         return size ?? onDisk
     }
 
@@ -234,19 +233,30 @@ extension BlobStore {
         var r = GCResult()
         for b in all where chosen.contains(b.digest) {
             index.removeBlob(b.digest)
-            unlink(path(for: b.digest))
+            removeFile(path(for: b.digest))
             r.removed.append(b.digest)
             r.removedBytes += b.size
         }
         r.removed.sort()
         for q in quarantinedFiles() where now - q.time >= grace {
-            if unlink(q.path) == 0 {
+            if removeFile(q.path) {
                 r.quarantineFilesRemoved += 1
                 r.quarantineBytesRemoved += q.size
             }
         }
         index.setQuarantineBytes(quarantinedFiles().reduce(0) { $0 + $1.size })
         return r
+    }
+
+    /// Unlinks a file; true when it is gone now. A file already gone is
+    /// fine (evicted meanwhile); other failures are logged.
+    @discardableResult
+    func removeFile(_ path: String) -> Bool {
+        do { try Posix.unlink(path: path) } catch {
+            log("cannot remove \(path): \(error)")
+            return false
+        }
+        return true
     }
 
     // MARK: quarantine
@@ -256,14 +266,10 @@ extension BlobStore {
     /// Files under `quarantine/` with their size and quarantine time.
     public func quarantinedFiles() -> [(path: String, size: UInt64, time: Int64)] {
         var out: [(String, UInt64, Int64)] = []
-        guard let d = opendir(quarantineDirectory) else { return [] }
-        defer { closedir(d) }
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name == "." || name == ".." { continue }
+        // No quarantine directory yet means nothing quarantined; a file removed meanwhile is skipped.
+        try? Posix.forEachEntry(inDirectory: quarantineDirectory) { name in
             let p = quarantineDirectory + "/" + name
-            var st = stat()
-            guard stat(p, &st) == 0 else { continue }
+            guard let st = try? Posix.stat(path: p) else { return }
             let t = name.split(separator: ".").last.flatMap { Int64($0) } ?? Int64(st.st_mtim.tv_sec)
             out.append((p, UInt64(st.st_size), t))
         }
@@ -273,11 +279,11 @@ extension BlobStore {
     /// Moves a blob file out of the blob tree to `quarantine/<hex>.<time>` and
     /// forgets it. Returns the new path.
     func quarantine(_ digest: Digest, size: UInt64, now: Int64) throws -> String {
-        if mkdir(quarantineDirectory, 0o755) != 0 && errno != EEXIST { throw IOError(errno: errno, call: "mkdir \(quarantineDirectory)") }
+        try Posix.mkdirIfMissing(path: quarantineDirectory)
         var target = "\(quarantineDirectory)/\(digest.hex).\(now)"
         var n = 1
-        while access(target, F_OK) == 0 && n < 1000 { target = "\(quarantineDirectory)/\(digest.hex).\(now + Int64(n))"; n += 1 }
-        guard rename(path(for: digest), target) == 0 else { throw IOError(errno: errno, call: "rename \(path(for: digest))") }
+        while (try? Posix.stat(path: target)) != nil && n < 1000 { target = "\(quarantineDirectory)/\(digest.hex).\(now + Int64(n))"; n += 1 }
+        try Posix.rename(from: path(for: digest), to: target)
         index.removeBlob(digest)
         index.addQuarantineBytes(size)
         return target
@@ -292,25 +298,19 @@ extension BlobStore {
             let base = "\(root)/blobs/\(alg.rawValue)"
             for prefix in Self.entries(base) {
                 for name in Self.entries(base + "/" + prefix) {
-                    guard let d = Digest(algorithm: alg, hex: name) else { continue }
-                    var st = stat()
-                    if stat(base + "/" + prefix + "/" + name, &st) == 0 && (st.st_mode & S_IFMT) == S_IFREG {
-                        out.append((d, UInt64(st.st_size)))
-                    }
+                    guard let d = Digest(algorithm: alg, hex: name),
+                          let st = try? Posix.stat(path: base + "/" + prefix + "/" + name) else { continue }
+                    if (st.st_mode & S_IFMT) == S_IFREG { out.append((d, UInt64(st.st_size))) }
                 }
             }
         }
         return out
     }
 
+    /// Names in `dir`; none when it is missing (no blob of that algorithm or prefix yet).
     private static func entries(_ dir: String) -> [String] {
-        guard let d = opendir(dir) else { return [] }
-        defer { closedir(d) }
         var out: [String] = []
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { out.append(name) }
-        }
+        try? Posix.forEachEntry(inDirectory: dir) { out.append($0) }
         return out
     }
 
@@ -385,14 +385,12 @@ extension BlobStore {
     /// The hex digest and size of a blob file, nil when it cannot be read.
     private func hashFile(_ digest: Digest, buffer: UnsafeMutableRawBufferPointer, counters: VerifyCounters) -> (String, UInt64)? {
         guard digest.algorithm == .sha256 else { return nil }  // only SHA-256 is hashed here (as fills do)
-        let fd = Glibc.open(path(for: digest), O_RDONLY | O_CLOEXEC)
-        guard fd >= 0 else { return nil }
-        defer { Glibc.close(fd) }
+        guard let fd = try? Posix.open(path: path(for: digest), flags: O_RDONLY) else { return nil }  // evicted meanwhile
+        defer { Posix.close(fd: fd) }
         let hasher = SHA256Hasher()
         var offset: off_t = 0
         while true {
-            let got = Glibc.pread(fd, buffer.baseAddress, buffer.count, offset)
-            if got < 0 { if errno == EINTR { continue }; return nil }
+            guard let got = try? Posix.pread(fd: fd, into: buffer, offset: offset) else { return nil }
             if got == 0 { break }
             hasher.update(UnsafeRawBufferPointer(rebasing: buffer[0..<got]))
             offset += off_t(got)

@@ -127,8 +127,18 @@ public enum Posix {
         _ = try blocking("rename", "\(from) to \(to)") { Glibc.rename(from, to) }
     }
 
-    public static func unlink(path: String) throws {
-        _ = try blocking("unlink", path) { Glibc.unlink(path) }
+    /// Removes `path`. False when there was nothing to remove (ENOENT): most
+    /// callers (temp files, evicted blobs, a stale socket) expect that at times.
+    @discardableResult
+    public static func unlink(path: String) throws -> Bool {
+        while Glibc.unlink(path) != 0 {
+            let e = errno
+            if e == ENOENT { return false }
+            if e == EINTR { continue }
+            if e == EFAULT { preconditionFailure("unlink with a bad buffer") }
+            throw IOError(errno: e, call: "unlink \(path)")
+        }
+        return true
     }
 
     /// Creates the directory `path`; one that already exists is fine.

@@ -73,12 +73,13 @@ fi
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
     -addext subjectAltName=IP:127.0.0.1 -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
 
-# A loopback port nothing listens on (bounded number of tries).
+# A loopback port no socket uses (bounded number of tries), below the ephemeral
+# range (32768-60999 here) so no client connection can hold it meanwhile.
 free_port() {
     local p
     for _ in $(seq 1 200); do
-        p=$(( (RANDOM % 20000) + 30000 ))
-        if ! ss -Htln "sport = :$p" | grep -q .; then echo "$p"; return 0; fi
+        p=$(( (RANDOM % 12000) + 20000 ))
+        if ! ss -Htan "sport = :$p" | grep -q .; then echo "$p"; return 0; fi
     done
     log "no free port found"; return 1
 }
@@ -90,6 +91,25 @@ wait_ready() {
         sleep 0.1
     done
     log "server at $1 did not become ready"; return 1
+}
+
+# start_ready BINARY SCHEME [extra args]: starts it on a free port until it answers
+# (three tries: a port picked as free can be lost to a race); sets SERVER_PID and PORT.
+# For https the extra args must carry --tls-listen 127.0.0.1:TLSPORT, spelled as @TLS@.
+start_ready() {
+    local bin=$1 scheme=$2; shift 2
+    for _ in 1 2 3; do
+        PORT=$(free_port)
+        local tlsport args=()
+        tlsport=$(free_port)
+        for a in "$@"; do args+=("${a//@TLS@/$tlsport}"); done
+        start_berth "$bin" "$PORT" "${args[@]}"
+        [ "$scheme" = https ] && PORT=$tlsport
+        if wait_ready "$scheme://127.0.0.1:$PORT/v2/"; then return 0; fi
+        log "server log: $(tail -3 "$TMP"/cache.*.log 2>/dev/null | tail -3)"
+        stop_berth "$SERVER_PID"
+    done
+    log "cannot start $bin"; return 1
 }
 
 # start_berth BINARY PORT [extra args]: starts it, sets SERVER_PID.
@@ -123,33 +143,22 @@ run_generator() {  # NAME PORT PID [--tls] [generator args]
             --loaded-seconds "$LOADED_SECONDS" "$@")
 }
 
-P=$(free_port)
-start_berth "$BERTH" "$P" --keepalive-timeout 300s
-wait_ready "http://127.0.0.1:$P/v2/"
-run_generator plain "$P" "$SERVER_PID" --slowloris "$SLOWLORIS"
+start_ready "$BERTH" http --keepalive-timeout 300s
+run_generator plain "$PORT" "$SERVER_PID" --slowloris "$SLOWLORIS"
 R[plain.fds_limit]=$(awk '/Max open files/ {print $4}' "/proc/$SERVER_PID/limits")
 stop_berth "$SERVER_PID"
 
-P=$(free_port); Q=$(free_port)
-start_berth "$BERTH" "$P" --keepalive-timeout 300s \
-    --tls-listen "127.0.0.1:$Q" --tls-certificate "$TMP/cert.pem" --tls-key "$TMP/key.pem"
-wait_ready "https://127.0.0.1:$Q/v2/"
-run_generator tls "$Q" "$SERVER_PID" --tls --slowloris 0
+start_ready "$BERTH" https --keepalive-timeout 300s \
+    --tls-listen "127.0.0.1:@TLS@" --tls-certificate "$TMP/cert.pem" --tls-key "$TMP/key.pem"
+run_generator tls "$PORT" "$SERVER_PID" --tls --slowloris 0
 stop_berth "$SERVER_PID"
 
 # --- req/s against the baseline, alternated ---------------------------------------------
 WRK_BASE=(); WRK_NEW=()
 wrk_once() {  # BINARY -> req/s
     local port pid rps
-    # A port picked as free can be lost to a race: three tries, each on a new one.
-    for _ in 1 2 3; do
-        port=$(free_port)
-        start_berth "$1" "$port"
-        pid=$SERVER_PID
-        if wait_ready "http://127.0.0.1:$port/v2/"; then break; fi
-        stop_berth "$pid"; pid=""
-    done
-    [ -n "$pid" ] || { log "cannot start $1"; return 1; }
+    start_ready "$1" http
+    port=$PORT; pid=$SERVER_PID
     rps=$(wrk -t2 -c64 -d"${WRK_SECONDS}s" "http://127.0.0.1:$port/v2/" | awk '/Requests\/sec/ {print $2}')
     local non2xx
     non2xx=$(wrk -t1 -c1 -d1s "http://127.0.0.1:$port/v2/" | grep -c "Non-2xx" || true)

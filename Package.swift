@@ -6,7 +6,7 @@ import PackageDescription
 // thread, explicit hand-offs), documented next to each type, instead of
 // annotating every loop-bound class for the Swift 6 checker.
 // Release builds use the default `-O`: preconditions, bounds and overflow
-// checks are part of the design (`-Ounchecked` would compile them out).
+// checks are part of the design, so no unchecked optimisation mode.
 let settings: [SwiftSetting] = []
 
 let package = Package(

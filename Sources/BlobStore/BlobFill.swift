@@ -250,14 +250,8 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
     }
 
     private func write(_ bytes: UnsafeRawBufferPointer, at base: UInt64) throws {
-        var off = 0
-        while off < bytes.count {
-            let n = pwrite(file.fd, bytes.baseAddress! + off, bytes.count - off, off_t(base) + off_t(off))
-            if n < 0 {
-                if errno == EINTR { continue }
-                throw IOError(errno: errno, call: "pwrite \(tempPath)")
-            }
-            off += n
+        do { try Posix.pwriteAll(fd: file.fd, bytes, offset: off_t(base)) } catch let e as IOError {
+            throw IOError(errno: e.errno, call: "pwrite \(tempPath)")
         }
     }
 

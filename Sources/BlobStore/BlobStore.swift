@@ -40,9 +40,7 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
         self.root = root
         self.pool = pool
         for dir in [root, root + "/blobs", root + "/blobs/sha256", root + "/tmp"] {
-            if mkdir(dir, 0o755) != 0 && errno != EEXIST {
-                throw IOError(errno: errno, call: "mkdir \(dir)")
-            }
+            try Posix.mkdirIfMissing(path: dir)
         }
         BlobStore.removeTempFiles(in: root + "/tmp")
         index = try CacheIndex(path: root + "/index.log", pool: pool)
@@ -120,7 +118,7 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
         for v in victims { index.removeBlob(v.digest) }
         let paths = victims.map { path(for: $0.digest) }
         log("evicting \(victims.count) blobs (\(victims.reduce(0) { $0 + $1.size }) bytes): \(reason)")
-        pool.submit { for p in paths { unlink(p) } }
+        pool.submit { for p in paths { _ = try? Posix.unlink(path: p) } }
     }
 
     /// Makes the index agree with the files after a crash: adds blobs the
@@ -134,8 +132,7 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
                 guard let d = Digest(algorithm: .sha256, hex: name) else { return }
                 onDisk.insert(d)
                 if index.size(of: d) == nil {
-                    var st = stat()
-                    if stat(base + "/" + prefix + "/" + name, &st) == 0 {
+                    if let st = try? Posix.stat(path: base + "/" + prefix + "/" + name) {
                         index.addBlob(d, size: UInt64(st.st_size), now: Int64(st.st_mtim.tv_sec))
                         added += 1
                     }
@@ -150,12 +147,7 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
     }
 
     private func forEachEntry(_ dir: String, _ body: (String) -> Void) {
-        guard let d = opendir(dir) else { return }
-        defer { closedir(d) }
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name != "." && name != ".." { body(name) }
-        }
+        try? Posix.forEachEntry(inDirectory: dir) { body($0) }
     }
 
     /// Where a verified blob lives.
@@ -170,8 +162,7 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
 
     /// True when the blob is cached (a stat; cheap).
     public func contains(_ digest: Digest) -> Bool {
-        var st = stat()
-        return stat(path(for: digest), &st) == 0
+        (try? Posix.stat(path: path(for: digest))) != nil
     }
 
     /// A new temp file for filling `digest`, open for reading and writing.
@@ -184,15 +175,12 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
     /// Publishes a verified temp file under its digest: fsync, rename, fsync the
     /// directory. Blocking: pool only.
     public func commit(tempPath: String, file: FileDescriptor, digest: Digest) throws {
-        guard fsync(file.fd) == 0 else { throw IOError(errno: errno, call: "fsync") }
+        try Posix.fsync(fd: file.fd)
         let dir = "\(root)/blobs/\(digest.algorithm.rawValue)/\(digest.hex.prefix(2))"
-        if mkdir(dir, 0o755) != 0 && errno != EEXIST { throw IOError(errno: errno, call: "mkdir \(dir)") }
-        guard rename(tempPath, path(for: digest)) == 0 else { throw IOError(errno: errno, call: "rename") }
-        let dfd = Glibc.open(dir, O_RDONLY | O_DIRECTORY | O_CLOEXEC)
-        if dfd >= 0 {
-            _ = fsync(dfd)
-            Glibc.close(dfd)
-        }
+        try Posix.mkdirIfMissing(path: dir)
+        try Posix.rename(from: tempPath, to: path(for: digest))
+        // The blob is in place; a directory fsync that fails only weakens crash durability.
+        do { try Posix.fsyncDirectory(path: dir) } catch { log("commit \(digest): \(error)") }
     }
 
     /// Stores small verified content (a manifest) in one go. Blocking: pool only.
@@ -203,16 +191,11 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
         let (path, file): (String, FileDescriptor)
         do { (path, file) = try makeTempFile(for: digest) } catch { release(size); throw error }
         do {
-            var off = 0
-            while off < bytes.count {
-                let n = bytes[off...].withUnsafeBytes { Glibc.write(file.fd, $0.baseAddress, $0.count) }
-                if n < 0 { if errno == EINTR { continue }; throw IOError(errno: errno, call: "write") }
-                off += n
-            }
+            try bytes.withUnsafeBytes { try Posix.writeAll(fd: file.fd, $0) }
             try commit(tempPath: path, file: file, digest: digest)
             published(digest, size: size, reserved: size)
         } catch {
-            unlink(path)
+            _ = try? Posix.unlink(path: path)
             release(size)
             throw error
         }
@@ -220,7 +203,7 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
 
     /// Removes a temp file. Blocking: pool only.
     public func discard(tempPath: String) {
-        unlink(tempPath)
+        do { _ = try Posix.unlink(path: tempPath) } catch { log("discard \(tempPath): \(error)") }
     }
 
     /// Reads a whole (small) cached blob, such as a manifest. Blocking: pool only.
@@ -239,11 +222,8 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
     }
 
     static func removeTempFiles(in dir: String) {
-        guard let d = opendir(dir) else { return }
-        defer { closedir(d) }
-        while let e = readdir(d) {
-            let name = withUnsafeBytes(of: e.pointee.d_name) { String(decoding: $0.prefix { $0 != 0 }, as: UTF8.self) }
-            if name.hasSuffix(".partial") { unlink(dir + "/" + name) }
+        try? Posix.forEachEntry(inDirectory: dir) { name in
+            if name.hasSuffix(".partial") { _ = try? Posix.unlink(path: dir + "/" + name) }
         }
     }
 }

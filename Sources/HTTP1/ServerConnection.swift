@@ -80,7 +80,6 @@ final class ServerConnection: Selectable {
     }
 
     var isIdle: Bool { state == .reading && !headStarted && pending.isEmpty }
-    var isResponding: Bool { state == .responding }
     var belowHighWater: Bool { queuedBytes < Self.highWater }
     /// Bytes held in memory for the client (file ranges cost no memory).
     private var queuedBytes: Int {

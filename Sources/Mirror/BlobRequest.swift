@@ -174,6 +174,8 @@ final class BlobFetch: UpstreamDelegate {
     let fill: BlobFill
     let repo: String
     private var ok = false
+    /// The upstream sent a Content-Length (else the budget is reserved as bytes come).
+    private var hasLength = false
 
     /// The largest blob length Berth believes (1 TiB): no real layer comes
     /// near it, and every length sum below it stays far from overflow.
@@ -213,6 +215,7 @@ final class BlobFetch: UpstreamDelegate {
             task?.cancel()
         }
         if let n = head.headers["Content-Length"].flatMap({ UInt64($0) }) {
+            hasLength = true
             if mirror.store.reserve(n) {
                 fill.reserved = n
             } else {
@@ -224,7 +227,7 @@ final class BlobFetch: UpstreamDelegate {
     }
 
     func didReceiveBody(_ bytes: UnsafeRawBufferPointer, task: ClientTask) -> Bool {
-        if fill.progress.total == nil && !reserveAhead(UInt64(bytes.count)) {
+        if !hasLength && !reserveAhead(UInt64(bytes.count)) {
             task.cancel()
             return false
         }

@@ -122,13 +122,11 @@ public enum System {
     @discardableResult
     public static func raiseOpenFileLimit() -> Int {
         var rl = rlimit()
-        guard getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 else { return 1024 }
-        if rl.rlim_cur < rl.rlim_max {
-            var raised = rl
-            raised.rlim_cur = rl.rlim_max
-            if setrlimit(Int32(RLIMIT_NOFILE.rawValue), &raised) == 0 { rl = raised }
+        if getrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl) == 0 && rl.rlim_cur < rl.rlim_max {
+            rl.rlim_cur = rl.rlim_max
+            _ = setrlimit(Int32(RLIMIT_NOFILE.rawValue), &rl)
         }
-        return Int(clamping: min(rl.rlim_cur, rlim_t(Int32.max)))
+        return openFileLimit
     }
 
     /// The soft open-file limit (RLIMIT_NOFILE) in force.

@@ -74,7 +74,12 @@ final class ServerLimitsTests: XCTestCase {
         let c = try RawClient(port: server.port)
         XCTAssertEqual(get(c), 200)
         // Idle between requests is bounded by the idle timeout, not the head deadline.
-        usleep(700_000)
+        // A witness connection opened after `c` went idle gets its 408 only once
+        // a whole head deadline has passed: by then `c` has been idle longer.
+        let witness = try RawClient(port: server.port)
+        witness.send("GET / HTTP/1.1\r\n")
+        let (witnessBytes, witnessClosed) = witness.readUntilClosed()
+        XCTAssertTrue(witnessClosed && String(decoding: witnessBytes, as: UTF8.self).hasPrefix("HTTP/1.1 408 "), "the head deadline passed")
         XCTAssertEqual(get(c), 200, "an idle keep-alive connection outlives the head deadline")
         // The next head's deadline counts from its first byte.
         c.send("GET / HTTP/1.1\r\n")

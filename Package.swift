@@ -17,6 +17,8 @@ let package = Package(
         .library(name: "HTTP1", targets: ["HTTP1"]),
         // For Benchmarks/ (CacheBenchmarks): the cache index and store with the modules their API uses.
         .library(name: "BlobStore", targets: ["BlobStore", "OCI", "Reactor"]),
+        // For Fuzz/ (the config loader target).
+        .library(name: "BerthApp", targets: ["BerthApp"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

@@ -66,9 +66,14 @@ public struct HTTPURL: Equatable, Hashable, Sendable, CustomStringConvertible {
     public var description: String { "\(scheme)://\(authority)\(pathAndQuery)" }
 
     /// Resolves a `Location` value (absolute, scheme-relative, absolute-path or relative) against this URL.
+    /// A fragment is dropped (RFC 9110 §10.2.2): it is never part of a request target.
     public func resolving(_ location: String) -> HTTPURL? {
+        let location = location.firstIndex(of: "#").map { String(location[..<$0]) } ?? location
         if let absolute = HTTPURL(location) { return absolute }
         if location.hasPrefix("//") { return HTTPURL(scheme + ":" + location) }
+        // RFC 3986 §4.2: `name:` before any '/' is a scheme, so this is an absolute URI, and not http(s).
+        if let colon = location.firstIndex(of: ":"), !location[..<colon].contains("/"),
+           location[..<colon].first?.isLetter == true { return nil }
         guard location.utf8.allSatisfy({ $0 > 0x20 && $0 < 0x7f }) else { return nil }
         var u = self
         if location.hasPrefix("/") {

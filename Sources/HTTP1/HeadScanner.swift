@@ -214,12 +214,14 @@ struct HeadScanner {
                 break
             }
             let before = j - i
+            // A line that starts with CR is a bare CR, whatever ends it: the same answer as when
+            // the line arrives in pieces (above).
+            if lineStartsWithCR && lineBytes + before > 1 { throw HTTPParseError.badRequest("bare CR") }
             let endsWithCR = before > 0 ? input[j - 1] == cr : lastWasCR
             guard endsWithCR else { throw HTTPParseError.badRequest("bare LF") }
             sectionBytes += before + 1
             if sectionBytes > budget { throw limitError() }
             i = j + 1
-            if lineStartsWithCR && lineBytes + before > 1 { throw HTTPParseError.badRequest("bare CR") }
             if lineBytes + before == 1 {
                 // The empty line (just CRLF) ends the section. A start line is never empty: leading
                 // CRLFs were skipped above.
@@ -247,6 +249,12 @@ struct HeadScanner {
     /// Calls `body` with the part of an unfinished section kept so far.
     func withBuffer<R>(_ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
         try buffer.withUnsafeBytes(body)
+    }
+
+    /// Calls `body` with what this scan saw of a section it refused: the buffer, then `input` from the
+    /// section's start (error paths only; this copies).
+    func withRefused<R>(_ input: UnsafeRawBufferPointer, _ body: (UnsafeRawBufferPointer) throws -> R) rethrows -> R {
+        try (buffer + input[min(sectionStart, input.count)...]).withUnsafeBytes(body)
     }
 
     /// Calls `body` with the complete section ending at `end` in `input`: the caller's bytes when the

@@ -108,7 +108,18 @@ struct MessageParser<Decoder: HeadDecoder> {
         while true {
             switch state {
             case .head:
-                guard let end = try scanner.scan(input, from: i) else {
+                let scanned: Int?
+                do {
+                    scanned = try scanner.scan(input, from: i)
+                } catch {
+                    // A bad start line is reported first whether or not the rest of the head came in
+                    // the same read (found by Fuzz/ `request`: 431 whole, 400 split).
+                    if !isStartLineChecked && scanner.lines > 0 {
+                        try scanner.withRefused(input) { try decoder.checkStartLine($0) }
+                    }
+                    throw error
+                }
+                guard let end = scanned else {
                     // A head split across inputs: refuse a bad start line (an HTTP/0.9 request,
                     // say) now rather than wait for an empty line that may never come.
                     if !isStartLineChecked && scanner.lines > 0 {

@@ -303,6 +303,29 @@ final class RequestParserTests: XCTestCase {
         refused("GET / HTTP/1,1\r\nHost: x\r\n\r\n", 400)
     }
 
+    /// Found by Fuzz/ `request`: a bad start line followed by an oversized head was 431 when the head
+    /// arrived in one read and 400 when it arrived in pieces. The start line is judged first either way.
+    func testBadRequestLineBeforeAnOversizedHeadIsRefusedTheSameWhateverTheReads() {
+        var limits = ParserLimits()
+        limits.maxHeadBytes = 64
+        refused("GET /\r\nHost: x\r\nA: " + String(repeating: "a", count: 80) + "\r\n\r\n", 400, limits: limits)
+        limits = ParserLimits()
+        limits.maxHeaders = 2
+        refused("GET /\r\nA: 1\r\nB: 2\r\nC: 3\r\n\r\n", 400, limits: limits)
+        refused("GET /\r\nA: 1\nB: 2\r\n\r\n", 400, limits: limits)
+    }
+
+    /// Found by Fuzz/ `request`: a line starting with CR and ended by a bare LF was "bare LF" in one
+    /// read and "bare CR" in pieces. The reason reaches the client, so it must not depend on the reads.
+    func testSameRefusalReasonWhateverTheReads() {
+        for text in ["GET / HTTP/1.1\r\nHost: a\r\n\rxx\n\r\n", "GET / HTTP/1.1\r\nHost: a\r\n\r\u{0}\n"] {
+            let bytes = Array(text.utf8)
+            let whole = parseError(RequestParser(), bytes)
+            XCTAssertEqual(whole?.reason, "bare CR")
+            XCTAssertEqual(parseError(RequestParser(), bytes, pieces: bytewise(bytes.count)), whole)
+        }
+    }
+
     func testUnsupportedVersions() {
         refused("GET / HTTP/2.0\r\nHost: x\r\n\r\n", 505)
         refused("GET / HTTP/1.2\r\nHost: x\r\n\r\n", 505)

@@ -94,7 +94,11 @@ public struct BerthConfig: Equatable, Sendable {
     public static func parse(yaml: String) throws -> BerthConfig {
         var c = BerthConfig()
         let root: Any?
-        do { root = try Yams.load(yaml: yaml) } catch { throw ConfigError(key: "(file)", "not valid YAML: \(error)") }
+        let node: Node?
+        do { node = try Yams.compose(yaml: yaml) } catch { throw ConfigError(key: "(file)", "not valid YAML: \(error)") }
+        // Yams traps on a mapping key that is not a scalar (`? [a]: b`; found by Fuzz/ `config`).
+        if let node { try refuseComplexKeys(node) }
+        root = node?.any
         guard let root else { return c }
         let top = try table(root, key: "(top level)")
         for (k, v) in top {
@@ -213,6 +217,21 @@ public struct BerthConfig: Equatable, Sendable {
         }
         if let v = env["BERTH_CACHE_TAG_TTL"] { cache.tagTTL = try Self.duration(v, key: "cache.tag_ttl") }
         try validate()
+    }
+
+    /// Every mapping key in the document must be a plain scalar: Berth's keys are names.
+    private static func refuseComplexKeys(_ node: Node) throws {
+        switch node {
+        case .scalar, .alias: return
+        case .sequence(let sequence): for child in sequence { try refuseComplexKeys(child) }
+        case .mapping(let mapping):
+            for (key, value) in mapping {
+                guard key.scalar != nil else {
+                    throw ConfigError(key: "(file)", "a mapping key that is not a name (line \((key.mark?.line).map(String.init) ?? "?"))")
+                }
+                try refuseComplexKeys(value)
+            }
+        }
     }
 
     /// Checks values that parse but cannot work.

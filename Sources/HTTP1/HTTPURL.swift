@@ -42,7 +42,23 @@ public struct HTTPURL: Equatable, Hashable, Sendable, CustomStringConvertible {
             port = defaultPort
         }
         host = host.lowercased()
-        guard !host.isEmpty else { return nil }
+        guard Self.isValidHost(host, bracketed: authority.hasPrefix("[")) else { return nil }
+    }
+
+    /// RFC 3986 §3.2.2: an IPv6 literal (hex digits, ':' and '.', between brackets), or a reg-name
+    /// of unreserved and sub-delim characters (so never ':' or brackets, which would print ambiguously).
+    static func isValidHost(_ host: String, bracketed: Bool) -> Bool {
+        guard !host.isEmpty else { return false }
+        if bracketed {
+            return host.contains(":") && host.utf8.allSatisfy { isHexDigit($0) || $0 == 0x3A || $0 == 0x2E }
+        }
+        return host.utf8.allSatisfy { b in
+            (b >= 0x61 && b <= 0x7A) || (b >= 0x30 && b <= 0x39) || "-._~%!$&'()*+,;=".utf8.contains(b)
+        }
+    }
+
+    private static func isHexDigit(_ b: UInt8) -> Bool {
+        (b >= 0x30 && b <= 0x39) || (b >= 0x61 && b <= 0x66)
     }
 
     public init(scheme: String, host: String, port: UInt16, pathAndQuery: String) {

@@ -94,6 +94,13 @@ final class BerthConfigTests: XCTestCase {
         assertRefused("listen: [unclosed\n", key: "(file)")
     }
 
+    /// Found by Fuzz/ `config`: Yams traps on a mapping key that is not a scalar; Berth crashed on such a file.
+    func testMappingKeysThatAreNotNamesAreRefusedNotACrash() {
+        assertRefused("? [a, b]\n: 1\n", key: "(file)")
+        assertRefused("tls:\n  ? {x: 1}\n  : 2\n", key: "(file)")
+        assertRefused("- ? [a]\n  : b\n", key: "(file)")
+    }
+
     func testEnvironmentOverridesFile() throws {
         var c = try BerthConfig.parse(yaml: """
         listen: "127.0.0.1:6000"

@@ -22,6 +22,16 @@ final class HTTPURLTests: XCTestCase {
         XCTAssertNil(HTTPURL("https://cdn.example/b#frag"), "a URL Berth is given (config, realm) keeps refusing fragments")
     }
 
+    /// Found by Fuzz/ `range`: `http://v::2]:50000/` parsed with host `v::2]` and printed as
+    /// `http://[v::2]]:50000/`. Hosts are reg-names or bracketed IPv6 literals.
+    func testRefusesHostsThatAreNeitherNamesNorIPv6Literals() {
+        for text in ["http://v::2]:50000/", "http://[v::2]:5000/", "http://a[b/", "http://[127.0.0.1]/", "http://a\\b/", "http://:80/"] {
+            XCTAssertNil(HTTPURL(text), text)
+        }
+        XCTAssertEqual(HTTPURL("http://[::FFFF:127.0.0.1]:9/")?.host, "::ffff:127.0.0.1")
+        XCTAssertEqual(HTTPURL("http://My-Registry.example_1/")?.host, "my-registry.example_1")
+    }
+
     func testPrintsBackToItself() {
         for text in ["http://a:8080/x?y", "https://[::1]:5000/v2/", "https://registry-1.docker.io/"] {
             XCTAssertEqual(HTTPURL(text)?.description, text)

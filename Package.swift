@@ -58,6 +58,8 @@ let package = Package(
         .testTarget(name: "TLSTests", dependencies: ["TestSupport", "TLS", "Reactor"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS"]),
         .testTarget(name: "OCITests", dependencies: ["OCI"]),
+        // Mirror logic as values, without sockets: routing.
+        .testTarget(name: "MirrorTests", dependencies: ["Mirror", "OCI"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),
         .testTarget(name: "BerthAppTests", dependencies: ["TestSupport", "BerthApp", "Mirror", "HTTP1", "Reactor", "TLS", "BlobStore", "OCI"]),
         .testTarget(name: "MirrorIntegrationTests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI"]),

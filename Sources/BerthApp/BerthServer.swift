@@ -78,7 +78,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         logger.info("berth listening", metadata: [
             "http": "\(http.boundAddresses().map(\.description).joined(separator: ","))",
             "https": "\(config.tls.listen)",
-            "upstream": "\(config.upstream.url)",
+            "upstreams": "\(config.effectiveUpstreams.map { "\($0.resolvedName)=\($0.url)" }.joined(separator: ","))",
             "cache": "\(config.cache.dir)",
             "workers": "\(group.loops.count)",
             "max_connections": "\(http.limiter.maxConnections)",
@@ -93,26 +93,34 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     }
 
     private func makeMirror(log: @escaping (HTTPServer.LogLevel, String) -> Void) throws -> Mirror {
-        let u = config.upstream
-        var up = UpstreamConfiguration(url: HTTPURL(u.url)!)
-        up.username = u.username.isEmpty ? nil : u.username
-        var password = u.password
-        if !u.passwordFile.isEmpty {
-            guard let text = readFile(u.passwordFile) else { throw ConfigError(key: "upstream.password_file", "cannot read \(u.passwordFile)") }
-            password = String(text.prefix { $0 != "\n" && $0 != "\r" })
+        let list = config.effectiveUpstreams
+        let section = { [config] (i: Int) in config.upstreams.isEmpty ? "upstream" : "upstreams[\(i)]" }
+        var upstreams: [UpstreamConfiguration] = []
+        for (i, u) in list.enumerated() {
+            var up = UpstreamConfiguration(url: HTTPURL(u.url)!, name: u.resolvedName)
+            up.prefix = u.resolvedPrefix
+            up.hosts = u.hosts
+            up.isDefault = u.isDefault || list.count == 1
+            up.username = u.username.isEmpty ? nil : u.username
+            var password = u.password
+            if !u.passwordFile.isEmpty {
+                guard let text = readFile(u.passwordFile) else { throw ConfigError(key: "\(section(i)).password_file", "cannot read \(u.passwordFile)") }
+                password = String(text.prefix { $0 != "\n" && $0 != "\r" })
+            }
+            up.password = password.isEmpty ? nil : password
+            up.realmAllowList = u.realmAllow
+            if u.dockerhub != "auto" { up.dockerHubNames = u.dockerhub == "true" }
+            up.connectTimeoutNanos = UInt64(u.connectTimeout * 1e9)
+            up.manifestHeadTimeoutNanos = UInt64(u.manifestTimeout * 1e9)
+            up.blobHeadTimeoutNanos = UInt64(u.blobTimeout * 1e9)
+            up.idleTimeoutNanos = UInt64(u.idleTimeout * 1e9)
+            up.tls = try TLSContext.makeClient(extraCAPath: u.ca.isEmpty ? nil : u.ca,
+                                               certificatePath: u.certificate.isEmpty ? nil : u.certificate,
+                                               privateKeyPath: u.key.isEmpty ? nil : u.key)
+            upstreams.append(up)
         }
-        up.password = password.isEmpty ? nil : password
-        up.realmAllowList = u.realmAllow
-        if u.dockerhub != "auto" { up.dockerHubNames = u.dockerhub == "true" }
-        up.connectTimeoutNanos = UInt64(u.connectTimeout * 1e9)
-        up.manifestHeadTimeoutNanos = UInt64(u.manifestTimeout * 1e9)
-        up.blobHeadTimeoutNanos = UInt64(u.blobTimeout * 1e9)
-        up.idleTimeoutNanos = UInt64(u.idleTimeout * 1e9)
-        var mc = MirrorConfiguration(upstream: up)
+        var mc = MirrorConfiguration(upstreams: upstreams)
         mc.tagTTLNanos = UInt64(config.cache.tagTTL * 1e9)
-        let clientTLS = try TLSContext.makeClient(extraCAPath: u.ca.isEmpty ? nil : u.ca,
-                                                  certificatePath: u.certificate.isEmpty ? nil : u.certificate,
-                                                  privateKeyPath: u.key.isEmpty ? nil : u.key)
         let budget = config.makeBudget()
         let store = try BlobStore(root: config.cache.dir, pool: pool, budget: budget)
         store.log = { [logger] in logger.warning("\($0)") }
@@ -138,7 +146,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         }
         store.checkPinnedBudget()
         store.startEvictionIfOverHigh()
-        return Mirror(config: mc, store: store, group: group, pool: pool, tls: clientTLS, log: log)
+        return Mirror(config: mc, store: store, group: group, pool: pool, log: log)
     }
 
     /// Takes `<cache dir>/berth.lock` for the life of the process: a second

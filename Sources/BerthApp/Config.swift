@@ -3,6 +3,7 @@ import Reactor
 import HTTP1
 import BlobStore
 import OCI
+import Mirror
 
 /// Berth's configuration: `conf/berth.yaml` documents every key and its
 /// default; the defaults here are the embedded configuration `berth serve`
@@ -17,10 +18,24 @@ public struct BerthConfig: Equatable, Sendable {
     /// Event-loop threads; 0 means one per core.
     public var workers = 0
     public var log = LogSection()
+    /// The single-upstream section of earlier versions (and its flags): used when `upstreams` is empty.
     public var upstream = UpstreamSection()
+    /// The registries mirrored; empty means `[upstream]`.
+    public var upstreams: [UpstreamSection] = []
     public var cache = CacheSection()
 
+    /// The upstreams in force: the list, or the single section as a one-element list.
+    public var effectiveUpstreams: [UpstreamSection] { upstreams.isEmpty ? [upstream] : upstreams }
+
     public struct UpstreamSection: Equatable, Sendable {
+        /// The registry name clients use (`docker.io`, `ghcr.io`, `127.0.0.1:5999`); empty: the URL's host[:port].
+        public var name = ""
+        /// Path prefix selecting this upstream; nil: the name when it is a path component; "": none.
+        public var prefix: String?
+        /// Further names a `Host` header or `ns=` may use.
+        public var hosts: [String] = []
+        /// Where requests go that select no other upstream (at most one; a lone upstream is the default).
+        public var isDefault = false
         /// The registry mirrored. Docker Hub by default.
         public var url = "https://registry-1.docker.io"
         public var username = ""
@@ -126,27 +141,10 @@ public struct BerthConfig: Equatable, Sendable {
                     }
                 }
             case "upstream":
-                for (uk, uv) in try table(v, key: "upstream") {
-                    let key = "upstream.\(uk)"
-                    switch uk {
-                    case "url": c.upstream.url = try string(uv, key: key)
-                    case "username": c.upstream.username = try string(uv, key: key)
-                    case "password": c.upstream.password = try string(uv, key: key)
-                    case "password_file": c.upstream.passwordFile = try string(uv, key: key)
-                    case "ca": c.upstream.ca = try string(uv, key: key)
-                    case "certificate": c.upstream.certificate = try string(uv, key: key)
-                    case "key": c.upstream.key = try string(uv, key: key)
-                    case "realm_allow":
-                        guard let list = uv as? [Any] else { throw ConfigError(key: key, "expected a list of host names") }
-                        c.upstream.realmAllow = try list.map { try string($0, key: key) }
-                    case "dockerhub": c.upstream.dockerhub = try string(uv, key: key)
-                    case "connect_timeout": c.upstream.connectTimeout = try duration(uv, key: key)
-                    case "manifest_timeout": c.upstream.manifestTimeout = try duration(uv, key: key)
-                    case "blob_timeout": c.upstream.blobTimeout = try duration(uv, key: key)
-                    case "idle_timeout": c.upstream.idleTimeout = try duration(uv, key: key)
-                    default: throw ConfigError(key: key, "unknown key")
-                    }
-                }
+                c.upstream = try upstreamSection(v, key: "upstream", list: false)
+            case "upstreams":
+                guard let list = v as? [Any], !list.isEmpty else { throw ConfigError(key: "upstreams", "expected a list of upstreams") }
+                c.upstreams = try list.enumerated().map { try upstreamSection($0.element, key: "upstreams[\($0.offset)]", list: true) }
             case "cache":
                 for (ck, cv) in try table(v, key: "cache") {
                     switch ck {
@@ -205,6 +203,9 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_UPSTREAM_CERTIFICATE"] { upstream.certificate = v }
         if let v = env["BERTH_UPSTREAM_KEY"] { upstream.key = v }
         if let v = env["BERTH_UPSTREAM_DOCKERHUB"] { upstream.dockerhub = v }
+        for i in upstreams.indices {
+            if let v = env[Self.passwordVariable(forUpstream: upstreams[i].resolvedName)] { upstreams[i].password = v }
+        }
         if let v = env["BERTH_CACHE_DIR"] { cache.dir = v }
         if let v = env["BERTH_CACHE_MAX_SIZE"] { cache.maxSize = v }
         if let v = env["BERTH_CACHE_HIGH_WATERMARK"] {
@@ -217,6 +218,48 @@ public struct BerthConfig: Equatable, Sendable {
         }
         if let v = env["BERTH_CACHE_TAG_TTL"] { cache.tagTTL = try Self.duration(v, key: "cache.tag_ttl") }
         try validate()
+    }
+
+    /// One upstream's keys; `name`, `prefix`, `hosts` and `default` belong to list items only.
+    private static func upstreamSection(_ v: Any, key parent: String, list: Bool) throws -> UpstreamSection {
+        var u = UpstreamSection()
+        for (uk, uv) in try table(v, key: parent) {
+            let key = "\(parent).\(uk)"
+            switch uk {
+            case "name" where list: u.name = try string(uv, key: key)
+            case "prefix" where list: u.prefix = try string(uv, key: key)
+            case "hosts" where list:
+                guard let hosts = uv as? [Any] else { throw ConfigError(key: key, "expected a list of host names") }
+                u.hosts = try hosts.map { try string($0, key: key) }
+            case "default" where list:
+                guard let b = uv as? Bool else { throw ConfigError(key: key, "expected true or false") }
+                u.isDefault = b
+            case "url": u.url = try string(uv, key: key)
+            case "username": u.username = try string(uv, key: key)
+            case "password": u.password = try string(uv, key: key)
+            case "password_file": u.passwordFile = try string(uv, key: key)
+            case "ca": u.ca = try string(uv, key: key)
+            case "certificate": u.certificate = try string(uv, key: key)
+            case "key": u.key = try string(uv, key: key)
+            case "realm_allow":
+                guard let hosts = uv as? [Any] else { throw ConfigError(key: key, "expected a list of host names") }
+                u.realmAllow = try hosts.map { try string($0, key: key) }
+            case "dockerhub":
+                if let b = uv as? Bool { u.dockerhub = b ? "true" : "false" } else { u.dockerhub = try string(uv, key: key) }
+            case "connect_timeout": u.connectTimeout = try duration(uv, key: key)
+            case "manifest_timeout": u.manifestTimeout = try duration(uv, key: key)
+            case "blob_timeout": u.blobTimeout = try duration(uv, key: key)
+            case "idle_timeout": u.idleTimeout = try duration(uv, key: key)
+            default: throw ConfigError(key: key, list || !["name", "prefix", "hosts", "default"].contains(uk) ? "unknown key"
+                                       : "belongs to an item of upstreams:, not to upstream:")
+            }
+        }
+        return u
+    }
+
+    /// `BERTH_UPSTREAMS_<NAME>_PASSWORD`: NAME is the upstream's name in upper case, other characters as `_`.
+    public static func passwordVariable(forUpstream name: String) -> String {
+        "BERTH_UPSTREAMS_" + String(name.uppercased().map { $0.isLetter || $0.isNumber ? $0 : "_" }) + "_PASSWORD"
     }
 
     /// Every mapping key in the document must be a plain scalar: Berth's keys are names.
@@ -256,19 +299,21 @@ public struct BerthConfig: Equatable, Sendable {
             throw ConfigError(key: "server.max_connections_per_client", "must be 0 (no cap) or a positive number")
         }
         guard (0...256).contains(workers) else { throw ConfigError(key: "workers", "\(workers) is out of range 0...256") }
-        guard HTTPURL(upstream.url) != nil else {
-            throw ConfigError(key: "upstream.url", "\"\(upstream.url)\" is not an http(s) URL such as https://registry-1.docker.io")
+        if !upstreams.isEmpty && upstream != UpstreamSection() {
+            throw ConfigError(key: "upstream", "use either upstream: (and its flags) or upstreams:, not both")
         }
-        if upstream.certificate.isEmpty != upstream.key.isEmpty {
-            throw ConfigError(key: upstream.certificate.isEmpty ? "upstream.certificate" : "upstream.key",
-                              "upstream.certificate and upstream.key go together")
+        var names: Set<String> = [], prefixes: Set<String> = []
+        for (i, u) in effectiveUpstreams.enumerated() {
+            let section = upstreams.isEmpty ? "upstream" : "upstreams[\(i)]"
+            try u.validate(section)
+            let name = u.resolvedName
+            guard names.insert(name.lowercased()).inserted else { throw ConfigError(key: "\(section).name", "\"\(name)\" names two upstreams") }
+            if let p = u.resolvedPrefix {
+                guard prefixes.insert(p).inserted else { throw ConfigError(key: "\(section).prefix", "\"\(p)\" is the prefix of two upstreams") }
+            }
         }
-        for (key, v) in [("upstream.connect_timeout", upstream.connectTimeout), ("upstream.manifest_timeout", upstream.manifestTimeout),
-                         ("upstream.blob_timeout", upstream.blobTimeout), ("upstream.idle_timeout", upstream.idleTimeout)] where !(v > 0) {
-            throw ConfigError(key: key, "must be a positive duration such as 30s")
-        }
-        guard ["auto", "true", "false"].contains(upstream.dockerhub) else {
-            throw ConfigError(key: "upstream.dockerhub", "\"\(upstream.dockerhub)\" is not one of auto, true, false")
+        if effectiveUpstreams.filter(\.isDefault).count > 1 {
+            throw ConfigError(key: "upstreams", "default: true on more than one upstream")
         }
         if cache.dir.isEmpty { throw ConfigError(key: "cache.dir", "must name a directory") }
         if !cache.maxSize.isEmpty && Budget.parseSize(cache.maxSize, filesystemOf: "/") == nil {
@@ -327,6 +372,43 @@ public struct BerthConfig: Equatable, Sendable {
     private static func int(_ v: Any, key: String) throws -> Int {
         if let i = v as? Int { return i }
         throw ConfigError(key: key, "expected a whole number")
+    }
+}
+
+extension BerthConfig.UpstreamSection {
+    /// The name clients use: as configured, else the URL's host (with its port when not the scheme's; `docker.io` for Docker Hub).
+    public var resolvedName: String {
+        if !name.isEmpty { return name }
+        guard let u = HTTPURL(url) else { return url }
+        return UpstreamConfiguration(url: u).name
+    }
+
+    /// The path prefix in force, nil for none.
+    public var resolvedPrefix: String? {
+        guard let prefix else { return UpstreamRouter.Entry.defaultPrefix(for: resolvedName) }
+        return prefix.isEmpty ? nil : prefix
+    }
+
+    func validate(_ section: String) throws {
+        guard HTTPURL(url) != nil else {
+            throw ConfigError(key: "\(section).url", "\"\(url)\" is not an http(s) URL such as https://registry-1.docker.io")
+        }
+        if let prefix, !prefix.isEmpty, !RepositoryName.isValid(prefix) {
+            throw ConfigError(key: "\(section).prefix", "\"\(prefix)\" is not a repository path such as ghcr.io or harbor/proj")
+        }
+        for h in hosts where h.isEmpty || h.contains("/") || h.contains(" ") {
+            throw ConfigError(key: "\(section).hosts", "\"\(h)\" is not a host name")
+        }
+        if certificate.isEmpty != key.isEmpty {
+            throw ConfigError(key: "\(section).\(certificate.isEmpty ? "certificate" : "key")", "certificate and key go together")
+        }
+        for (k, v) in [("connect_timeout", connectTimeout), ("manifest_timeout", manifestTimeout),
+                       ("blob_timeout", blobTimeout), ("idle_timeout", idleTimeout)] where !(v > 0) {
+            throw ConfigError(key: "\(section).\(k)", "must be a positive duration such as 30s")
+        }
+        guard ["auto", "true", "false"].contains(dockerhub) else {
+            throw ConfigError(key: "\(section).dockerhub", "\"\(dockerhub)\" is not one of auto, true, false")
+        }
     }
 }
 

@@ -24,6 +24,8 @@ public final class ResponseWriter {
     public var onWritable: (() -> Void)?
     /// Runs once if the connection closes before the response ended (client gone, timeout, abort).
     public var onClose: (() -> Void)?
+    /// Added to whichever head the handler sends (a router's `OCI-Namespace`).
+    public var extraHeaders = HTTPHeaders()
 
     init(request: RequestHead, loop: EventLoop, connection: ServerConnection) {
         self.request = request
@@ -41,6 +43,7 @@ public final class ResponseWriter {
     public func respond(_ head: ResponseHead, body: [UInt8] = []) {
         guard case .idle = phase, let c = connection else { return }
         var head = head
+        for (name, value) in extraHeaders { head.headers.add(name, value) }
         head.headers.set("Content-Length", String(body.count))
         phase = .done
         c.send(head: head, body: isHeadOnly ? nil : body, file: nil)
@@ -50,6 +53,7 @@ public final class ResponseWriter {
     public func respond(_ head: ResponseHead, file: FileDescriptor, range: Range<UInt64>) {
         guard case .idle = phase, let c = connection else { return }
         var head = head
+        for (name, value) in extraHeaders { head.headers.add(name, value) }
         head.headers.set("Content-Length", String(range.count))
         phase = .done
         c.send(head: head, body: nil, file: isHeadOnly || range.isEmpty ? nil : (file, range))
@@ -60,6 +64,7 @@ public final class ResponseWriter {
     public func start(_ head: ResponseHead, contentLength: UInt64?) {
         guard case .idle = phase, let c = connection else { return }
         var head = head
+        for (name, value) in extraHeaders { head.headers.add(name, value) }
         if let contentLength {
             head.headers.set("Content-Length", String(contentLength))
             head.headers.remove("Transfer-Encoding")

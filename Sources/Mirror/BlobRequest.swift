@@ -17,29 +17,22 @@ import BlobStore
 /// The store is shared by every repository, so a digest is served under a
 /// repository only when that repository is known to contain it; otherwise
 /// one upstream HEAD for the pair confirms access first.
-final class BlobRequest {
-    let mirror: Mirror
-    let w: ResponseWriter
-    let name: String
+final class BlobRequest: RepositoryHandler {
+    let ctx: RequestContext
     let digest: Digest
-    let repo: String
     let upstream: Upstream
-    var index: CacheIndex { mirror.store.index }
 
-    init(mirror: Mirror, writer: ResponseWriter, name: String, digest: Digest) {
-        self.mirror = mirror
-        self.w = writer
-        self.name = name
+    init(_ ctx: RequestContext, digest: Digest) {
+        self.ctx = ctx
         self.digest = digest
-        self.repo = mirror.upstreamName(name)
-        self.upstream = mirror.upstream(for: writer.loop)
+        upstream = ctx.upstream
     }
 
     private var path: String { "/v2/\(repo)/blobs/\(digest)" }
-    private var headTimeout: UInt64 { mirror.config.upstream.blobHeadTimeoutNanos }
+    private var headTimeout: UInt64 { ctx.config.blobHeadTimeoutNanos }
 
     func run() {
-        if index.isLinked(repo, digest), let file = mirror.store.open(digest) {
+        if index.isLinked(key, digest), let file = mirror.store.open(digest) {
             return serveCached(file, cacheStatus: "hit")
         }
         if w.request.method == .head || mirror.store.contains(digest) {
@@ -55,7 +48,7 @@ final class BlobRequest {
             case .failure(let e):
                 mirror.error(w, e)
             case .success(let (head, _)) where head.status == 200:
-                index.link(repo, [digest])
+                index.link(key, [digest])
                 if let file = mirror.store.open(digest) { return serveCached(file, cacheStatus: "hit; detail=access-checked") }
                 if w.request.method == .get { return startOrJoinFill() }
                 var out = Mirror.contentHead(status: 200, digest: digest, mediaType: "application/octet-stream", cacheStatus: "fwd=miss")
@@ -79,9 +72,9 @@ final class BlobRequest {
             if let file = mirror.store.open(digest) { serveCached(file, cacheStatus: "hit") } else { headUpstream() }
         case .joined(let fill):
             // Another repository may have started this fill: our access was not checked by its GET.
-            if index.isLinked(repo, digest) { FillReader(request: self, fill: fill, cacheStatus: "fwd=miss; collapsed").start() } else { headUpstream() }
+            if index.isLinked(key, digest) { FillReader(request: self, fill: fill, cacheStatus: "fwd=miss; collapsed").start() } else { headUpstream() }
         case .started(let fill):
-            BlobFetch(mirror: mirror, fill: fill, repo: repo).start(upstream: upstream, path: path, headTimeout: headTimeout)
+            BlobFetch(mirror: mirror, fill: fill, repo: repo, key: key).start(upstream: upstream, path: path, headTimeout: headTimeout)
             FillReader(request: self, fill: fill, cacheStatus: "fwd=miss; stored").start()
         }
     }
@@ -173,6 +166,8 @@ final class BlobFetch: UpstreamDelegate {
     let mirror: Mirror
     let fill: BlobFill
     let repo: String
+    /// The repository's cache index key.
+    let key: String
     private var ok = false
     /// The upstream sent a Content-Length (else the budget is reserved as bytes come).
     private var hasLength = false
@@ -181,10 +176,11 @@ final class BlobFetch: UpstreamDelegate {
     /// near it, and every length sum below it stays far from overflow.
     static let maxLength: UInt64 = 1 << 40
 
-    init(mirror: Mirror, fill: BlobFill, repo: String) {
+    init(mirror: Mirror, fill: BlobFill, repo: String, key: String) {
         self.mirror = mirror
         self.fill = fill
         self.repo = repo
+        self.key = key
     }
 
     func start(upstream: Upstream, path: String, headTimeout: UInt64) {
@@ -206,7 +202,7 @@ final class BlobFetch: UpstreamDelegate {
             return
         }
         ok = true
-        mirror.store.index.link(repo, [fill.digest])
+        mirror.store.index.link(key, [fill.digest])
         // A relay nobody reads any more stops downloading.
         // Weak: the fill keeps this closure, and its temp file's descriptor must close when it ends.
         fill.setOnAbandoned { [weak fill, weak task, log = mirror.log] in
@@ -330,7 +326,7 @@ final class FillReader {
     /// than the upstream's own idle timeout, which should have failed it)
     /// cuts the reader, so that no client waits forever.
     private func watchForStall() {
-        let limit = request.mirror.config.upstream.idleTimeoutNanos + 10_000_000_000
+        let limit = request.ctx.config.idleTimeoutNanos + 10_000_000_000
         stallTimer = w.loop.schedule(afterNanos: limit / 4) { [self] in
             guard token != nil else { return }
             let p = fill.progress

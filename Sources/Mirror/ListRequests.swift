@@ -6,18 +6,12 @@ import BlobStore
 /// says whatever the upstream did (sorted, `n` and `last` honoured, `Link` for
 /// the next page). When the upstream cannot answer, the tags Berth has cached
 /// for the repository are served.
-final class TagsRequest {
-    let mirror: Mirror
-    let w: ResponseWriter
-    let name: String
-    let repo: String
+final class TagsRequest: RepositoryHandler {
+    let ctx: RequestContext
     let query: Substring
 
-    init(mirror: Mirror, writer: ResponseWriter, name: String, query: Substring) {
-        self.mirror = mirror
-        self.w = writer
-        self.name = name
-        self.repo = mirror.upstreamName(name)
+    init(_ ctx: RequestContext, query: Substring) {
+        self.ctx = ctx
         self.query = query
     }
 
@@ -32,8 +26,8 @@ final class TagsRequest {
         }
         let last = queryValue(query, "last")
         // Ask for everything (bounded): paging is redone here so it follows the spec exactly.
-        mirror.upstream(for: w.loop).fetch(.get, "/v2/\(repo)/tags/list", repository: repo,
-                                           headTimeout: mirror.config.upstream.manifestHeadTimeoutNanos, maxBytes: 4 << 20) { [self] result in
+        ctx.upstream.fetch(.get, "/v2/\(repo)/tags/list", repository: repo,
+                           headTimeout: ctx.config.manifestHeadTimeoutNanos, maxBytes: 4 << 20) { [self] result in
             switch result {
             case .success(let (head, body)) where head.status == 200:
                 guard let list = try? TagList.parse(body) else {
@@ -43,7 +37,7 @@ final class TagsRequest {
             case .success(let (head, _)) where head.status != 429 && head.status < 500:
                 mirror.error(w, .from(status: head.status, headers: head.headers, notFound: .nameUnknown, what: "repository \(name)"))
             default:
-                let cached = mirror.store.index.tags(of: repo)
+                let cached = ctx.index.tags(of: ctx.key)
                 guard !cached.isEmpty else {
                     if case .failure(let e) = result { return mirror.error(w, e) }
                     if case .success(let (head, _)) = result {
@@ -72,19 +66,13 @@ final class TagsRequest {
 
 /// `GET /v2/<name>/referrers/<digest>`: forwarded; an upstream without the
 /// referrers API (404) yields an empty index, as the spec allows.
-final class ReferrersRequest {
-    let mirror: Mirror
-    let w: ResponseWriter
-    let name: String
-    let repo: String
+final class ReferrersRequest: RepositoryHandler {
+    let ctx: RequestContext
     let digest: Digest
     let query: Substring
 
-    init(mirror: Mirror, writer: ResponseWriter, name: String, digest: Digest, query: Substring) {
-        self.mirror = mirror
-        self.w = writer
-        self.name = name
-        self.repo = mirror.upstreamName(name)
+    init(_ ctx: RequestContext, digest: Digest, query: Substring) {
+        self.ctx = ctx
         self.digest = digest
         self.query = query
     }
@@ -92,7 +80,7 @@ final class ReferrersRequest {
     func run() {
         var path = "/v2/\(repo)/referrers/\(digest)"
         if let t = queryValue(query, "artifactType") { path += "?artifactType=\(t)" }
-        mirror.upstream(for: w.loop).fetch(.get, path, repository: repo, headTimeout: mirror.config.upstream.manifestHeadTimeoutNanos,
+        ctx.upstream.fetch(.get, path, repository: repo, headTimeout: ctx.config.manifestHeadTimeoutNanos,
                                            maxBytes: mirror.config.maxManifestBytes) { [self] result in
             var head = ResponseHead(status: 200)
             head.headers.add("Content-Type", MediaType.ociIndex)

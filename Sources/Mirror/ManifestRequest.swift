@@ -12,22 +12,15 @@ import BlobStore
 /// limited or failing, the last known mapping is served (stale-if-error).
 /// Manifest bytes are stored exactly as received, verified against their
 /// digest, never converted or trimmed.
-final class ManifestRequest {
-    let mirror: Mirror
-    let w: ResponseWriter
-    let name: String
+final class ManifestRequest: RepositoryHandler {
+    let ctx: RequestContext
     let reference: Reference
-    let repo: String            // upstream name
     let upstream: Upstream
-    var index: CacheIndex { mirror.store.index }
 
-    init(mirror: Mirror, writer: ResponseWriter, name: String, reference: Reference) {
-        self.mirror = mirror
-        self.w = writer
-        self.name = name
+    init(_ ctx: RequestContext, reference: Reference) {
+        self.ctx = ctx
         self.reference = reference
-        self.repo = mirror.upstreamName(name)
-        self.upstream = mirror.upstream(for: writer.loop)
+        upstream = ctx.upstream
     }
 
     private var path: String { "/v2/\(repo)/manifests/\(reference)" }
@@ -46,10 +39,10 @@ final class ManifestRequest {
         switch reference {
         case .digest(let digest):
             guard let type = index.mediaType(of: digest), isAvailable(digest) else { return fetch(stale: nil) }
-            if index.isLinked(repo, digest) { return serveCached(digest, type, cacheStatus: "hit") }
+            if index.isLinked(key, digest) { return serveCached(digest, type, cacheStatus: "hit") }
             confirmAccess(digest, type)
         case .tag(let tag):
-            guard let rec = index.tag(repo, tag), isAvailable(rec.digest), accepts(rec.mediaType) else {
+            guard let rec = index.tag(key, tag), isAvailable(rec.digest), accepts(rec.mediaType) else {
                 return fetch(stale: nil)
             }
             let age = unixNow() - rec.confirmedAt
@@ -62,11 +55,11 @@ final class ManifestRequest {
 
     /// One HEAD for a repository not yet known to hold `digest`.
     private func confirmAccess(_ digest: Digest, _ type: String) {
-        upstream.fetch(.head, path, repository: repo, headers: acceptHeaders(), headTimeout: mirror.config.upstream.manifestHeadTimeoutNanos,
+        upstream.fetch(.head, path, repository: repo, headers: acceptHeaders(), headTimeout: ctx.config.manifestHeadTimeoutNanos,
                        maxBytes: 0) { [self] result in
             switch result {
             case .success(let (head, _)) where head.status == 200:
-                index.link(repo, [digest])
+                index.link(key, [digest])
                 serveCached(digest, type, cacheStatus: "hit; detail=access-checked")
             case .success(let (head, _)):
                 mirror.error(w, .from(status: head.status, headers: head.headers, notFound: .manifestUnknown, what: "manifest \(name)@\(digest)"))
@@ -78,14 +71,14 @@ final class ManifestRequest {
 
     /// An expired tag: one HEAD; same digest → serve the cache, new digest → fetch, failure → stale.
     private func revalidate(_ tag: String, _ rec: CacheIndex.TagRecord) {
-        upstream.fetch(.head, path, repository: repo, headers: acceptHeaders(), headTimeout: mirror.config.upstream.manifestHeadTimeoutNanos,
+        upstream.fetch(.head, path, repository: repo, headers: acceptHeaders(), headTimeout: ctx.config.manifestHeadTimeoutNanos,
                        maxBytes: 0) { [self] result in
             switch result {
             case .success(let (head, _)) where head.status == 200:
                 if head.headers["Docker-Content-Digest"] == rec.digest.description {
                     var r = rec
                     r.confirmedAt = unixNow()
-                    index.setTag(repo, tag, r)
+                    index.setTag(key, tag, r)
                     serveCached(rec.digest, rec.mediaType, cacheStatus: "hit; detail=revalidated")
                 } else {
                     fetch(stale: rec)
@@ -135,7 +128,7 @@ final class ManifestRequest {
 
     /// GET from the upstream, verify, store, answer. `stale` is served if the upstream fails.
     private func fetch(stale: CacheIndex.TagRecord?) {
-        upstream.fetch(.get, path, repository: repo, headers: acceptHeaders(), headTimeout: mirror.config.upstream.manifestHeadTimeoutNanos,
+        upstream.fetch(.get, path, repository: repo, headers: acceptHeaders(), headTimeout: ctx.config.manifestHeadTimeoutNanos,
                        maxBytes: mirror.config.maxManifestBytes) { [self] result in
             switch result {
             case .failure(let e):
@@ -168,15 +161,15 @@ final class ManifestRequest {
         let out = Mirror.contentHead(status: 200, digest: computed, mediaType: summary.mediaType, cacheStatus: "fwd=miss; stored")
         w.respond(out, body: body)
         mirror.manifests.put(computed, body)
-        let (store, repo, reference) = (mirror.store, repo, reference)
+        let (store, key, reference) = (mirror.store, key, reference)
         let children = summary.blobs.map(\.digest) + summary.manifests.map(\.digest)
         mirror.pool.submit { [log = mirror.log] in
             do {
                 try store.store(body, as: computed)
                 store.index.setMediaType(computed, summary.mediaType)
-                store.index.link(repo, [computed] + children)
+                store.index.link(key, [computed] + children)
                 if case .tag(let tag) = reference {
-                    store.index.setTag(repo, tag, .init(digest: computed, mediaType: summary.mediaType, confirmedAt: unixNow()))
+                    store.index.setTag(key, tag, .init(digest: computed, mediaType: summary.mediaType, confirmedAt: unixNow()))
                 }
             } catch {
                 log(.error, "cannot store manifest \(computed): \(error)")

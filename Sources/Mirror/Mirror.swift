@@ -9,7 +9,8 @@ import TLS
 
 /// Settings of the proxy core.
 public struct MirrorConfiguration: Sendable {
-    public var upstream: UpstreamConfiguration
+    /// The registries mirrored; at most one `isDefault` (with one upstream, it is the default).
+    public var upstreams: [UpstreamConfiguration]
     /// How long a tag → digest mapping is trusted before one HEAD revalidates it.
     public var tagTTLNanos: UInt64 = 300_000_000_000
     /// Largest manifest accepted (Distribution's limit).
@@ -17,40 +18,102 @@ public struct MirrorConfiguration: Sendable {
     /// A client behind a hung upstream gets an answer within this long.
     public var clientDeadlineNanos: UInt64 = 20_000_000_000
 
-    public init(upstream: UpstreamConfiguration) { self.upstream = upstream }
+    public init(upstreams: [UpstreamConfiguration]) { self.upstreams = upstreams }
+    public init(upstream: UpstreamConfiguration) { self.init(upstreams: [upstream]) }
 }
 
-/// The `/v2/` pull-through proxy: routes each request, answers from the
-/// cache when it can, and otherwise fetches from the upstream, streaming to
-/// the client while filling the cache.
+/// One configured upstream: its settings, its credentials and tokens (shared
+/// by every loop), and a client per loop.
+final class Registry: @unchecked Sendable {  // immutable after init; each Upstream used on its loop only
+    let config: UpstreamConfiguration
+    let auth: UpstreamAuth
+    private let perLoop: [Upstream]
+
+    init(config: UpstreamConfiguration, group: EventLoopGroup, pool: BlockingPool, deadlineNanos: UInt64) {
+        self.config = config
+        let auth = UpstreamAuth(config: config)
+        self.auth = auth
+        perLoop = group.loops.map { Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls), auth: auth, deadlineNanos: deadlineNanos) }
+    }
+
+    func upstream(for loop: EventLoop) -> Upstream { perLoop[loop.index] }
+
+    /// The repository name as the upstream knows it (Docker Hub's `library/`).
+    func upstreamName(_ name: String) -> String {
+        guard config.dockerHubNames, !name.contains("/") else { return name }
+        return "library/" + name
+    }
+
+    /// The repository's key in the cache index: the default upstream's
+    /// repositories as they are (`library/alpine`), any other's behind its
+    /// name (`ghcr.io/org/x`), so tags and access links never cross upstreams.
+    func indexName(_ upstreamName: String) -> String {
+        config.isDefault ? upstreamName : config.name + "/" + upstreamName
+    }
+}
+
+/// What every `/v2/<name>/…` handler needs: the writer, the upstream the
+/// request selected, and the repository's three spellings.
+struct RequestContext {
+    let mirror: Mirror
+    let w: ResponseWriter
+    let registry: Registry
+    /// As the client wrote it (prefix included): error messages, `Link` headers, tag-list names.
+    let name: String
+    /// As the upstream knows it: upstream paths and token scopes.
+    let repo: String
+    /// The cache index's key for the repository.
+    let key: String
+    var upstream: Upstream { registry.upstream(for: w.loop) }
+    var config: UpstreamConfiguration { registry.config }
+    var index: CacheIndex { mirror.store.index }
+}
+
+/// A `/v2/<name>/…` handler: the context's parts by their short names.
+protocol RepositoryHandler {
+    var ctx: RequestContext { get }
+}
+
+extension RepositoryHandler {
+    var mirror: Mirror { ctx.mirror }
+    var w: ResponseWriter { ctx.w }
+    var name: String { ctx.name }
+    var repo: String { ctx.repo }
+    var key: String { ctx.key }
+    var index: CacheIndex { ctx.index }
+}
+
+/// The `/v2/` pull-through proxy: routes each request to one of the
+/// configured upstreams, answers from the cache when it can, and otherwise
+/// fetches from that upstream, streaming to the client while filling the cache.
 ///
-/// Shared by every loop; per-loop parts (the HTTP client and its pool) are
+/// Shared by every loop; per-loop parts (the HTTP clients and their pools) are
 /// picked by the request's loop.
 public final class Mirror: @unchecked Sendable {  // immutable after init; per-loop state used on its loop only
     let config: MirrorConfiguration
     let store: BlobStore
     let fills: FillRegistry
     let pool: BlockingPool
-    let auth: UpstreamAuth
     /// Manifests served recently, in memory.
     let manifests = ManifestMemo()
     let log: (HTTPServer.LogLevel, String) -> Void
-    private let upstreams: [Upstream]
+    let registries: [Registry]
+    let router: UpstreamRouter
 
     public init(config: MirrorConfiguration, store: BlobStore, group: EventLoopGroup, pool: BlockingPool,
-                tls: TLSContext?, log: @escaping (HTTPServer.LogLevel, String) -> Void) {
+                log: @escaping (HTTPServer.LogLevel, String) -> Void) {
+        precondition(!config.upstreams.isEmpty, "at least one upstream")
+        var config = config
+        if config.upstreams.count == 1 { config.upstreams[0].isDefault = true }
         self.config = config
         self.store = store
         self.pool = pool
         self.log = log
         fills = FillRegistry(store: store, pool: pool)
-        auth = UpstreamAuth(config: config.upstream)
-        let auth = self.auth
-        let deadline = config.clientDeadlineNanos
-        upstreams = group.loops.map { Upstream(client: HTTPClient(loop: $0, pool: pool, tls: tls), auth: auth, deadlineNanos: deadline) }
+        registries = config.upstreams.map { Registry(config: $0, group: group, pool: pool, deadlineNanos: config.clientDeadlineNanos) }
+        router = UpstreamRouter(config.upstreams.map { .init(name: $0.name, prefix: $0.prefix, hosts: $0.hosts) },
+                                defaultIndex: config.upstreams.firstIndex { $0.isDefault })
     }
-
-    func upstream(for loop: EventLoop) -> Upstream { upstreams[loop.index] }
 
     /// The HTTP server's handler.
     public func handle(_ w: ResponseWriter) {
@@ -85,20 +148,30 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             // SHA-256 only: it cannot verify this content, so it does not serve it.
             Mirror.error(w, .unsupported, "Berth verifies sha256 digests only; \(digest.algorithm.rawValue) content is not served", status: 400)
         case .success(.manifest(let name, let reference)):
-            ManifestRequest(mirror: self, writer: w, name: name, reference: reference).run()
+            context(w, name, query).map { ManifestRequest($0, reference: reference).run() }
         case .success(.blob(let name, let digest)):
-            BlobRequest(mirror: self, writer: w, name: name, digest: digest).run()
+            context(w, name, query).map { BlobRequest($0, digest: digest).run() }
         case .success(.tagsList(let name)):
-            TagsRequest(mirror: self, writer: w, name: name, query: query).run()
+            context(w, name, query).map { TagsRequest($0, query: query).run() }
         case .success(.referrers(let name, let digest)):
-            ReferrersRequest(mirror: self, writer: w, name: name, digest: digest, query: query).run()
+            context(w, name, query).map { ReferrersRequest($0, digest: digest, query: query).run() }
         }
     }
 
-    /// The repository name as the upstream knows it (Docker Hub's `library/`).
-    func upstreamName(_ name: String) -> String {
-        guard config.upstream.dockerHubNames, !name.contains("/") else { return name }
-        return "library/" + name
+    /// Selects the upstream for `name`; answers 404 `NAME_UNKNOWN` itself when none is configured for it.
+    private func context(_ w: ResponseWriter, _ name: String, _ query: Substring) -> RequestContext? {
+        switch router.select(name: name, ns: queryValue(query, "ns"), host: w.request.headers["Host"]) {
+        case .unknown(let message):
+            log(.info, "\(w.request.method.name) \(w.request.target): 404 NAME_UNKNOWN \(message)")
+            Mirror.error(w, .nameUnknown, message)
+            return nil
+        case .upstream(let i, let repository, let namespace):
+            // Only a name the configuration holds is echoed: never bytes the client sent.
+            if let namespace { w.extraHeaders.add("OCI-Namespace", namespace) }
+            let registry = registries[i]
+            let repo = registry.upstreamName(repository)
+            return RequestContext(mirror: self, w: w, registry: registry, name: name, repo: repo, key: registry.indexName(repo))
+        }
     }
 
     // MARK: answers

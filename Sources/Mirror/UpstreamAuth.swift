@@ -2,10 +2,21 @@ import Reactor
 import HTTP1
 import OCI
 import Synchronization
+import TLS
 
-/// How Berth reaches its upstream registry.
+/// How Berth reaches one upstream registry, and how clients name it.
 public struct UpstreamConfiguration: Sendable {
+    /// The registry name clients use (`docker.io`, `ghcr.io`, `127.0.0.1:5999`): matched against `ns=` and `Host`.
+    public var name: String
+    /// Path prefix selecting this upstream (`/v2/<prefix>/<repo>/…`); nil for none.
+    public var prefix: String?
+    /// Further names `ns=` or `Host` may use.
+    public var hosts: [String] = []
+    /// Requests that select no upstream otherwise go to the default one.
+    public var isDefault = false
     public var url: HTTPURL
+    /// Client TLS for this upstream (its CA, client certificate); nil for the system defaults.
+    public var tls: TLSContext?
     public var username: String?
     public var password: String?
     /// Extra token-realm hosts to trust beyond the upstream's own domain.
@@ -18,8 +29,12 @@ public struct UpstreamConfiguration: Sendable {
     public var blobHeadTimeoutNanos: UInt64 = 30_000_000_000
     public var idleTimeoutNanos: UInt64 = 30_000_000_000
 
-    public init(url: HTTPURL) {
+    /// `name` defaults to the URL's host and port (`docker.io` for Docker Hub's hosts), `prefix` to the name where it is a path component.
+    public init(url: HTTPURL, name: String? = nil) {
         self.url = url
+        let name = name ?? (DockerHub.isDockerHub(host: url.host) ? "docker.io" : url.port == (url.scheme == "https" ? 443 : 80) ? url.host : "\(url.host):\(url.port)")
+        self.name = name
+        prefix = UpstreamRouter.Entry.defaultPrefix(for: name)
         dockerHubNames = DockerHub.isDockerHub(host: url.host)
     }
 

@@ -90,7 +90,7 @@ public enum RealmPolicy {
     }
 
     /// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 literal is left alone.
-    static func stripPort(_ hostPort: String) -> String {
+    public static func stripPort(_ hostPort: String) -> String {
         if hostPort.hasPrefix("[") {
             if let close = hostPort.firstIndex(of: "]") { return String(hostPort[...close]) }
             return hostPort

@@ -69,7 +69,7 @@ final class BerthProcess {
         var env = environment
         // The tests control the upstream settings; none may leak in from the environment.
         for k in ProcessInfo.processInfo.environment.keys where k.hasPrefix("BERTH_") && environment[k] == nil { env[k] = .some(nil) }
-        let args = [binary, "serve", "--listen", hostPort, "--upstream", upstream, "--cache-dir", cacheDir,
+        let args = [binary, "serve", "--listen", hostPort] + (upstream.isEmpty ? [] : ["--upstream", upstream]) + ["--cache-dir", cacheDir,
                     "--workers", String(workers), "--log-level", "debug"] + arguments
         let p = try Subprocess(args, in: directory, environmentOverrides: env, logPath: logPath)
         process = p

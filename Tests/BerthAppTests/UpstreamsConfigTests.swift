@@ -1,0 +1,70 @@
+import XCTest
+@testable import BerthApp
+
+/// `upstreams:`: a list of registries; the single `upstream:` section is a one-element list.
+final class UpstreamsConfigTests: XCTestCase {
+    private func refused(_ yaml: String, key: String, file: StaticString = #filePath, line: UInt = #line) {
+        XCTAssertThrowsError(try BerthConfig.parse(yaml: yaml), file: file, line: line) { error in
+            XCTAssertEqual((error as? ConfigError)?.key, key, "\(error)", file: file, line: line)
+        }
+    }
+
+    func testAListOfUpstreamsWithTheirNamesPrefixesAndDefault() throws {
+        let c = try BerthConfig.parse(yaml: """
+        upstreams:
+          - url: https://registry-1.docker.io
+            default: true
+          - name: ghcr.io
+            url: https://ghcr.io
+            username: bot
+            password_file: /run/secrets/ghcr
+          - name: harbor.corp
+            url: https://harbor.corp:8443
+            prefix: harbor
+            hosts: [harbor-old.corp]
+            dockerhub: false
+          - url: http://127.0.0.1:5999
+        """)
+        let u = c.effectiveUpstreams
+        XCTAssertEqual(u.map(\.resolvedName), ["docker.io", "ghcr.io", "harbor.corp", "127.0.0.1:5999"])
+        XCTAssertEqual(u.map(\.resolvedPrefix), ["docker.io", "ghcr.io", "harbor", nil])
+        XCTAssertEqual(u.map(\.isDefault), [true, false, false, false])
+        XCTAssertEqual(u[1].username, "bot")
+        XCTAssertEqual(u[1].passwordFile, "/run/secrets/ghcr")
+        XCTAssertEqual(u[2].hosts, ["harbor-old.corp"])
+        XCTAssertEqual(u[2].dockerhub, "false")
+    }
+
+    func testTheSingleSectionIsAOneElementList() throws {
+        let c = try BerthConfig.parse(yaml: "upstream:\n  url: http://127.0.0.1:5999\n")
+        XCTAssertEqual(c.effectiveUpstreams.count, 1)
+        XCTAssertEqual(c.effectiveUpstreams[0].resolvedName, "127.0.0.1:5999")
+        XCTAssertEqual(BerthConfig().effectiveUpstreams.map(\.resolvedName), ["docker.io"], "the embedded default mirrors Docker Hub")
+        XCTAssertEqual(try BerthConfig.parse(yaml: "upstream:\n  url: https://quay.io:443\n").effectiveUpstreams[0].resolvedName, "quay.io")
+    }
+
+    func testAnEmptyPrefixMeansNone() throws {
+        let c = try BerthConfig.parse(yaml: "upstreams:\n  - name: ghcr.io\n    url: https://ghcr.io\n    prefix: \"\"\n")
+        XCTAssertNil(c.effectiveUpstreams[0].resolvedPrefix)
+    }
+
+    func testMistakesNameTheKey() {
+        refused("upstreams:\n  - url: https://a.io\n    default: true\n  - url: https://b.io\n    default: true\n", key: "upstreams")
+        refused("upstreams:\n  - url: https://a.io\n  - url: https://a.io/\n", key: "upstreams[1].name")
+        refused("upstreams:\n  - name: a\n    url: https://a.io\n    prefix: x\n  - name: b\n    url: https://b.io\n    prefix: x\n", key: "upstreams[1].prefix")
+        refused("upstreams:\n  - url: ftp://a.io\n", key: "upstreams[0].url")
+        refused("upstreams:\n  - url: https://a.io\n    prefix: Bad/Prefix\n", key: "upstreams[0].prefix")
+        refused("upstreams:\n  - url: https://a.io\n    colour: blue\n", key: "upstreams[0].colour")
+        refused("upstreams:\n  - url: https://a.io\n    certificate: c.pem\n", key: "upstreams[0].key")
+        refused("upstreams: []\n", key: "upstreams")
+        refused("upstream:\n  url: https://a.io\nupstreams:\n  - url: https://b.io\n", key: "upstream")
+        refused("upstream:\n  name: a.io\n", key: "upstream.name")
+    }
+
+    func testEachUpstreamsPasswordComesFromItsOwnVariable() throws {
+        var c = try BerthConfig.parse(yaml: "upstreams:\n  - name: ghcr.io\n    url: https://ghcr.io\n  - url: http://127.0.0.1:5999\n")
+        XCTAssertEqual(BerthConfig.passwordVariable(forUpstream: "ghcr.io"), "BERTH_UPSTREAMS_GHCR_IO_PASSWORD")
+        try c.apply(environment: ["BERTH_UPSTREAMS_GHCR_IO_PASSWORD": "s3cret", "BERTH_UPSTREAMS_127_0_0_1_5999_PASSWORD": "p2"])
+        XCTAssertEqual(c.upstreams.map(\.password), ["s3cret", "p2"])
+    }
+}

@@ -231,9 +231,9 @@ public enum CacheCommand {
         guard let image = ImageReference(target) else { throw CacheReport.Failure("\"\(target)\" is neither an image nor a digest") }
         switch image.reference {
         case .digest(let d):
-            return CacheReport.Removal(removed: "\(image.name)@\(d)", bytes: try store.removeBlob(d))
+            return CacheReport.Removal(removed: "\(image.qualifiedName)@\(d)", bytes: try store.removeBlob(d))
         case .tag(let tag):
-            let (repo, _) = try store.removeTag(image.name, tag)
+            let (repo, _) = try store.removeTag(image.qualifiedName, tag)
             return CacheReport.Removal(removed: "\(repo):\(tag)", bytes: 0)
         }
     }

@@ -134,9 +134,16 @@ extension BlobStore {
     }
 
     /// The tag record for `name:tag`, trying Docker Hub's `library/` form for single names.
+    /// `name` may carry an upstream (`ghcr.io/org/x`): that upstream's key is
+    /// tried first, then the name without it (the default upstream's key).
     public func resolveTag(_ name: String, _ tag: String) -> (repository: String, record: CacheIndex.TagRecord)? {
-        if let r = index.tag(name, tag) { return (name, r) }
-        if !name.contains("/"), let r = index.tag("library/" + name, tag) { return ("library/" + name, r) }
+        var candidates = [name]
+        let (registry, rest) = ImageReference.splitRegistry(name)
+        if registry != nil { candidates.append(String(rest)) }
+        for n in candidates {
+            if let r = index.tag(n, tag) { return (n, r) }
+            if !n.contains("/"), let r = index.tag("library/" + n, tag) { return ("library/" + n, r) }
+        }
         return nil
     }
 
@@ -169,10 +176,10 @@ extension BlobStore {
         for p in pins {
             // Images pinned by digest (or whose tag moved on) are listed too.
             guard let ref = ImageReference(p.image) else { continue }
-            if listed.contains("\(ref.name)@\(p.pin.manifest)") || listed.contains("library/\(ref.name)@\(p.pin.manifest)") { continue }
+            if [ref.qualifiedName, ref.name, "library/\(ref.name)"].contains(where: { listed.contains("\($0)@\(p.pin.manifest)") }) { continue }
             var tag: String?
             if case .tag(let t) = ref.reference { tag = t }
-            out.append(entry(ref.name, tag, p.pin.manifest, index.mediaType(of: p.pin.manifest) ?? ""))
+            out.append(entry(ref.qualifiedName, tag, p.pin.manifest, index.mediaType(of: p.pin.manifest) ?? ""))
         }
         return out.sorted { ($0.repository, $0.tag ?? "") < ($1.repository, $1.tag ?? "") }
     }
@@ -208,7 +215,7 @@ extension BlobStore {
         guard let (repo, rec) = resolveTag(name, tag) else { throw RemoveError(description: "\(name):\(tag) is not cached") }
         let pinned = index.pinnedImages().filter { p in
             guard let r = ImageReference(p.image), case .tag(let t) = r.reference else { return false }
-            return t == tag && (r.name == name || r.name == repo)
+            return t == tag && [name, repo].contains(where: { $0 == r.qualifiedName || $0 == r.name })
         }
         if let p = pinned.first { throw RemoveError(description: "\(p.image) is pinned: unpin first") }
         index.removeTag(repo, tag)
@@ -408,7 +415,7 @@ extension BlobStore {
         let manifest: Digest
         switch image.reference {
         case .tag(let tag):
-            guard let (_, rec) = resolveTag(image.name, tag) else {
+            guard let (_, rec) = resolveTag(image.qualifiedName, tag) else {
                 throw RemoveError(description: "\(image) is not cached; start berth serve and pin through it to fetch it")
             }
             manifest = rec.digest

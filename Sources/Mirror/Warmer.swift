@@ -69,7 +69,7 @@ public final class Warmer {
 
     /// Warms one image.
     public func warm(_ image: ImageReference, completion: @escaping (Result<WarmResult, WarmError>) -> Void) {
-        fetchManifest(image.name, image.reference) { [self] top in
+        fetchManifest(image, image.reference) { [self] top in
             switch top {
             case .failure(let e): completion(.failure(e))
             case .success(let (digest, summary)):
@@ -79,7 +79,7 @@ public final class Warmer {
                 func children(_ rest: ArraySlice<Descriptor>) {
                     guard let child = rest.first else { return blobs() }
                     if seen.insert(child.digest).inserted { covered.append(child.digest) }
-                    fetchManifest(image.name, .digest(child.digest)) { r in
+                    fetchManifest(image, .digest(child.digest)) { r in
                         switch r {
                         case .failure(let e): completion(.failure(WarmError("\(image): child manifest \(child.digest): \(e)")))
                         case .success(let (_, s)):
@@ -115,9 +115,13 @@ public final class Warmer {
         HTTPURL(scheme: origin.scheme, host: origin.host, port: origin.port, pathAndQuery: path)
     }
 
-    private func fetchManifest(_ name: String, _ reference: Reference,
+    /// `?ns=` naming the image's upstream, so Berth routes it there (nothing for the default).
+    private func namespace(_ image: ImageReference) -> String { image.registry.map { "?ns=" + $0 } ?? "" }
+
+    private func fetchManifest(_ image: ImageReference, _ reference: Reference,
                                _ done: @escaping (Result<(Digest, ManifestSummary), WarmError>) -> Void) {
-        var req = ClientRequest(method: .get, url: url("/v2/\(name)/manifests/\(reference)"))
+        let name = image.qualifiedName
+        var req = ClientRequest(method: .get, url: url("/v2/\(image.name)/manifests/\(reference)\(namespace(image))"))
         req.headers.add("Accept", MediaType.defaultAccept)
         req.headTimeoutNanos = headTimeoutNanos
         client.fetch(req, maxBytes: ManifestSummary.maxBytes) { result in
@@ -151,7 +155,7 @@ public final class Warmer {
                 let d = list[next]
                 next += 1
                 inFlight += 1
-                var req = ClientRequest(method: .get, url: url("/v2/\(image.name)/blobs/\(d.digest)"))
+                var req = ClientRequest(method: .get, url: url("/v2/\(image.name)/blobs/\(d.digest)\(namespace(image))"))
                 req.headTimeoutNanos = headTimeoutNanos
                 let sink = DiscardingDelegate { status, bytes, error in
                     inFlight -= 1

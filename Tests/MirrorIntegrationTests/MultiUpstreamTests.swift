@@ -83,4 +83,26 @@ final class MultiUpstreamTests: IntegrationTestCase {
         XCTAssertEqual(tagA.body, imageA.manifest)
         XCTAssertEqual(tagA.headers["docker-content-digest"], imageA.digest)
     }
+
+    func testPinningAnImageOfTheSecondUpstreamFetchesItFromThere() throws {
+        let berth = try startTwo()
+        let binary = try XCTUnwrap(BerthProcess.binaryPath)
+        let image = "\(b.hostPort)/test/app:v1"
+        a.settle()
+        let defaultManifestGETs = a.count(method: "GET", pathContains: "/manifests/")  // the push read its manifest back
+        let r = try Subprocess.run([binary, "cache", "pin", image, "--cache-dir", berth.cacheDir], in: workDir, timeout: 60, check: false)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertTrue(r.stdout.contains("pinned \(image) → \(imageB.digest)"), r.stdout)
+        for d in imageB.blobs { XCTAssertTrue(berth.isCached(d), "\(d) of the second upstream's image is cached") }
+        b.settle(); a.settle()
+        XCTAssertEqual(a.count(method: "GET", pathContains: "/manifests/"), defaultManifestGETs, "the default upstream is not asked for another's image")
+
+        let ls = try Subprocess.run([binary, "cache", "ls", "--cache-dir", berth.cacheDir], in: workDir, timeout: 60)
+        XCTAssertTrue(ls.stdout.contains("\(b.hostPort)/test/app"), "ls shows the upstream: \(ls.stdout)")
+
+        let unknown = try Subprocess.run([binary, "cache", "pin", "quay.io/test/app:v1", "--cache-dir", berth.cacheDir], in: workDir,
+                                         timeout: 60, check: false)
+        XCTAssertEqual(unknown.status, 1)
+        XCTAssertTrue((unknown.stdout + unknown.stderr).contains("quay.io"), unknown.stdout + unknown.stderr)
+    }
 }

@@ -68,11 +68,24 @@ final class ImageReferenceTests: XCTestCase {
         XCTAssertEqual(ImageReference("alpine")?.description, "alpine:latest")
         XCTAssertEqual(ImageReference("library/alpine:3.20")?.description, "library/alpine:3.20")
         XCTAssertEqual(ImageReference("docker.io/library/alpine:3.20")?.name, "library/alpine")
-        XCTAssertEqual(ImageReference("127.0.0.1:5000/team/app:v1")?.description, "team/app:v1")
+        XCTAssertEqual(ImageReference("docker.io/library/alpine:3.20")?.registry, "docker.io")
+        XCTAssertNil(ImageReference("library/alpine:3.20")?.registry)
+        XCTAssertEqual(ImageReference("127.0.0.1:5000/team/app:v1")?.description, "127.0.0.1:5000/team/app:v1")
+        XCTAssertEqual(ImageReference("127.0.0.1:5000/team/app:v1")?.name, "team/app")
+        XCTAssertEqual(ImageReference("localhost/app")?.qualifiedName, "localhost/app")
+        XCTAssertEqual(ImageReference("harbor/app:1")?.registry, nil, "a plain first component is a repository component, not a registry")
         let d = "sha256:" + String(repeating: "a", count: 64)
         XCTAssertEqual(ImageReference("team/app@" + d)?.reference, .digest(Digest(d)!))
         XCTAssertNil(ImageReference("Team/App:v1"))
         XCTAssertNil(ImageReference("app@sha256:short"))
         XCTAssertNil(ImageReference("app:.bad"))
+    }
+
+    func testARegistryIsHostAndPortOnly() {
+        // It travels as ?ns=: nothing that could end or extend a query value.
+        XCTAssertNil(ImageReference("ghcr.io&ns=x.io/org/app:1"))
+        XCTAssertNil(ImageReference("a.io?x/org/app:1"))
+        XCTAssertNil(ImageReference("a.io#x/app"))
+        XCTAssertEqual(ImageReference("[::1]:5000/app")?.registry, "[::1]:5000")
     }
 }

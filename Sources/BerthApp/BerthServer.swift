@@ -78,7 +78,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         logger.info("berth listening", metadata: [
             "http": "\(http.boundAddresses().map(\.description).joined(separator: ","))",
             "https": "\(config.tls.listen)",
-            "upstreams": "\(config.effectiveUpstreams.map { "\($0.resolvedName)=\($0.url)" }.joined(separator: ","))",
+            "upstreams": "\(config.effectiveUpstreams.map { "\($0.resolvedName)=\($0.allURLs.joined(separator: "|"))" }.joined(separator: ","))",
             "cache": "\(config.cache.dir)",
             "workers": "\(group.loops.count)",
             "max_connections": "\(http.limiter.maxConnections)",
@@ -97,7 +97,8 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         let section = { [config] (i: Int) in config.upstreams.isEmpty ? "upstream" : "upstreams[\(i)]" }
         var upstreams: [UpstreamConfiguration] = []
         for (i, u) in list.enumerated() {
-            var up = UpstreamConfiguration(url: HTTPURL(u.url)!, name: u.resolvedName)
+            var up = UpstreamConfiguration(url: HTTPURL(u.allURLs[0])!, name: u.resolvedName)
+            up.urls = u.allURLs.map { HTTPURL($0)! }
             up.prefix = u.resolvedPrefix
             up.hosts = u.hosts
             up.isDefault = u.isDefault || list.count == 1

@@ -38,6 +38,8 @@ public struct BerthConfig: Equatable, Sendable {
         public var isDefault = false
         /// The registry mirrored. Docker Hub by default.
         public var url = "https://registry-1.docker.io"
+        /// Instead of `url`: several URLs of one registry, tried in order (failover on connect errors and 5xx).
+        public var urls: [String] = []
         public var username = ""
         /// Prefer `password_file` or BERTH_UPSTREAM_PASSWORD: flags show in `ps`.
         public var password = ""
@@ -235,6 +237,9 @@ public struct BerthConfig: Equatable, Sendable {
                 guard let b = uv as? Bool else { throw ConfigError(key: key, "expected true or false") }
                 u.isDefault = b
             case "url": u.url = try string(uv, key: key)
+            case "urls" where list:
+                guard let urls = uv as? [Any], !urls.isEmpty else { throw ConfigError(key: key, "expected a list of URLs") }
+                u.urls = try urls.map { try string($0, key: key) }
             case "username": u.username = try string(uv, key: key)
             case "password": u.password = try string(uv, key: key)
             case "password_file": u.passwordFile = try string(uv, key: key)
@@ -250,7 +255,7 @@ public struct BerthConfig: Equatable, Sendable {
             case "manifest_timeout": u.manifestTimeout = try duration(uv, key: key)
             case "blob_timeout": u.blobTimeout = try duration(uv, key: key)
             case "idle_timeout": u.idleTimeout = try duration(uv, key: key)
-            default: throw ConfigError(key: key, list || !["name", "prefix", "hosts", "default"].contains(uk) ? "unknown key"
+            default: throw ConfigError(key: key, list || !["name", "prefix", "hosts", "default", "urls"].contains(uk) ? "unknown key"
                                        : "belongs to an item of upstreams:, not to upstream:")
             }
         }
@@ -377,9 +382,12 @@ public struct BerthConfig: Equatable, Sendable {
 
 extension BerthConfig.UpstreamSection {
     /// The name clients use: as configured, else the URL's host (with its port when not the scheme's; `docker.io` for Docker Hub).
+    /// `urls`, or `[url]`.
+    public var allURLs: [String] { urls.isEmpty ? [url] : urls }
+
     public var resolvedName: String {
         if !name.isEmpty { return name }
-        guard let u = HTTPURL(url) else { return url }
+        guard let u = HTTPURL(allURLs[0]) else { return allURLs[0] }
         return UpstreamConfiguration(url: u).name
     }
 
@@ -390,8 +398,11 @@ extension BerthConfig.UpstreamSection {
     }
 
     func validate(_ section: String) throws {
-        guard HTTPURL(url) != nil else {
-            throw ConfigError(key: "\(section).url", "\"\(url)\" is not an http(s) URL such as https://registry-1.docker.io")
+        if !urls.isEmpty && url != Self().url {
+            throw ConfigError(key: "\(section).urls", "use either url or urls")
+        }
+        for u in allURLs where HTTPURL(u) == nil {
+            throw ConfigError(key: "\(section).\(urls.isEmpty ? "url" : "urls")", "\"\(u)\" is not an http(s) URL such as https://registry-1.docker.io")
         }
         if let prefix, !prefix.isEmpty, !RepositoryName.isValid(prefix) {
             throw ConfigError(key: "\(section).prefix", "\"\(prefix)\" is not a repository path such as ghcr.io or harbor/proj")

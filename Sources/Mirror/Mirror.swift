@@ -27,13 +27,18 @@ public struct MirrorConfiguration: Sendable {
 final class Registry: @unchecked Sendable {  // immutable after init; each Upstream used on its loop only
     let config: UpstreamConfiguration
     let auth: UpstreamAuth
+    let failover: Failover
     private let perLoop: [Upstream]
 
     init(config: UpstreamConfiguration, group: EventLoopGroup, pool: BlockingPool, deadlineNanos: UInt64) {
         self.config = config
         let auth = UpstreamAuth(config: config)
         self.auth = auth
-        perLoop = group.loops.map { Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls), auth: auth, deadlineNanos: deadlineNanos) }
+        let failover = Failover(config.urls)
+        self.failover = failover
+        perLoop = group.loops.map {
+            Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls), auth: auth, failover: failover, deadlineNanos: deadlineNanos)
+        }
     }
 
     func upstream(for loop: EventLoop) -> Upstream { perLoop[loop.index] }

@@ -1,6 +1,7 @@
 import Reactor
 import HTTP1
 import OCI
+import Synchronization
 
 /// Requests to the upstream from one loop, carrying valid credentials the
 /// first time: the challenge is learned once (a `/v2/` ping), a bearer token
@@ -9,6 +10,7 @@ import OCI
 final class Upstream {
     let client: HTTPClient
     let auth: UpstreamAuth
+    let failover: Failover
     var config: UpstreamConfiguration { auth.config }
     private var pingWaiters: [(Result<UpstreamAuth.Challenge, UpstreamError>) -> Void]?
     private var tokenWaiters: [String: [(Result<String?, UpstreamError>) -> Void]] = [:]
@@ -16,22 +18,23 @@ final class Upstream {
     /// How long a `fetch` may take in all before its caller gets a 504.
     let deadlineNanos: UInt64
 
-    init(client: HTTPClient, auth: UpstreamAuth, deadlineNanos: UInt64) {
+    init(client: HTTPClient, auth: UpstreamAuth, failover: Failover, deadlineNanos: UInt64) {
         self.client = client
         self.auth = auth
+        self.failover = failover
         self.deadlineNanos = deadlineNanos
     }
 
     var loop: EventLoop { client.loop }
 
     func request(_ method: HTTPMethod, _ path: String, headers: HTTPHeaders = HTTPHeaders(), headTimeout: UInt64) -> ClientRequest {
-        var url = config.url
+        var url = failover.current
         url.pathAndQuery = path
         var r = ClientRequest(method: method, url: url, headers: headers)
         r.connectTimeoutNanos = config.connectTimeoutNanos
         r.headTimeoutNanos = headTimeout
         r.idleTimeoutNanos = config.idleTimeoutNanos
-        let upstreamHost = config.url.host
+        let upstreamHost = url.host
         r.allowsRedirect = { RealmPolicy.allowsRedirect(toHost: $0.host, upstreamHost: upstreamHost) }
         return r
     }
@@ -43,12 +46,20 @@ final class Upstream {
         if let c = auth.challenge { done(.success(c)); return }
         if pingWaiters != nil { pingWaiters!.append(done); return }
         pingWaiters = [done]
+        ping(triesLeft: failover.urls.count - 1)
+    }
+
+    private func ping(triesLeft: Int) {
         // The challenge is learned from the upstream's own origin only: a ping
         // redirected elsewhere fails rather than take another host's realm.
         var ping = request(.get, "/v2/", headTimeout: config.manifestHeadTimeoutNanos)
-        let origin = config.url
+        let origin = ping.url
         ping.allowsRedirect = { $0.sameOrigin(origin) }
         client.fetch(ping, maxBytes: 64 * 1024) { [self] result in
+            if triesLeft > 0, Failover.shouldFailOver(result) {
+                failover.failed(origin)
+                return self.ping(triesLeft: triesLeft - 1)
+            }
             let outcome: Result<UpstreamAuth.Challenge, UpstreamError>
             switch result {
             case .failure(let e):
@@ -152,7 +163,44 @@ final class Upstream {
     }
 }
 
-/// Wraps a delegate: swallows a first 401, refreshes credentials and tries again.
+/// Which of an upstream's URLs requests go to, shared by every loop: the
+/// first, until a request finds it unreachable or failing (5xx), then the
+/// next (wrapping around), so an outage of one URL costs one failed attempt
+/// per loop, not one per request.
+final class Failover: @unchecked Sendable {  // `index` is atomic; `urls` immutable
+    let urls: [HTTPURL]
+    private let index = Atomic<Int>(0)
+
+    init(_ urls: [HTTPURL]) {
+        precondition(!urls.isEmpty, "an upstream has at least one URL")
+        self.urls = urls
+    }
+
+    var current: HTTPURL { urls[index.load(ordering: .relaxed)] }
+
+    /// `url` failed: move past it, unless another request already did.
+    func failed(_ url: HTTPURL) {
+        let i = index.load(ordering: .relaxed)
+        guard urls.count > 1, urls[i].sameOrigin(url) else { return }
+        _ = index.compareExchange(expected: i, desired: (i + 1) % urls.count, ordering: .relaxed)
+    }
+
+    /// No answer came from the URL at all.
+    static func isUnreachable(_ e: HTTPClientError) -> Bool {
+        [.resolveFailed, .connectFailed, .connectTimeout, .tls].contains(e.kind)
+    }
+
+    /// A whole-response attempt that another URL should get instead.
+    static func shouldFailOver(_ r: Result<(ResponseHead, [UInt8]), HTTPClientError>) -> Bool {
+        switch r {
+        case .failure(let e): return isUnreachable(e)
+        case .success(let (head, _)): return head.status >= 500
+        }
+    }
+}
+
+/// Wraps a delegate: swallows a first 401, refreshes credentials and tries
+/// again; moves to the upstream's next URL on a connect failure or a 5xx.
 private final class RetryOn401: ClientResponseDelegate {
     let upstream: Upstream
     let method: HTTPMethod, path: String, repository: String, headers: HTTPHeaders, headTimeout: UInt64
@@ -160,6 +208,11 @@ private final class RetryOn401: ClientResponseDelegate {
     var retried = false
     var swallowing = false
     var challengeHeader: String?
+    /// The origin the current attempt went to, and how many more URLs may be tried.
+    var origin: HTTPURL?
+    var failoversLeft: Int
+    var failingOver = false
+    var headDelivered = false
 
     init(upstream: Upstream, method: HTTPMethod, path: String, repository: String, headers: HTTPHeaders,
          headTimeout: UInt64, delegate: UpstreamDelegate) {
@@ -170,6 +223,7 @@ private final class RetryOn401: ClientResponseDelegate {
         self.headers = headers
         self.headTimeout = headTimeout
         self.delegate = delegate
+        failoversLeft = upstream.failover.urls.count - 1
     }
 
     func attempt(refresh: Bool) {
@@ -180,7 +234,9 @@ private final class RetryOn401: ClientResponseDelegate {
             case .success(let authorization):
                 var h = headers
                 if let authorization { h.set("Authorization", authorization) }
-                upstream.client.execute(upstream.request(method, path, headers: h, headTimeout: headTimeout), delegate: self)
+                let r = upstream.request(method, path, headers: h, headTimeout: headTimeout)
+                origin = r.url
+                upstream.client.execute(r, delegate: self)
             }
         }
     }
@@ -188,11 +244,18 @@ private final class RetryOn401: ClientResponseDelegate {
     func didReceiveHead(_ head: ResponseHead, url: HTTPURL, task: ClientTask) {
         // Only the upstream's own origin may teach a challenge; a 401 from a
         // storage host it redirected to is passed on as it is.
-        if head.status == 401 && !retried && url.sameOrigin(upstream.config.url) {
+        let fromOrigin = origin.map { url.sameOrigin($0) } ?? false
+        if head.status == 401 && !retried && fromOrigin {
             swallowing = true
             challengeHeader = head.headers["WWW-Authenticate"]
             return
         }
+        if head.status >= 500 && failoversLeft > 0 && fromOrigin {
+            swallowing = true
+            failingOver = true
+            return
+        }
+        headDelivered = true
         delegate.didReceiveHead(head, url: url, task: task)
     }
 
@@ -201,6 +264,15 @@ private final class RetryOn401: ClientResponseDelegate {
     }
 
     func didFinish(_ error: HTTPClientError?, task: ClientTask) {
+        if failingOver || (!headDelivered && failoversLeft > 0 && error.map(Failover.isUnreachable) == true) {
+            // This URL is down (unreachable, or 5xx): the next one, invisibly to `delegate`.
+            if let origin { upstream.failover.failed(origin) }
+            failoversLeft -= 1
+            swallowing = false
+            failingOver = false
+            attempt(refresh: false)
+            return
+        }
         if swallowing {
             swallowing = false
             retried = true

@@ -14,7 +14,10 @@ public struct UpstreamConfiguration: Sendable {
     public var hosts: [String] = []
     /// Requests that select no upstream otherwise go to the default one.
     public var isDefault = false
-    public var url: HTTPURL
+    /// The first of `urls`: its host decides the name, the realm policy and where credentials may go.
+    public var url: HTTPURL { urls[0] }
+    /// Tried in order: a connect failure or a 5xx answer moves every loop to the next (failover).
+    public var urls: [HTTPURL]
     /// Client TLS for this upstream (its CA, client certificate); nil for the system defaults.
     public var tls: TLSContext?
     public var username: String?
@@ -31,7 +34,7 @@ public struct UpstreamConfiguration: Sendable {
 
     /// `name` defaults to the URL's host and port (`docker.io` for Docker Hub's hosts), `prefix` to the name where it is a path component.
     public init(url: HTTPURL, name: String? = nil) {
-        self.url = url
+        urls = [url]
         let name = name ?? (DockerHub.isDockerHub(host: url.host) ? "docker.io" : url.port == (url.scheme == "https" ? 443 : 80) ? url.host : "\(url.host):\(url.port)")
         self.name = name
         prefix = UpstreamRouter.Entry.defaultPrefix(for: name)

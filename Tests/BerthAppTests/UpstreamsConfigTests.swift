@@ -68,3 +68,20 @@ final class UpstreamsConfigTests: XCTestCase {
         XCTAssertEqual(c.upstreams.map(\.password), ["s3cret", "p2"])
     }
 }
+
+final class UpstreamURLsConfigTests: XCTestCase {
+    func testURLsListFailoverOrderAndNameFromTheFirst() throws {
+        let c = try BerthConfig.parse(yaml: "upstreams:\n  - urls: [\"https://mirror-a.corp\", \"https://mirror-b.corp:8443\"]\n")
+        XCTAssertEqual(c.effectiveUpstreams[0].allURLs, ["https://mirror-a.corp", "https://mirror-b.corp:8443"])
+        XCTAssertEqual(c.effectiveUpstreams[0].resolvedName, "mirror-a.corp")
+    }
+
+    func testURLAndURLsTogetherOrABadOneAreRefused() {
+        for (yaml, key) in [("upstreams:\n  - url: https://a.io\n    urls: [https://b.io]\n", "upstreams[0].urls"),
+                            ("upstreams:\n  - urls: [https://a.io, \"ftp://b.io\"]\n", "upstreams[0].urls"),
+                            ("upstreams:\n  - urls: []\n", "upstreams[0].urls"),
+                            ("upstream:\n  urls: [https://a.io]\n", "upstream.urls")] {
+            XCTAssertThrowsError(try BerthConfig.parse(yaml: yaml), yaml) { XCTAssertEqual(($0 as? ConfigError)?.key, key, "\($0)") }
+        }
+    }
+}

@@ -10,6 +10,8 @@ final class FakeUpstream {
 
     private let lock = NSLock()
     private var routes: [String: Route] = [:]
+    /// Answers every path without a route of its own (instead of `/v2/` 200 and 404s).
+    private var fallback: Route?
     private var seen: [(method: String, path: String)] = []
     private var server: LoopbackServer?
     private(set) var port: UInt16 = 0
@@ -30,6 +32,14 @@ final class FakeUpstream {
         lock.withLock { routes[path] = route }
     }
 
+    /// Answers every unrouted path with `route`.
+    func routeEverythingElse(_ route: @escaping Route) {
+        lock.withLock { fallback = route }
+    }
+
+    /// Every request received.
+    var requestCount: Int { lock.withLock { seen.count } }
+
     /// Requests received for `path` with `method`.
     func count(method: String, path: String) -> Int {
         lock.withLock { seen.filter { $0.method == method && $0.path == path }.count }
@@ -39,7 +49,7 @@ final class FakeUpstream {
         let path = splitQuery(w.request.target).path
         let route = lock.withLock { () -> Route? in
             seen.append((w.request.method.name, path))
-            return routes[path]
+            return routes[path] ?? fallback
         }
         if let route { return route(w) }
         var head = ResponseHead(status: path == "/v2/" ? 200 : 404)

@@ -36,8 +36,10 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
         self.auth = auth
         let failover = Failover(config.urls)
         self.failover = failover
+        let breaker = CircuitBreaker(name: config.name, windowNanos: config.breakerWindowNanos)
         perLoop = group.loops.map {
-            Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls), auth: auth, failover: failover, deadlineNanos: deadlineNanos)
+            Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls), auth: auth, failover: failover, breaker: breaker,
+                     deadlineNanos: deadlineNanos)
         }
     }
 

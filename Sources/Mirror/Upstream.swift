@@ -11,6 +11,7 @@ final class Upstream {
     let client: HTTPClient
     let auth: UpstreamAuth
     let failover: Failover
+    let breaker: CircuitBreaker
     var config: UpstreamConfiguration { auth.config }
     private var pingWaiters: [(Result<UpstreamAuth.Challenge, UpstreamError>) -> Void]?
     private var tokenWaiters: [String: [(Result<String?, UpstreamError>) -> Void]] = [:]
@@ -18,10 +19,11 @@ final class Upstream {
     /// How long a `fetch` may take in all before its caller gets a 504.
     let deadlineNanos: UInt64
 
-    init(client: HTTPClient, auth: UpstreamAuth, failover: Failover, deadlineNanos: UInt64) {
+    init(client: HTTPClient, auth: UpstreamAuth, failover: Failover, breaker: CircuitBreaker, deadlineNanos: UInt64) {
         self.client = client
         self.auth = auth
         self.failover = failover
+        self.breaker = breaker
         self.deadlineNanos = deadlineNanos
     }
 
@@ -60,6 +62,7 @@ final class Upstream {
                 failover.failed(origin)
                 return self.ping(triesLeft: triesLeft - 1)
             }
+            if case .failure(let e) = result, e.isTimeout { breaker.timedOut(e, now: loop.now) }
             let outcome: Result<UpstreamAuth.Challenge, UpstreamError>
             switch result {
             case .failure(let e):
@@ -140,6 +143,7 @@ final class Upstream {
     /// the token and retries once, invisibly to `delegate`.
     func send(_ method: HTTPMethod, _ path: String, repository: String, headers: HTTPHeaders = HTTPHeaders(),
               headTimeout: UInt64, delegate: UpstreamDelegate) {
+        if let e = breaker.refusal(now: loop.now) { return delegate.upstreamFailed(e) }
         let retrying = RetryOn401(upstream: self, method: method, path: path, repository: repository,
                                   headers: headers, headTimeout: headTimeout, delegate: delegate)
         retrying.attempt(refresh: false)
@@ -196,6 +200,40 @@ final class Failover: @unchecked Sendable {  // `index` is atomic; `urls` immuta
         case .failure(let e): return isUnreachable(e)
         case .success(let (head, _)): return head.status >= 500
         }
+    }
+}
+
+/// Stops waiting on an upstream that hangs: after a connect or response-head
+/// timeout, requests are refused at once for a window (stale content is
+/// served, misses get 503 naming the upstream and why), so an outage costs
+/// one timeout per window, not one per request. Failures that come fast
+/// (refused, reset, 5xx) do not trip it: the next request simply tries
+/// again (and fails over to the next URL). The first request after the
+/// window asks again. Shared by every loop.
+final class CircuitBreaker: @unchecked Sendable {  // all state behind `state`
+    let name: String
+    let windowNanos: UInt64
+    private let state = Mutex<(until: UInt64, reason: String)>((0, ""))
+
+    init(name: String, windowNanos: UInt64) {
+        self.name = name
+        self.windowNanos = windowNanos
+    }
+
+    /// The error to answer with instead of asking the upstream, nil when it may be asked.
+    func refusal(now: UInt64) -> UpstreamError? {
+        let (until, reason) = state.withLock { $0 }
+        guard now < until else { return nil }
+        return UpstreamError(status: 503, code: .unavailable,
+                             message: "upstream \(name) is unavailable (\(reason)); next attempt in \((until - now) / 1_000_000_000 + 1) s")
+    }
+
+    func timedOut(_ e: HTTPClientError, now: UInt64) {
+        state.withLock { $0 = (now + windowNanos, "timed out: \(e.message)") }
+    }
+
+    func succeeded() {
+        state.withLock { if $0.until != 0 { $0 = (0, "") } }
     }
 }
 
@@ -256,6 +294,7 @@ private final class RetryOn401: ClientResponseDelegate {
             return
         }
         headDelivered = true
+        if fromOrigin { upstream.breaker.succeeded() }
         delegate.didReceiveHead(head, url: url, task: task)
     }
 
@@ -272,6 +311,9 @@ private final class RetryOn401: ClientResponseDelegate {
             failingOver = false
             attempt(refresh: false)
             return
+        }
+        if let error, !headDelivered, !swallowing, error.kind == .connectTimeout || error.kind == .headTimeout {
+            upstream.breaker.timedOut(error, now: upstream.loop.now)
         }
         if swallowing {
             swallowing = false

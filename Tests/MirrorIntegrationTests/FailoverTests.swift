@@ -41,3 +41,47 @@ final class FailoverTests: IntegrationTestCase {
         XCTAssertEqual(broken.requestCount, before)
     }
 }
+
+/// The circuit breaker: an upstream that hangs costs one timeout per window, not one per request.
+final class CircuitBreakerTests: IntegrationTestCase {
+    func testAHungUpstreamIsNotWaitedOnAgainWithinTheWindow() throws {
+        let upstream = try startFakeUpstream()
+        let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
+        let digest = "sha256:" + sha256Hex(manifest)
+        let path = "/v2/test/app/manifests/v1"
+        upstream.route(path) { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            head.headers.add("Docker-Content-Digest", digest)
+            w.respond(head, body: manifest)
+        }
+        let config = "\(workDir!)/berth.yaml"
+        try "upstreams:\n  - name: hung.test\n    url: \"\(upstream.url)\"\n    manifest_timeout: 1s\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let berth = try startBerth(upstream: "", arguments: ["--config", config, "--tag-ttl", "0s"])
+
+        XCTAssertEqual(try get(berth, path).body, manifest)
+        // The tag is recorded off the loop: wait until Berth answers it from its cache (revalidated).
+        XCTAssertTrue(waitUntil(10) { (try? self.get(berth, path))?.headers["cache-status"]?.contains("hit") == true })
+        let headsBefore = upstream.count(method: "HEAD", path: path)
+        upstream.route(path) { _ in }          // from now on the upstream never answers
+        upstream.route("/v2/test/app/manifests/v2") { _ in }
+
+        let first = try get(berth, path)       // waits for the 1 s head timeout, then serves stale
+        XCTAssertEqual(first.status, 200)
+        XCTAssertEqual(first.body, manifest)
+        XCTAssertTrue(first.headers["cache-status"]?.contains("stale") ?? false, "\(first.headers)")
+        let asked = upstream.count(method: "HEAD", path: path)
+        XCTAssertEqual(asked, headsBefore + 1, "one revalidation, which timed out")
+
+        let second = try get(berth, path)      // within the window: stale at once, upstream not asked
+        XCTAssertEqual(second.body, manifest)
+        XCTAssertTrue(second.headers["cache-status"]?.contains("stale") ?? false)
+        XCTAssertEqual(upstream.count(method: "HEAD", path: path), asked, "the breaker keeps requests off a hung upstream")
+
+        let miss = try get(berth, "/v2/test/app/manifests/v2")  // nothing cached: 503 naming the upstream and why
+        XCTAssertEqual(miss.status, 503)
+        let text = String(decoding: miss.body, as: UTF8.self)
+        XCTAssertTrue(text.contains("hung.test") && text.contains("timed out"), text)
+        XCTAssertEqual(upstream.count(method: "GET", path: "/v2/test/app/manifests/v2"), 0)
+    }
+}

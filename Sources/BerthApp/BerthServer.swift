@@ -115,6 +115,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             up.manifestHeadTimeoutNanos = UInt64(u.manifestTimeout * 1e9)
             up.blobHeadTimeoutNanos = UInt64(u.blobTimeout * 1e9)
             up.idleTimeoutNanos = UInt64(u.idleTimeout * 1e9)
+            up.negativeTTLNanos = UInt64(u.negativeTTL * 1e9)
             up.tls = try TLSContext.makeClient(extraCAPath: u.ca.isEmpty ? nil : u.ca,
                                                certificatePath: u.certificate.isEmpty ? nil : u.certificate,
                                                privateKeyPath: u.key.isEmpty ? nil : u.key)

@@ -57,6 +57,8 @@ public struct BerthConfig: Equatable, Sendable {
         public var manifestTimeout = 15.0
         public var blobTimeout = 30.0
         public var idleTimeout = 30.0
+        /// A tag the upstream answered 404 for is answered 404 without asking for this long (digests never are); 0 turns it off.
+        public var negativeTTL = 15.0
     }
 
     public struct CacheSection: Equatable, Sendable {
@@ -255,6 +257,7 @@ public struct BerthConfig: Equatable, Sendable {
             case "manifest_timeout": u.manifestTimeout = try duration(uv, key: key)
             case "blob_timeout": u.blobTimeout = try duration(uv, key: key)
             case "idle_timeout": u.idleTimeout = try duration(uv, key: key)
+            case "negative_ttl": u.negativeTTL = try duration(uv, key: key)
             default: throw ConfigError(key: key, list || !["name", "prefix", "hosts", "default", "urls"].contains(uk) ? "unknown key"
                                        : "belongs to an item of upstreams:, not to upstream:")
             }

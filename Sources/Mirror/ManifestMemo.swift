@@ -33,3 +33,33 @@ final class ManifestMemo: @unchecked Sendable {  // state behind `state`
         }
     }
 }
+
+/// Keys remembered for a while, shared by every loop: the upstream 404s of
+/// tags (a short negative cache). Bounded: past `capacity`, expired keys are
+/// dropped, and if none had expired, everything.
+final class ExpiringSet: @unchecked Sendable {  // all state behind `state`
+    private let state = Mutex<[String: UInt64]>([:])
+    let ttlNanos: UInt64
+    let capacity: Int
+
+    init(ttlNanos: UInt64, capacity: Int) {
+        self.ttlNanos = ttlNanos
+        self.capacity = capacity
+    }
+
+    func insert(_ key: String, now: UInt64) {
+        guard ttlNanos > 0 else { return }
+        state.withLock { s in
+            if s.count >= capacity {
+                s = s.filter { $0.value > now }
+                if s.count >= capacity { s.removeAll() }
+            }
+            s[key] = now + ttlNanos
+        }
+    }
+
+    func contains(_ key: String, now: UInt64) -> Bool {
+        guard ttlNanos > 0 else { return false }
+        return state.withLock { ($0[key] ?? 0) > now }
+    }
+}

@@ -43,6 +43,9 @@ final class ManifestRequest: RepositoryHandler {
             confirmAccess(digest, type)
         case .tag(let tag):
             guard let rec = index.tag(key, tag), isAvailable(rec.digest), accepts(rec.mediaType) else {
+                if ctx.registry.missingTags.contains("\(key):\(tag)", now: w.loop.now) {
+                    return Mirror.error(w, .manifestUnknown, "manifest \(name):\(tag) not found upstream (answered 404 moments ago)")
+                }
                 return fetch(stale: nil)
             }
             let age = unixNow() - rec.confirmedAt
@@ -136,6 +139,8 @@ final class ManifestRequest: RepositoryHandler {
                 mirror.error(w, e)
             case .success(let (head, _)) where head.status != 200:
                 if let stale, head.status == 429 || head.status >= 500 { return serveStale(stale, reason: "upstream answered \(head.status)") }
+                // Digests are never remembered as missing: only a tag can appear later.
+                if head.status == 404, case .tag(let tag) = reference { ctx.registry.missingTags.insert("\(key):\(tag)", now: w.loop.now) }
                 mirror.error(w, .from(status: head.status, headers: head.headers, notFound: .manifestUnknown, what: "manifest \(name):\(reference)"))
             case .success(let (head, body)):
                 received(head, body)

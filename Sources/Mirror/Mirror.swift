@@ -28,6 +28,8 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
     let config: UpstreamConfiguration
     let auth: UpstreamAuth
     let failover: Failover
+    /// Tags this upstream answered 404 for, not asked again for `negativeTTLNanos`.
+    let missingTags: ExpiringSet
     private let perLoop: [Upstream]
 
     init(config: UpstreamConfiguration, group: EventLoopGroup, pool: BlockingPool, deadlineNanos: UInt64) {
@@ -36,6 +38,7 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
         self.auth = auth
         let failover = Failover(config.urls)
         self.failover = failover
+        missingTags = ExpiringSet(ttlNanos: config.negativeTTLNanos, capacity: 10_000)
         let breaker = CircuitBreaker(name: config.name, windowNanos: config.breakerWindowNanos)
         perLoop = group.loops.map {
             Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls), auth: auth, failover: failover, breaker: breaker,

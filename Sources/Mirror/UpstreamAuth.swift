@@ -34,6 +34,8 @@ public struct UpstreamConfiguration: Sendable {
     /// After the upstream fails (unreachable, timed out, 5xx on every URL), it is not asked again
     /// for this long: cached content is served at once and misses get 503.
     public var breakerWindowNanos: UInt64 = 30_000_000_000
+    /// A tag the upstream answered 404 for is answered 404 without asking for this long (0: off).
+    public var negativeTTLNanos: UInt64 = 15_000_000_000
 
     /// `name` defaults to the URL's host and port (`docker.io` for Docker Hub's hosts), `prefix` to the name where it is a path component.
     public init(url: HTTPURL, name: String? = nil) {

@@ -85,3 +85,22 @@ final class CircuitBreakerTests: IntegrationTestCase {
         XCTAssertEqual(upstream.count(method: "GET", path: "/v2/test/app/manifests/v2"), 0)
     }
 }
+
+/// Upstream 404s of tags are remembered briefly; digests never are.
+final class NegativeCacheTests: IntegrationTestCase {
+    func testATagTheUpstreamDoesNotHaveIsAskedForOncePerWindow() throws {
+        let upstream = try startFakeUpstream()  // answers 404 for every manifest
+        let berth = try startBerth(upstream: upstream.url)
+        let tag = "/v2/test/app/manifests/nope"
+        for _ in 0..<3 {
+            let r = try get(berth, tag)
+            XCTAssertEqual(r.status, 404)
+            XCTAssertEqual((jsonObject(r.body)?["errors"] as? [[String: Any]])?.first?["code"] as? String, "MANIFEST_UNKNOWN")
+        }
+        XCTAssertEqual(upstream.count(method: "GET", path: tag), 1, "later requests within negative_ttl are answered without asking")
+
+        let digest = "/v2/test/app/manifests/sha256:" + String(repeating: "ab", count: 32)
+        for _ in 0..<2 { XCTAssertEqual(try get(berth, digest).status, 404) }
+        XCTAssertEqual(upstream.count(method: "GET", path: digest), 2, "a digest is never remembered as missing")
+    }
+}

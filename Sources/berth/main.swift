@@ -9,7 +9,7 @@ struct Berth: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "berth",
         abstract: "A pull-through caching container-registry mirror.",
-        subcommands: [Serve.self, Cache.self],
+        subcommands: [Serve.self, Cache.self, ClientConfigCommand.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -67,13 +67,9 @@ struct Serve: ParsableCommand {
     var pin: [String] = []
 
     func run() throws {
-        var c = BerthConfig()
+        var c: BerthConfig
         do {
-            if let path = config {
-                guard let text = readFile(path) else { throw ConfigError(key: "(file)", "cannot read \(path)") }
-                c = try BerthConfig.parse(yaml: text)
-            }
-            try c.apply(environment: ProcessEnvironment.all())
+            c = try loadConfig(file: config)
             if let listen { c.listen = listen }
             if let tlsListen { c.tls.listen = tlsListen }
             if let tlsCertificate { c.tls.certificate = tlsCertificate }
@@ -111,6 +107,70 @@ struct Serve: ParsableCommand {
         server.waitUntilStopped()
     }
 }
+
+/// The embedded defaults, then `--config FILE`, then `BERTH_*` variables: what every command starts from.
+func loadConfig(file path: String?) throws -> BerthConfig {
+    var c = BerthConfig()
+    if let path {
+        guard let text = readFile(path) else { throw ConfigError(key: "(file)", "cannot read \(path)") }
+        c = try BerthConfig.parse(yaml: text)
+    }
+    try c.apply(environment: ProcessEnvironment.all())
+    return c
+}
+
+// MARK: berth client-config
+
+struct ClientConfigCommand: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        commandName: "client-config",
+        abstract: "Print the containerd hosts.toml files, Docker daemon.json or podman registries.conf that pull every configured upstream through this Berth.",
+        discussion: """
+        The configuration is read as `berth serve` reads it (--config, BERTH_* variables). Notes and warnings go to stderr.
+        Without --endpoint, clients are pointed at the plain-HTTP listen address, a wildcard address (:5000) as 127.0.0.1.
+        """
+    )
+
+    @Argument(help: "containerd, docker or podman.")
+    var client: ClientConfig.Client
+    @Option(name: .long, help: "Configuration file (YAML), as for berth serve.")
+    var config: String?
+    @Option(name: .long, help: "The address clients reach Berth at, e.g. http://mirror.internal:5000 (default: from listen).")
+    var endpoint: String?
+    @Option(name: .long, help: "Plain HTTP address (listen), for the default endpoint.")
+    var listen: String?
+    @Option(name: .customLong("cache-dir"), help: "Cache directory (cache.dir); accepted as by every command, not used.")
+    var cacheDir: String?
+
+    func run() throws {
+        let c: BerthConfig
+        let target: ClientConfig.Endpoint
+        do {
+            var loaded = try loadConfig(file: config)
+            if let listen { loaded.listen = listen }
+            if let cacheDir { loaded.cache.dir = cacheDir }
+            try loaded.validate()
+            c = loaded
+            if let endpoint {
+                guard let e = ClientConfig.Endpoint(endpoint) else {
+                    throw ConfigError(key: "--endpoint", "\"\(endpoint)\" is not a URL such as http://mirror.internal:5000 (no path)")
+                }
+                target = e
+            } else {
+                guard let e = ClientConfig.Endpoint(listen: c.listen) else { throw ConfigError(key: "listen", "\"\(c.listen)\" is not an address") }
+                target = e
+            }
+        } catch let e as ConfigError {
+            FileOut.stderr("berth: \(e)\n")
+            throw ExitCode(2)
+        }
+        let out = ClientConfig.make(client, config: c, endpoint: target, configPath: config)
+        print(out.text, terminator: "")
+        for note in out.notes { FileOut.stderr("berth: \(note)\n") }
+    }
+}
+
+extension ClientConfig.Client: ExpressibleByArgument {}
 
 // MARK: berth cache
 
@@ -210,8 +270,8 @@ extension Cache {
     }
 }
 
-// `berth cache` usage errors exit 2 like configuration errors (ArgumentParser would say 64).
-if CommandLine.arguments.dropFirst().first == "cache" {
+// `berth cache` and `berth client-config` usage errors exit 2 like configuration errors (ArgumentParser would say 64).
+if ["cache", "client-config"].contains(CommandLine.arguments.dropFirst().first) {
     do {
         var command = try Berth.parseAsRoot()
         try command.run()

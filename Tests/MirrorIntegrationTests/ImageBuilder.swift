@@ -41,10 +41,19 @@ final class ImageBuilder {
     // MARK: layers and layouts
 
     /// A gzip layer of `size` random bytes written into `dir`, named by its hex
-    /// digest; returns (digest, diffID, compressed size).
-    func makeGzipLayer(size: Int, in dir: String) throws -> (digest: String, diffID: String, size: Int) {
+    /// digest; returns (digest, diffID, compressed size). With `asTar`, the bytes
+    /// are one file in a tar archive, a layer clients that unpack (podman) accept.
+    func makeGzipLayer(size: Int, in dir: String, asTar: Bool = false) throws -> (digest: String, diffID: String, size: Int) {
         let raw = "\(dir)/raw-\(UUID().uuidString.prefix(8))"
-        let diffID = try writeRandomFile(raw, count: size)
+        var diffID = try writeRandomFile(raw, count: size)
+        if asTar {
+            let payload = raw + ".payload"
+            try FileManager.default.moveItem(atPath: raw, toPath: payload)
+            try Subprocess.run(["tar", "-cf", raw, "-C", dir, "--owner=0", "--group=0", (payload as NSString).lastPathComponent], in: dir, timeout: 60)
+            try FileManager.default.removeItem(atPath: payload)
+            guard let hex = sha256Hex(file: raw) else { throw Subprocess.Failure(description: "cannot read \(raw)") }
+            diffID = "sha256:" + hex
+        }
         try Subprocess.run(["gzip", "-1", "-n", raw], in: dir, timeout: 60)
         let gz = raw + ".gz"
         guard let hex = sha256Hex(file: gz) else { throw Subprocess.Failure(description: "cannot read \(gz)") }
@@ -54,13 +63,13 @@ final class ImageBuilder {
     }
 
     /// A `dir:` layout (Directory Transport 1.1) holding a Docker schema2 image.
-    func makeDirLayout(layerSizes: [Int]) throws -> String {
+    func makeDirLayout(layerSizes: [Int], tarLayers: Bool = false) throws -> String {
         let dir = "\(directory)/layout-\(UUID().uuidString.prefix(8))"
         try FileManager.default.createDirectory(atPath: dir, withIntermediateDirectories: true)
         var layers: [[String: Any]] = []
         var diffIDs: [String] = []
         for size in layerSizes {
-            let l = try makeGzipLayer(size: size, in: dir)
+            let l = try makeGzipLayer(size: size, in: dir, asTar: tarLayers)
             layers.append(["mediaType": "application/vnd.docker.image.rootfs.diff.tar.gzip", "size": l.size, "digest": l.digest])
             diffIDs.append(l.diffID)
         }
@@ -86,8 +95,8 @@ final class ImageBuilder {
     /// `user:password` for a token registry; `authorization` is how to read the
     /// manifest back directly.
     func pushImage(to registry: Registry, repository: String, tag: String, layerSizes: [Int],
-                   credentials: String? = nil, authorization: String? = nil) throws -> PushedImage {
-        let layout = try makeDirLayout(layerSizes: layerSizes)
+                   tarLayers: Bool = false, credentials: String? = nil, authorization: String? = nil) throws -> PushedImage {
+        let layout = try makeDirLayout(layerSizes: layerSizes, tarLayers: tarLayers)
         var extra = ["--dest-tls-verify=false"]
         if let credentials { extra += ["--dest-creds", credentials] }
         try Skopeo.copy("dir:\(layout)", "docker://\(registry.hostPort)/\(repository):\(tag)", extra: extra, in: directory)

@@ -50,6 +50,18 @@ class IntegrationTestCase: XCTestCase {
         return b
     }
 
+    /// A Berth in front of `upstreams` from a `--config` file (written as `configPath`),
+    /// each named by its host:port with its prefix; the first is the default.
+    func startBerth(upstreams: [(registry: Registry, prefix: String)], configPath: String) throws -> BerthProcess {
+        var yaml = "upstreams:\n"
+        for (i, u) in upstreams.enumerated() {
+            yaml += "  - name: \"\(u.registry.hostPort)\"\n    prefix: \(u.prefix)\n    url: \"\(u.registry.url)\"\n"
+            if i == 0 { yaml += "    default: true\n" }
+        }
+        try yaml.write(toFile: configPath, atomically: true, encoding: .utf8)
+        return try startBerth(upstream: "", arguments: ["--config", configPath])
+    }
+
     func startTokenService(username: String, password: String) throws -> TokenService {
         let t = try TokenService(username: username, password: password)
         cleanups.append { t.stop() }

@@ -16,18 +16,7 @@ final class MultiUpstreamTests: IntegrationTestCase {
         imageA = try builder.pushImage(to: a, repository: "test/app", tag: "v1", layerSizes: [300_000])
         imageB = try builder.pushImage(to: b, repository: "test/app", tag: "v1", layerSizes: [200_000, 100_000])
         XCTAssertNotEqual(imageA.digest, imageB.digest)
-        let config = "\(workDir!)/berth.yaml"
-        try """
-        upstreams:
-          - name: "\(a.hostPort)"
-            prefix: a
-            url: "\(a.url)"
-            default: true
-          - name: "\(b.hostPort)"
-            prefix: b
-            url: "\(b.url)"
-        """.write(toFile: config, atomically: true, encoding: .utf8)
-        return try startBerth(upstream: "", arguments: ["--config", config])
+        return try startBerth(upstreams: [(a, "a"), (b, "b")], configPath: "\(workDir!)/berth.yaml")
     }
 
     func testPrefixNamespaceAndDefaultSelectTheirUpstream() throws {

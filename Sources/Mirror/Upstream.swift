@@ -213,7 +213,12 @@ final class Failover: @unchecked Sendable {  // `index` is atomic; `urls` immuta
 final class CircuitBreaker: @unchecked Sendable {  // all state behind `state`
     let name: String
     let windowNanos: UInt64
-    private let state = Mutex<(until: UInt64, reason: String)>((0, ""))
+    /// Until when requests are refused, why, and whether as a rate limit (429) or an outage (503).
+    private let state = Mutex<(until: UInt64, reason: String, limited: Bool)>((0, "", false))
+    /// The longest back-off a `Retry-After` can impose.
+    static let maxRetryAfterNanos: UInt64 = 600_000_000_000
+    /// A 429 without a usable `Retry-After` backs off this long.
+    static let defaultRetryAfterNanos: UInt64 = 10_000_000_000
 
     init(name: String, windowNanos: UInt64) {
         self.name = name
@@ -222,18 +227,32 @@ final class CircuitBreaker: @unchecked Sendable {  // all state behind `state`
 
     /// The error to answer with instead of asking the upstream, nil when it may be asked.
     func refusal(now: UInt64) -> UpstreamError? {
-        let (until, reason) = state.withLock { $0 }
+        let (until, reason, limited) = state.withLock { $0 }
         guard now < until else { return nil }
-        return UpstreamError(status: 503, code: .unavailable,
-                             message: "upstream \(name) is unavailable (\(reason)); next attempt in \((until - now) / 1_000_000_000 + 1) s")
+        let seconds = (until - now) / 1_000_000_000 + 1
+        if limited {
+            return UpstreamError(status: 429, code: .tooManyRequests,
+                                 message: "upstream \(name) is rate-limiting Berth (\(reason)); next attempt in \(seconds) s", retryAfter: String(seconds))
+        }
+        return UpstreamError(status: 503, code: .unavailable, message: "upstream \(name) is unavailable (\(reason)); next attempt in \(seconds) s")
+    }
+
+    /// A 429: nothing more is sent until its `Retry-After` (seconds; capped; 10 s
+    /// when absent or a date) has passed, plus up to 10 % jitter so that loops
+    /// and mirrors do not all come back at once.
+    func rateLimited(retryAfter: String?, now: UInt64) {
+        let asked = retryAfter.flatMap { UInt64($0.filter { $0 != " " }) }.map { min($0, 600) * 1_000_000_000 }
+        let base = min(asked ?? Self.defaultRetryAfterNanos, Self.maxRetryAfterNanos)
+        let wait = base + UInt64.random(in: 0...max(base / 10, 1))
+        state.withLock { $0 = (now + wait, "answered 429\(retryAfter.map { ", Retry-After \($0)" } ?? "")", true) }
     }
 
     func timedOut(_ e: HTTPClientError, now: UInt64) {
-        state.withLock { $0 = (now + windowNanos, "timed out: \(e.message)") }
+        state.withLock { $0 = (now + windowNanos, "timed out: \(e.message)", false) }
     }
 
     func succeeded() {
-        state.withLock { if $0.until != 0 { $0 = (0, "") } }
+        state.withLock { if $0.until != 0 { $0 = (0, "", false) } }
     }
 }
 
@@ -294,7 +313,13 @@ private final class RetryOn401: ClientResponseDelegate {
             return
         }
         headDelivered = true
-        if fromOrigin { upstream.breaker.succeeded() }
+        if fromOrigin {
+            if head.status == 429 {
+                upstream.breaker.rateLimited(retryAfter: head.headers["Retry-After"], now: upstream.loop.now)
+            } else {
+                upstream.breaker.succeeded()
+            }
+        }
         delegate.didReceiveHead(head, url: url, task: task)
     }
 

@@ -44,12 +44,13 @@ final class FailoverTests: IntegrationTestCase {
 
 /// The circuit breaker: an upstream that hangs costs one timeout per window, not one per request.
 final class CircuitBreakerTests: IntegrationTestCase {
-    func testAHungUpstreamIsNotWaitedOnAgainWithinTheWindow() throws {
-        let upstream = try startFakeUpstream()
-        let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
+    private let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
+    private let path = "/v2/test/app/manifests/v1"
+
+    /// A Berth (tag TTL 0, manifest timeout 1 s) whose upstream served `manifest` as test/app:v1, now cached.
+    private func berthWithCachedTag(_ upstream: FakeUpstream) throws -> BerthProcess {
         let digest = "sha256:" + sha256Hex(manifest)
-        let path = "/v2/test/app/manifests/v1"
-        upstream.route(path) { w in
+        upstream.route(path) { [manifest] w in
             var head = ResponseHead(status: 200)
             head.headers.add("Content-Type", "application/vnd.oci.image.manifest.v1+json")
             head.headers.add("Docker-Content-Digest", digest)
@@ -58,10 +59,15 @@ final class CircuitBreakerTests: IntegrationTestCase {
         let config = "\(workDir!)/berth.yaml"
         try "upstreams:\n  - name: hung.test\n    url: \"\(upstream.url)\"\n    manifest_timeout: 1s\n".write(toFile: config, atomically: true, encoding: .utf8)
         let berth = try startBerth(upstream: "", arguments: ["--config", config, "--tag-ttl", "0s"])
-
         XCTAssertEqual(try get(berth, path).body, manifest)
         // The tag is recorded off the loop: wait until Berth answers it from its cache (revalidated).
-        XCTAssertTrue(waitUntil(10) { (try? self.get(berth, path))?.headers["cache-status"]?.contains("hit") == true })
+        XCTAssertTrue(waitUntil(10) { (try? self.get(berth, self.path))?.headers["cache-status"]?.contains("hit") == true })
+        return berth
+    }
+
+    func testAHungUpstreamIsNotWaitedOnAgainWithinTheWindow() throws {
+        let upstream = try startFakeUpstream()
+        let berth = try berthWithCachedTag(upstream)
         let headsBefore = upstream.count(method: "HEAD", path: path)
         upstream.route(path) { _ in }          // from now on the upstream never answers
         upstream.route("/v2/test/app/manifests/v2") { _ in }
@@ -82,6 +88,29 @@ final class CircuitBreakerTests: IntegrationTestCase {
         XCTAssertEqual(miss.status, 503)
         let text = String(decoding: miss.body, as: UTF8.self)
         XCTAssertTrue(text.contains("hung.test") && text.contains("timed out"), text)
+        XCTAssertEqual(upstream.count(method: "GET", path: "/v2/test/app/manifests/v2"), 0)
+    }
+
+    func testA429StormIsWaitedOutServingTheCache() throws {
+        let upstream = try startFakeUpstream()
+        let berth = try berthWithCachedTag(upstream)
+        let headsBefore = upstream.count(method: "HEAD", path: path)
+        upstream.route(path, FakeUpstream.rateLimited(retryAfter: "30"))
+        upstream.route("/v2/test/app/manifests/v2", FakeUpstream.rateLimited(retryAfter: "30"))
+
+        for i in 0..<5 {  // the first meets the 429; the rest are not sent: stale every time
+            let r = try get(berth, path)
+            XCTAssertEqual(r.status, 200, "request \(i): \(r.bodyText)")
+            XCTAssertEqual(r.body, manifest)
+            XCTAssertTrue(r.headers["cache-status"]?.contains("stale") ?? false)
+        }
+        XCTAssertEqual(upstream.count(method: "HEAD", path: path), headsBefore + 1, "one request meets the 429; then Berth waits out Retry-After")
+
+        let miss = try get(berth, "/v2/test/app/manifests/v2")
+        XCTAssertEqual(miss.status, 429, miss.bodyText)
+        XCTAssertTrue(miss.bodyText.contains("TOOMANYREQUESTS") && miss.bodyText.contains("hung.test"), miss.bodyText)
+        let retryAfter = Int(miss.headers["retry-after"] ?? "") ?? 0
+        XCTAssertTrue((1...34).contains(retryAfter), "Retry-After counts down from the upstream's 30 s (+ jitter): \(retryAfter)")
         XCTAssertEqual(upstream.count(method: "GET", path: "/v2/test/app/manifests/v2"), 0)
     }
 }

@@ -17,6 +17,8 @@ public struct BerthConfig: Equatable, Sendable {
     public var server = ServerSection()
     /// Event-loop threads; 0 means one per core.
     public var workers = 0
+    /// Serve only what is cached, never dial an upstream (every upstream `offline`).
+    public var offline = false
     public var log = LogSection()
     /// The single-upstream section of earlier versions (and its flags): used when `upstreams` is empty.
     public var upstream = UpstreamSection()
@@ -59,6 +61,12 @@ public struct BerthConfig: Equatable, Sendable {
         public var idleTimeout = 30.0
         /// A tag the upstream answered 404 for is answered 404 without asking for this long (digests never are); 0 turns it off.
         public var negativeTTL = 15.0
+        /// How long a tag → digest mapping from this upstream is trusted; nil: `cache.tag_ttl`.
+        public var tagTTL: Double?
+        /// After a connect or head timeout, how long the upstream is not asked.
+        public var breakerWindow = 30.0
+        /// Serve only what is cached from this upstream; never dial it.
+        public var offline = false
     }
 
     public struct CacheSection: Equatable, Sendable {
@@ -124,6 +132,9 @@ public struct BerthConfig: Equatable, Sendable {
             switch k {
             case "listen": c.listen = try string(v, key: "listen")
             case "workers": c.workers = try int(v, key: "workers")
+            case "offline":
+                guard let b = v as? Bool else { throw ConfigError(key: "offline", "expected true or false") }
+                c.offline = b
             case "tls":
                 for (tk, tv) in try table(v, key: "tls") {
                     switch tk {
@@ -190,6 +201,12 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_TLS_CERTIFICATE"] { tls.certificate = v }
         if let v = env["BERTH_TLS_KEY"] { tls.key = v }
         if let v = env["BERTH_LOG_LEVEL"] { log.level = v }
+        if let v = env["BERTH_OFFLINE"] {
+            guard let b = ["true": true, "1": true, "false": false, "0": false][v] else {
+                throw ConfigError(key: "offline", "BERTH_OFFLINE=\(v) is not true or false")
+            }
+            offline = b
+        }
         if let v = env["BERTH_SERVER_HEADER_TIMEOUT"] { server.headerTimeout = try Self.duration(v, key: "server.header_timeout") }
         if let v = env["BERTH_SERVER_KEEPALIVE_TIMEOUT"] { server.keepaliveTimeout = try Self.duration(v, key: "server.keepalive_timeout") }
         if let v = env["BERTH_SERVER_MAX_CONNECTIONS"] { server.maxConnections = try Self.connectionCap(v, key: "server.max_connections") }
@@ -258,6 +275,11 @@ public struct BerthConfig: Equatable, Sendable {
             case "blob_timeout": u.blobTimeout = try duration(uv, key: key)
             case "idle_timeout": u.idleTimeout = try duration(uv, key: key)
             case "negative_ttl": u.negativeTTL = try duration(uv, key: key)
+            case "tag_ttl": u.tagTTL = try duration(uv, key: key)
+            case "breaker_window": u.breakerWindow = try duration(uv, key: key)
+            case "offline":
+                guard let b = uv as? Bool else { throw ConfigError(key: key, "expected true or false") }
+                u.offline = b
             default: throw ConfigError(key: key, list || !["name", "prefix", "hosts", "default", "urls"].contains(uk) ? "unknown key"
                                        : "belongs to an item of upstreams:, not to upstream:")
             }

@@ -35,6 +35,10 @@ final class BlobRequest: RepositoryHandler {
         if index.isLinked(key, digest), let file = mirror.store.open(digest) {
             return serveCached(file, cacheStatus: "hit")
         }
+        if ctx.config.isOffline {
+            return mirror.error(w, UpstreamError(status: 404, code: .blobUnknown,
+                                                 message: "blob \(name)@\(digest) is not cached, and the mirror is offline for \(ctx.config.name)"))
+        }
         if w.request.method == .head || mirror.store.contains(digest) {
             return headUpstream()
         }

@@ -25,6 +25,14 @@ final class TagsRequest: RepositoryHandler {
             n = nil
         }
         let last = queryValue(query, "last")
+        if ctx.config.isOffline {
+            let cached = ctx.index.tags(of: ctx.key)
+            guard !cached.isEmpty else {
+                return mirror.error(w, UpstreamError(status: 404, code: .nameUnknown,
+                                                     message: "repository \(name) has no cached tags, and the mirror is offline for \(ctx.config.name)"))
+            }
+            return answer(TagList(name: name, tags: cached), n: n, last: last, cacheStatus: "hit; detail=offline")
+        }
         // Ask for everything (bounded): paging is redone here so it follows the spec exactly.
         ctx.upstream.fetch(.get, "/v2/\(repo)/tags/list", repository: repo,
                            headTimeout: ctx.config.manifestHeadTimeoutNanos, maxBytes: 4 << 20) { [self] result in
@@ -78,24 +86,32 @@ final class ReferrersRequest: RepositoryHandler {
     }
 
     func run() {
+        if ctx.config.isOffline { return w.respond(emptyIndexHead(), body: Self.emptyIndex) }
         var path = "/v2/\(repo)/referrers/\(digest)"
         if let t = queryValue(query, "artifactType") { path += "?artifactType=\(t)" }
         ctx.upstream.fetch(.get, path, repository: repo, headTimeout: ctx.config.manifestHeadTimeoutNanos,
                                            maxBytes: mirror.config.maxManifestBytes) { [self] result in
-            var head = ResponseHead(status: 200)
-            head.headers.add("Content-Type", MediaType.ociIndex)
-            head.headers.add("Docker-Distribution-API-Version", "registry/2.0")
+            var head = emptyIndexHead()
             switch result {
             case .success(let (up, body)) where up.status == 200:
                 if let f = up.headers["OCI-Filters-Applied"] { head.headers.add("OCI-Filters-Applied", f) }
                 w.respond(head, body: body)
             case .success(let (up, _)) where up.status == 404:
-                w.respond(head, body: Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.utf8))
+                w.respond(head, body: Self.emptyIndex)
             case .success(let (up, _)):
                 mirror.error(w, .from(status: up.status, headers: up.headers, notFound: .manifestUnknown, what: "referrers of \(digest)"))
             case .failure(let e):
                 mirror.error(w, e)
             }
         }
+    }
+
+    static let emptyIndex = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.utf8)
+
+    private func emptyIndexHead() -> ResponseHead {
+        var head = ResponseHead(status: 200)
+        head.headers.add("Content-Type", MediaType.ociIndex)
+        head.headers.add("Docker-Distribution-API-Version", "registry/2.0")
+        return head
     }
 }

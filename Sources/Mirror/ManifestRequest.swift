@@ -40,20 +40,28 @@ final class ManifestRequest: RepositoryHandler {
         case .digest(let digest):
             guard let type = index.mediaType(of: digest), isAvailable(digest) else { return fetch(stale: nil) }
             if index.isLinked(key, digest) { return serveCached(digest, type, cacheStatus: "hit") }
+            if ctx.config.isOffline { return offlineMiss() }
             confirmAccess(digest, type)
         case .tag(let tag):
             guard let rec = index.tag(key, tag), isAvailable(rec.digest), accepts(rec.mediaType) else {
+                if ctx.config.isOffline { return offlineMiss() }
                 if ctx.registry.missingTags.contains("\(key):\(tag)", now: w.loop.now) {
                     return Mirror.error(w, .manifestUnknown, "manifest \(name):\(tag) not found upstream (answered 404 moments ago)")
                 }
                 return fetch(stale: nil)
             }
             let age = unixNow() - rec.confirmedAt
-            if age >= 0 && UInt64(age) * 1_000_000_000 < mirror.config.tagTTLNanos {
+            if ctx.config.isOffline { return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit; detail=offline") }
+            if age >= 0 && UInt64(age) * 1_000_000_000 < ctx.config.tagTTLNanos ?? mirror.config.tagTTLNanos {
                 return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit")
             }
             revalidate(tag, rec)
         }
+    }
+
+    private func offlineMiss() {
+        mirror.error(w, UpstreamError(status: 404, code: .manifestUnknown,
+                                      message: "manifest \(name):\(reference) is not cached, and the mirror is offline for \(ctx.config.name)"))
     }
 
     /// One HEAD for a repository not yet known to hold `digest`.
@@ -120,7 +128,7 @@ final class ManifestRequest: RepositoryHandler {
         let head = Mirror.contentHead(status: 200, digest: digest, mediaType: type, cacheStatus: cacheStatus)
         if let body = mirror.manifests.get(digest) { return w.respond(head, body: body) }
         guard let file = mirror.store.open(digest), let size = try? file.size() else {
-            return fetch(stale: nil)
+            return ctx.config.isOffline ? offlineMiss() : fetch(stale: nil)
         }
         w.respond(head, file: file, range: 0..<size)
         let (store, memo, max) = (mirror.store, mirror.manifests, mirror.config.maxManifestBytes)

@@ -143,6 +143,8 @@ final class Upstream {
     /// the token and retries once, invisibly to `delegate`.
     func send(_ method: HTTPMethod, _ path: String, repository: String, headers: HTTPHeaders = HTTPHeaders(),
               headTimeout: UInt64, delegate: UpstreamDelegate) {
+        // Offline: never dial (the handlers answer from the cache first; this is the backstop).
+        if config.isOffline { return delegate.upstreamFailed(UpstreamError(status: 503, code: .unavailable, message: "the mirror is offline for \(config.name)")) }
         if let e = breaker.refusal(now: loop.now) { return delegate.upstreamFailed(e) }
         let retrying = RetryOn401(upstream: self, method: method, path: path, repository: repository,
                                   headers: headers, headTimeout: headTimeout, delegate: delegate)

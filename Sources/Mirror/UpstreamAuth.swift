@@ -36,6 +36,10 @@ public struct UpstreamConfiguration: Sendable {
     public var breakerWindowNanos: UInt64 = 30_000_000_000
     /// A tag the upstream answered 404 for is answered 404 without asking for this long (0: off).
     public var negativeTTLNanos: UInt64 = 15_000_000_000
+    /// How long a tag → digest mapping from this upstream is trusted; nil: the mirror's `tagTTLNanos`.
+    public var tagTTLNanos: UInt64?
+    /// Serve only what is cached (tags never expire); never dial.
+    public var isOffline = false
 
     /// `name` defaults to the URL's host and port (`docker.io` for Docker Hub's hosts), `prefix` to the name where it is a path component.
     public init(url: HTTPURL, name: String? = nil) {

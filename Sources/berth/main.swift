@@ -65,6 +65,8 @@ struct Serve: ParsableCommand {
     var cacheMaxSize: String?
     @Option(name: .customLong("pin"), help: "Image never evicted (cache.pinned); repeatable.")
     var pin: [String] = []
+    @Flag(name: .long, help: "Serve only what is cached; never contact an upstream (offline).")
+    var offline = false
 
     func run() throws {
         var c: BerthConfig
@@ -91,6 +93,7 @@ struct Serve: ParsableCommand {
             if let cacheDir { c.cache.dir = cacheDir }
             if let cacheMaxSize { c.cache.maxSize = cacheMaxSize }
             if !pin.isEmpty { c.cache.pinned = pin }
+            if offline { c.offline = true }
             if let tagTTL { c.cache.tagTTL = try BerthConfig.parseDuration(tagTTL, key: "cache.tag_ttl") }
             try c.validate()
         } catch let e as ConfigError {

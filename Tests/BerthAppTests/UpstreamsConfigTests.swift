@@ -85,3 +85,28 @@ final class UpstreamURLsConfigTests: XCTestCase {
         }
     }
 }
+
+final class UpstreamHealthConfigTests: XCTestCase {
+    func testPerUpstreamTagTTLOfflineBreakerAndNegativeTTL() throws {
+        var c = try BerthConfig.parse(yaml: """
+        upstreams:
+          - url: https://a.io
+            tag_ttl: 1h
+            offline: true
+            breaker_window: 5s
+            negative_ttl: 0
+          - url: https://b.io
+        """)
+        XCTAssertEqual(c.upstreams[0].tagTTL, 3600)
+        XCTAssertEqual(c.upstreams[0].offline, true)
+        XCTAssertEqual(c.upstreams[0].breakerWindow, 5)
+        XCTAssertEqual(c.upstreams[0].negativeTTL, 0)
+        XCTAssertNil(c.upstreams[1].tagTTL, "cache.tag_ttl applies")
+        XCTAssertEqual(c.upstreams[1].breakerWindow, 30)
+        XCTAssertFalse(c.offline)
+        try c.apply(environment: ["BERTH_OFFLINE": "true"])
+        XCTAssertTrue(c.offline)
+        XCTAssertThrowsError(try c.apply(environment: ["BERTH_OFFLINE": "yes"]))
+        XCTAssertThrowsError(try BerthConfig.parse(yaml: "upstreams:\n  - url: https://a.io\n    offline: maybe\n"))
+    }
+}

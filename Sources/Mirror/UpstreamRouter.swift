@@ -56,8 +56,10 @@ public struct UpstreamRouter: Sendable {
     }
 
     /// Picks the upstream for repository `name` (as in the request path, already
-    /// valid by the OCI grammar), with the request's `ns` query value and `Host`.
-    public func select(name: String, ns: String?, host: String?) -> Selection {
+    /// valid by the OCI grammar), with the request's raw `ns` query value
+    /// (percent-decoded here: containerd sends `127.0.0.1%3A5999`) and `Host`.
+    public func select(name: String, ns rawNS: String?, host: String?) -> Selection {
+        let ns = rawNS.map(Self.percentDecoded)
         for (prefix, i) in prefixes {
             let p = prefix.utf8
             guard name.utf8.count > p.count + 1, name.utf8.starts(with: p),
@@ -73,6 +75,20 @@ public struct UpstreamRouter: Sendable {
         if let host, let i = match(host) { return .upstream(i, repository: name, namespace: nil) }
         if let d = defaultIndex { return .upstream(d, repository: name, namespace: nil) }
         return .unknown("no configured upstream for repository \(name): use a path prefix (\(prefixList)) or ?ns=")
+    }
+
+    /// `%XX` sequences decoded; a malformed one, or one that decodes to a byte outside printable ASCII, leaves the text as it was.
+    static func percentDecoded(_ s: String) -> String {
+        guard s.utf8.contains(UInt8(ascii: "%")) else { return s }
+        var out: [UInt8] = []
+        var bytes = Array(s.utf8)[...]
+        while let b = bytes.popFirst() {
+            guard b == UInt8(ascii: "%") else { out.append(b); continue }
+            guard bytes.count >= 2, let v = UInt8(String(decoding: bytes.prefix(2), as: UTF8.self), radix: 16), v > 0x20, v < 0x7f else { return s }
+            out.append(v)
+            bytes = bytes.dropFirst(2)
+        }
+        return String(decoding: out, as: UTF8.self)
     }
 
     private var prefixList: String {

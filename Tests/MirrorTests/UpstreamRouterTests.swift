@@ -36,6 +36,13 @@ final class UpstreamRouterTests: XCTestCase {
         XCTAssertEqual(router.select(name: "org/x", ns: "GHCR.IO", host: nil), .upstream(1, repository: "org/x", namespace: "ghcr.io"))
     }
 
+    func testNamespaceIsPercentDecodedAsContainerdSendsIt() {
+        XCTAssertEqual(router.select(name: "x", ns: "127.0.0.1%3A5999", host: nil), .upstream(2, repository: "x", namespace: "127.0.0.1:5999"))
+        XCTAssertEqual(router.select(name: "x", ns: "127.0.0.1%3a5999", host: nil), .upstream(2, repository: "x", namespace: "127.0.0.1:5999"))
+        guard case .unknown = router.select(name: "x", ns: "127.0.0.1%3", host: nil) else { return XCTFail("a malformed escape matches nothing") }
+        guard case .unknown = router.select(name: "x", ns: "ghcr.io%00", host: nil) else { return XCTFail("a control byte matches nothing") }
+    }
+
     func testAnUnknownNamespaceSelectsNothingEvenWithADefault() {
         guard case .unknown(let message) = router.select(name: "org/x", ns: "quay.io", host: nil) else { return XCTFail("quay.io is not configured") }
         XCTAssertTrue(message.contains("quay.io"))

@@ -18,21 +18,18 @@ final class ContainerdClientTests: IntegrationTestCase {
         let berth = try startBerth(upstreams: [(a, "a"), (b, "b")], configPath: configPath)
 
         // The generated hosts.toml files, each written where its comment says, under our own hosts dir.
-        let binary = try XCTUnwrap(BerthProcess.binaryPath)
-        let generated = try Subprocess.run([binary, "client-config", "containerd", "--config", configPath, "--endpoint", berth.url],
-                                           in: workDir, timeout: 30, check: false)
-        XCTAssertEqual(generated.status, 0, generated.stderr)
+        let generated = try clientConfig("containerd", config: configPath, endpoint: berth)
         let hostsDir = "\(workDir!)/certs.d"
         var current: String?
         var files: [String: String] = [:]
-        for line in generated.stdout.split(separator: "\n", omittingEmptySubsequences: false) {
+        for line in generated.split(separator: "\n", omittingEmptySubsequences: false) {
             if line.hasPrefix("# /etc/containerd/certs.d/"), line.hasSuffix("/hosts.toml") {
                 current = String(line.dropFirst("# /etc/containerd/certs.d/".count).dropLast("/hosts.toml".count))
             } else if let c = current {
                 files[c, default: ""] += line + "\n"
             }
         }
-        XCTAssertEqual(Set(files.keys), [a.hostPort, b.hostPort], generated.stdout)
+        XCTAssertEqual(Set(files.keys), [a.hostPort, b.hostPort], generated)
         for (registry, text) in files {
             try FileManager.default.createDirectory(atPath: "\(hostsDir)/\(registry)", withIntermediateDirectories: true)
             try text.write(toFile: "\(hostsDir)/\(registry)/hosts.toml", atomically: true, encoding: .utf8)

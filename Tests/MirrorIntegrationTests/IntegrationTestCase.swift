@@ -62,6 +62,16 @@ class IntegrationTestCase: XCTestCase {
         return try startBerth(upstream: "", arguments: ["--config", configPath])
     }
 
+    /// What `berth client-config CLIENT --config CONFIG --endpoint <berth>` prints (it must succeed).
+    func clientConfig(_ client: String, config: String, endpoint berth: BerthProcess,
+                      file: StaticString = #filePath, line: UInt = #line) throws -> String {
+        let binary = try XCTUnwrap(BerthProcess.binaryPath)
+        let r = try Subprocess.run([binary, "client-config", client, "--config", config, "--endpoint", berth.url],
+                                   in: workDir, timeout: 30, check: false)
+        XCTAssertEqual(r.status, 0, r.stderr, file: file, line: line)
+        return r.stdout
+    }
+
     func startTokenService(username: String, password: String) throws -> TokenService {
         let t = try TokenService(username: username, password: password)
         cleanups.append { t.stop() }

@@ -18,13 +18,10 @@ final class PodmanClientTests: IntegrationTestCase {
         let configPath = "\(workDir!)/berth.yaml"
         let berth = try startBerth(upstreams: [(a, "a"), (b, "b")], configPath: configPath)
 
-        let binary = try XCTUnwrap(BerthProcess.binaryPath)
-        let generated = try Subprocess.run([binary, "client-config", "podman", "--config", configPath, "--endpoint", berth.url],
-                                           in: workDir, timeout: 30, check: false)
-        XCTAssertEqual(generated.status, 0, generated.stderr)
-        XCTAssertTrue(generated.stdout.contains("location = \"\(berth.hostPort)/b\""), generated.stdout)
+        let generated = try clientConfig("podman", config: configPath, endpoint: berth)
+        XCTAssertTrue(generated.contains("location = \"\(berth.hostPort)/b\""), generated)
         let registriesConf = "\(workDir!)/registries.conf"
-        try generated.stdout.write(toFile: registriesConf, atomically: true, encoding: .utf8)
+        try generated.write(toFile: registriesConf, atomically: true, encoding: .utf8)
         let policy = "\(workDir!)/policy.json"
         try #"{"default": [{"type": "insecureAcceptAnything"}]}"#.write(toFile: policy, atomically: true, encoding: .utf8)
         let storageConf = "\(workDir!)/storage.conf"

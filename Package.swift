@@ -29,12 +29,13 @@ let package = Package(
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
         .systemLibrary(name: "CZlib", pkgConfig: "zlib", providers: [.apt(["zlib1g-dev"])]),
         .systemLibrary(name: "CLinux"),
+        .systemLibrary(name: "CCrypt"),
         .target(name: "Reactor", dependencies: ["CLinux"], swiftSettings: settings),
         .target(name: "TLS", dependencies: ["COpenSSL", "Reactor"], swiftSettings: settings),
         .target(name: "HTTP1", dependencies: ["Reactor", "TLS"], swiftSettings: settings),
         .target(name: "OCI", swiftSettings: settings),
         .target(name: "BlobStore", dependencies: ["Reactor", "OCI", "COpenSSL"], swiftSettings: settings),
-        .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor"], swiftSettings: settings),
+        .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor", "CCrypt"], swiftSettings: settings),
         .target(
             name: "BerthApp",
             dependencies: [
@@ -59,7 +60,7 @@ let package = Package(
         .testTarget(name: "HTTP1Tests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS"]),
         .testTarget(name: "OCITests", dependencies: ["OCI"]),
         // Mirror logic as values, without sockets: routing.
-        .testTarget(name: "MirrorTests", dependencies: ["Mirror", "OCI"]),
+        .testTarget(name: "MirrorTests", dependencies: ["Mirror", "OCI", "BlobStore"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),
         .testTarget(name: "BerthAppTests", dependencies: ["TestSupport", "BerthApp", "Mirror", "HTTP1", "Reactor", "TLS", "BlobStore", "OCI"]),
         .testTarget(name: "MirrorIntegrationTests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI"]),

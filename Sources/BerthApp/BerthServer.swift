@@ -125,6 +125,14 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             upstreams.append(up)
         }
         var mc = MirrorConfiguration(upstreams: upstreams)
+        if !config.auth.htpasswd.isEmpty {
+            guard let text = readFile(config.auth.htpasswd) else { throw ConfigError(key: "auth.htpasswd", "cannot read \(config.auth.htpasswd)") }
+            do {
+                mc.clientAuth = ClientAuth(users: try ClientAuth.parseHtpasswd(text), allowsAnonymous: config.auth.anonymous)
+            } catch {
+                throw ConfigError(key: "auth.htpasswd", "\(config.auth.htpasswd): \(error)")
+            }
+        }
         mc.tagTTLNanos = UInt64(config.cache.tagTTL * 1e9)
         let budget = config.makeBudget()
         let store = try BlobStore(root: config.cache.dir, pool: pool, budget: budget)

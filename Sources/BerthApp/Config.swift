@@ -25,6 +25,20 @@ public struct BerthConfig: Equatable, Sendable {
     /// The registries mirrored; empty means `[upstream]`.
     public var upstreams: [UpstreamSection] = []
     public var cache = CacheSection()
+    public var auth = AuthSection()
+
+    /// Client authentication: off while `htpasswd` is empty.
+    public struct AuthSection: Equatable, Sendable {
+        /// An htpasswd file of bcrypt entries (`htpasswd -B`); set, requests need Basic credentials.
+        public var htpasswd = ""
+        /// With `htpasswd` set, also let requests without credentials through.
+        public var anonymous = false
+
+        public init(htpasswd: String = "", anonymous: Bool = false) {
+            self.htpasswd = htpasswd
+            self.anonymous = anonymous
+        }
+    }
 
     /// The upstreams in force: the list, or the single section as a one-element list.
     public var effectiveUpstreams: [UpstreamSection] { upstreams.isEmpty ? [upstream] : upstreams }
@@ -174,6 +188,16 @@ public struct BerthConfig: Equatable, Sendable {
                     default: throw ConfigError(key: "cache.\(ck)", "unknown key")
                     }
                 }
+            case "auth":
+                for (ak, av) in try table(v, key: "auth") {
+                    switch ak {
+                    case "htpasswd": c.auth.htpasswd = try string(av, key: "auth.htpasswd")
+                    case "anonymous":
+                        guard let b = av as? Bool else { throw ConfigError(key: "auth.anonymous", "expected true or false") }
+                        c.auth.anonymous = b
+                    default: throw ConfigError(key: "auth.\(ak)", "unknown key")
+                    }
+                }
             case "log":
                 for (lk, lv) in try table(v, key: "log") {
                     switch lk {
@@ -201,6 +225,13 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_TLS_CERTIFICATE"] { tls.certificate = v }
         if let v = env["BERTH_TLS_KEY"] { tls.key = v }
         if let v = env["BERTH_LOG_LEVEL"] { log.level = v }
+        if let v = env["BERTH_AUTH_HTPASSWD"] { auth.htpasswd = v }
+        if let v = env["BERTH_AUTH_ANONYMOUS"] {
+            guard let b = ["true": true, "1": true, "false": false, "0": false][v] else {
+                throw ConfigError(key: "auth.anonymous", "BERTH_AUTH_ANONYMOUS=\(v) is not true or false")
+            }
+            auth.anonymous = b
+        }
         if let v = env["BERTH_OFFLINE"] {
             guard let b = ["true": true, "1": true, "false": false, "0": false][v] else {
                 throw ConfigError(key: "offline", "BERTH_OFFLINE=\(v) is not true or false")

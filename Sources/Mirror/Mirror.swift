@@ -17,6 +17,8 @@ public struct MirrorConfiguration: Sendable {
     public var maxManifestBytes = 4 * 1024 * 1024
     /// A client behind a hung upstream gets an answer within this long.
     public var clientDeadlineNanos: UInt64 = 20_000_000_000
+    /// Who may pull; nil: everyone.
+    public var clientAuth: ClientAuth?
 
     public init(upstreams: [UpstreamConfiguration]) { self.upstreams = upstreams }
     public init(upstream: UpstreamConfiguration) { self.init(upstreams: [upstream]) }
@@ -143,6 +145,22 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             w.respond(head, body: Array("ok\n".utf8))
             return
         }
+        guard let auth = config.clientAuth else { return route(w, path, query) }
+        auth.check(req.headers["Authorization"], loop: w.loop, pool: pool) { [self] outcome in
+            switch outcome {
+            case .allowed:
+                route(w, path, query)
+            case .refused(let why):
+                log(.info, "\(req.method.name) \(req.target): 401 \(why)")
+                var head = ResponseHead(status: 401)
+                head.headers.add("WWW-Authenticate", "Basic realm=\"Berth\"")
+                Mirror.error(w, .unauthorized, why, head: head)
+            }
+        }
+    }
+
+    private func route(_ w: ResponseWriter, _ path: Substring, _ query: Substring) {
+        let req = w.request
         switch Routes.parse(path: path) {
         case .failure(let e):
             log(.info, "\(req.method.name) \(req.target): \(e.status) \(e.code) \(e.message)")

@@ -110,3 +110,13 @@ final class UpstreamHealthConfigTests: XCTestCase {
         XCTAssertThrowsError(try BerthConfig.parse(yaml: "upstreams:\n  - url: https://a.io\n    offline: maybe\n"))
     }
 }
+
+final class AuthConfigTests: XCTestCase {
+    func testAuthSection() throws {
+        var c = try BerthConfig.parse(yaml: "auth:\n  htpasswd: /etc/berth/htpasswd\n  anonymous: true\n")
+        XCTAssertEqual(c.auth, .init(htpasswd: "/etc/berth/htpasswd", anonymous: true))
+        try c.apply(environment: ["BERTH_AUTH_HTPASSWD": "/run/h", "BERTH_AUTH_ANONYMOUS": "false"])
+        XCTAssertEqual(c.auth, .init(htpasswd: "/run/h", anonymous: false))
+        XCTAssertThrowsError(try BerthConfig.parse(yaml: "auth:\n  rules: []\n")) { XCTAssertEqual(($0 as? ConfigError)?.key, "auth.rules") }
+    }
+}

@@ -81,6 +81,15 @@ final class ImageReferenceTests: XCTestCase {
         XCTAssertNil(ImageReference("app:.bad"))
     }
 
+    func testEveryReferencePrintsBackToItself() {
+        // Fuzz/ names found "sha512:b/localhost/vateba2a" printing as "localhost/vateba2a:latest" while registries were dropped.
+        for text in ["sha512:b/localhost/vateba2a", "a.b/c.d/e", "localhost/x:1", "127.0.0.1:5000/a@sha256:" + String(repeating: "0", count: 64)] {
+            let image = ImageReference(text)
+            XCTAssertNotNil(image, text)
+            XCTAssertEqual(image.flatMap { ImageReference($0.description) }, image, text)
+        }
+    }
+
     func testARegistryIsHostAndPortOnly() {
         // It travels as ?ns=: nothing that could end or extend a query value.
         XCTAssertNil(ImageReference("ghcr.io&ns=x.io/org/app:1"))

@@ -23,12 +23,8 @@ func fuzzNames(_ data: UnsafeRawBufferPointer) {
     }
     if let image = ImageReference(text) {
         require(RepositoryName.isValid(image.name))
-        // A name whose first component looks like a host (`a.b/c`) prints ambiguously: the registry
-        // prefix it came behind is gone (issue 9 gives references an upstream). Others print back.
-        let first = image.name.split(separator: "/").first ?? ""
-        if !(first.contains(".") && image.name.contains("/")) {
-            require(ImageReference(image.description) == image, "\(text) → \(image) does not parse back")
-        }
+        // The registry is kept (`[UPSTREAM/]REPO`), so every reference prints back to itself.
+        require(ImageReference(image.description) == image, "\(text) → \(image) does not parse back")
     }
     switch Routes.parse(path: text) {
     case .success(.base):

@@ -111,6 +111,9 @@ final class DigestInvariantHarness {
     func run(_ s: Schedule) async {
         let started = Date()
         await play(s)
+        // Each schedule's blob is its own: its routes (and the bytes they hold) go with it.
+        upstream.unroute(currentPaths.chaos)
+        upstream.unroute(currentPaths.warm)
         let took = Date().timeIntervalSince(started)
         slowest = max(slowest, took)
         count(took < 1 ? "schedules under 1 s" : took < 3 ? "schedules 1-3 s" : "schedules over 3 s")
@@ -118,6 +121,7 @@ final class DigestInvariantHarness {
     }
 
     private var slowest = 0.0
+    private var currentPaths = (chaos: "", warm: "")
     private var lastNotes: [String] = []
 
     private func play(_ s: Schedule) async {
@@ -136,9 +140,10 @@ final class DigestInvariantHarness {
         let hex = String(digest.dropFirst(7))
         let path = "/v2/prop/s\(number)/blobs/\(digest)"
         let url = berth.url + path
+        let warmPath = "/v2/prop/w\(number)/blobs/\(digest)"
+        currentPaths = (path, warmPath)
 
         if s.prewarm {
-            let warmPath = "/v2/prop/w\(number)/blobs/\(digest)"
             upstream.route(warmPath, FakeUpstream.serve(blob, digest: digest))
             let o = await client.request(berth.url + warmPath)
             guard o.error == nil, o.status == 200, o.body == blob else {

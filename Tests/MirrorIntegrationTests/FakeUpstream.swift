@@ -30,6 +30,11 @@ final class FakeUpstream {
         lock.withLock { routes[path] = route }
     }
 
+    /// Forgets the route for `path` (a long run frees what its closure holds).
+    func unroute(_ path: String) {
+        lock.withLock { routes[path] = nil }
+    }
+
     /// Requests received for `path` with `method`.
     func count(method: String, path: String) -> Int {
         lock.withLock { seen.filter { $0.method == method && $0.path == path }.count }

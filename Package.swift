@@ -24,6 +24,8 @@ let package = Package(
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
         .package(url: "https://github.com/apple/swift-log", from: "1.16.2"),
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
+        // Tests only: seeded, shrinking property checks (Swift Testing) for the digest invariant.
+        .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
     ],
     targets: [
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
@@ -63,7 +65,10 @@ let package = Package(
         .testTarget(name: "MirrorTests", dependencies: ["Mirror", "OCI", "BlobStore"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),
         .testTarget(name: "BerthAppTests", dependencies: ["TestSupport", "BerthApp", "Mirror", "HTTP1", "Reactor", "TLS", "BlobStore", "OCI"]),
-        .testTarget(name: "MirrorIntegrationTests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI"]),
+        .testTarget(name: "MirrorIntegrationTests", dependencies: [
+            "TestSupport", "HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI",
+            .product(name: "PropertyBased", package: "swift-property-based"),
+        ]),
         // Cache lifecycle end to end: the built `berth` binary against Debian's docker-registry,
         // with a small filesystem (ENOSPC), kill -9, eviction under a budget (needs root for mount).
         .testTarget(name: "CacheLifecycleTests", dependencies: ["TestSupport", "BlobStore", "OCI", "Reactor", "COpenSSL"]),

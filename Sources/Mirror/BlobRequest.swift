@@ -58,7 +58,13 @@ final class BlobRequest: RepositoryHandler {
                 var out = Mirror.contentHead(status: 200, digest: digest, mediaType: "application/octet-stream", cacheStatus: "fwd=miss")
                 out.headers.add("Accept-Ranges", "bytes")
                 let length = head.headers["Content-Length"].flatMap { UInt64($0) }
-                w.start(out, contentLength: length ?? 0)
+                // The length a GET would refuse (BlobFetch.maxLength) is not passed on either.
+                if let length, length > BlobFetch.maxLength {
+                    return mirror.error(w, UpstreamError(status: 502, code: .unavailable,
+                                                         message: "upstream declared a \(length)-byte blob, over the \(BlobFetch.maxLength)-byte limit"))
+                }
+                // Without a length upstream, none is made up: the HEAD says chunked, as the GET would be.
+                w.start(out, contentLength: length)
             case .success(let (head, _)):
                 mirror.error(w, .from(status: head.status, headers: head.headers, notFound: .blobUnknown, what: "blob \(name)@\(digest)"))
             }

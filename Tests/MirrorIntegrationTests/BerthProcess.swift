@@ -87,6 +87,16 @@ final class BerthProcess {
         process = nil
     }
 
+    /// The running berth's PID, nil when none runs.
+    var pid: Int32? { process.flatMap { $0.isRunning ? $0.pid : nil } }
+    var isRunning: Bool { process?.isRunning ?? false }
+
+    /// SIGKILL to this berth's PID (a crash: no graceful stop), then waits until it is gone.
+    func killHard() {
+        process?.killHard()
+        process = nil
+    }
+
     /// Stop, then start on the same port with the same cache dir.
     func restart() throws {
         stop()

@@ -40,6 +40,11 @@ final class FakeUpstream {
     /// Every request received.
     var requestCount: Int { lock.withLock { seen.count } }
 
+    /// Forgets the route for `path` (a long run frees what its closure holds).
+    func unroute(_ path: String) {
+        lock.withLock { routes[path] = nil }
+    }
+
     /// Requests received for `path` with `method`.
     func count(method: String, path: String) -> Int {
         lock.withLock { seen.filter { $0.method == method && $0.path == path }.count }

@@ -280,6 +280,39 @@ final class FaultInjectionTests: IntegrationTestCase {
         assertNothingCached(berth, digest)
     }
 
+    /// A cold HEAD passed on whatever length the upstream's HEAD declared:
+    /// 2^64-1, which a GET of the same blob refuses as over the 1 TiB limit,
+    /// and `Content-Length: 0` for an upstream that gave no length at all
+    /// (chunked). Found by the digest-invariant property test.
+    func testColdHeadPassesOnNoImplausibleOrMadeUpLength() throws {
+        let upstream = try startFakeUpstream()
+        let hugeDigest = "sha256:" + sha256Hex(randomBytes(4096))
+        let chunkedDigest = "sha256:" + sha256Hex(randomBytes(4096))
+        func head(_ digest: String, length: UInt64?) -> FakeUpstream.Route {
+            { w in
+                var head = ResponseHead(status: 200)
+                head.headers.add("Content-Type", "application/octet-stream")
+                head.headers.add("Docker-Content-Digest", digest)
+                w.start(head, contentLength: length)  // a HEAD: the head alone
+                w.end()
+            }
+        }
+        upstream.route("/v2/test/headlen/blobs/\(hugeDigest)", head(hugeDigest, length: UInt64.max))
+        upstream.route("/v2/test/headlen/blobs/\(chunkedDigest)", head(chunkedDigest, length: nil))
+        let berth = try startBerth(upstream: upstream.url)
+
+        let huge = try get(berth, "/v2/test/headlen/blobs/\(hugeDigest)", method: "HEAD")
+        XCTAssertEqual(huge.status, 502, "refused as a GET would be: \(huge.headers)")
+        XCTAssertNotEqual(huge.headers["content-length"], String(UInt64.max))
+
+        let chunked = try get(berth, "/v2/test/headlen/blobs/\(chunkedDigest)", method: "HEAD")
+        XCTAssertEqual(chunked.status, 200)
+        XCTAssertEqual(chunked.headers["docker-content-digest"], chunkedDigest)
+        XCTAssertNil(chunked.headers["content-length"], "no length made up for a blob of unknown length")
+        XCTAssertEqual(chunked.headers["transfer-encoding"], "chunked", "the HEAD says what the GET would do")
+        XCTAssertEqual(try get(berth, "/v2/").status, 200, "berth is still up")
+    }
+
     /// An upstream's redirect may not steer Berth at an IP literal other than
     /// the upstream's own (loopback, link-local metadata, private ranges).
     func testRedirectToAnotherIPLiteralIsRefused() throws {

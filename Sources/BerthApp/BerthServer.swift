@@ -118,6 +118,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             up.negativeTTLNanos = UInt64(u.negativeTTL * 1e9)
             up.tagTTLNanos = u.tagTTL.map { UInt64($0 * 1e9) }
             up.breakerWindowNanos = UInt64(u.breakerWindow * 1e9)
+            up.maxBackoffNanos = UInt64(u.backoffMax * 1e9)
             up.isOffline = u.offline || config.offline
             up.tls = try TLSContext.makeClient(extraCAPath: u.ca.isEmpty ? nil : u.ca,
                                                certificatePath: u.certificate.isEmpty ? nil : u.certificate,

@@ -77,8 +77,10 @@ public struct BerthConfig: Equatable, Sendable {
         public var negativeTTL = 15.0
         /// How long a tag → digest mapping from this upstream is trusted; nil: `cache.tag_ttl`.
         public var tagTTL: Double?
-        /// After a connect or head timeout, how long the upstream is not asked.
+        /// After a connect or head timeout, how long the upstream is not asked; 0 turns the breaker off.
         public var breakerWindow = 30.0
+        /// The longest wait a 429's `Retry-After` imposes on the whole upstream; 0 turns the back-off off.
+        public var backoffMax = 600.0
         /// Serve only what is cached from this upstream; never dial it.
         public var offline = false
     }
@@ -308,6 +310,7 @@ public struct BerthConfig: Equatable, Sendable {
             case "negative_ttl": u.negativeTTL = try duration(uv, key: key)
             case "tag_ttl": u.tagTTL = try duration(uv, key: key)
             case "breaker_window": u.breakerWindow = try duration(uv, key: key)
+            case "backoff_max": u.backoffMax = try duration(uv, key: key)
             case "offline":
                 guard let b = uv as? Bool else { throw ConfigError(key: key, "expected true or false") }
                 u.offline = b

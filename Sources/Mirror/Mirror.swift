@@ -41,7 +41,7 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
         let failover = Failover(config.urls)
         self.failover = failover
         missingTags = ExpiringSet(ttlNanos: config.negativeTTLNanos, capacity: 10_000)
-        let breaker = CircuitBreaker(name: config.name, windowNanos: config.breakerWindowNanos)
+        let breaker = CircuitBreaker(name: config.name, windowNanos: config.breakerWindowNanos, maxBackoffNanos: config.maxBackoffNanos)
         perLoop = group.loops.map {
             Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls), auth: auth, failover: failover, breaker: breaker,
                      deadlineNanos: deadlineNanos)

@@ -217,14 +217,15 @@ final class CircuitBreaker: @unchecked Sendable {  // all state behind `state`
     let windowNanos: UInt64
     /// Until when requests are refused, why, and whether as a rate limit (429) or an outage (503).
     private let state = Mutex<(until: UInt64, reason: String, limited: Bool)>((0, "", false))
-    /// The longest back-off a `Retry-After` can impose.
-    static let maxRetryAfterNanos: UInt64 = 600_000_000_000
+    /// The longest back-off a `Retry-After` can impose; 0: a 429 is passed on and nothing waits.
+    let maxBackoffNanos: UInt64
     /// A 429 without a usable `Retry-After` backs off this long.
     static let defaultRetryAfterNanos: UInt64 = 10_000_000_000
 
-    init(name: String, windowNanos: UInt64) {
+    init(name: String, windowNanos: UInt64, maxBackoffNanos: UInt64) {
         self.name = name
         self.windowNanos = windowNanos
+        self.maxBackoffNanos = maxBackoffNanos
     }
 
     /// The error to answer with instead of asking the upstream, nil when it may be asked.
@@ -244,12 +245,14 @@ final class CircuitBreaker: @unchecked Sendable {  // all state behind `state`
     /// and mirrors do not all come back at once.
     func rateLimited(retryAfter: String?, now: UInt64) {
         let asked = retryAfter.flatMap { UInt64($0.filter { $0 != " " }) }.map { min($0, 600) * 1_000_000_000 }
-        let base = min(asked ?? Self.defaultRetryAfterNanos, Self.maxRetryAfterNanos)
+        guard maxBackoffNanos > 0 else { return }
+        let base = min(asked ?? Self.defaultRetryAfterNanos, maxBackoffNanos)
         let wait = base + UInt64.random(in: 0...max(base / 10, 1))
         state.withLock { $0 = (now + wait, "answered 429\(retryAfter.map { ", Retry-After \($0)" } ?? "")", true) }
     }
 
     func timedOut(_ e: HTTPClientError, now: UInt64) {
+        guard windowNanos > 0 else { return }
         state.withLock { $0 = (now + windowNanos, "timed out: \(e.message)", false) }
     }
 

@@ -34,6 +34,8 @@ public struct UpstreamConfiguration: Sendable {
     /// After the upstream fails (unreachable, timed out, 5xx on every URL), it is not asked again
     /// for this long: cached content is served at once and misses get 503.
     public var breakerWindowNanos: UInt64 = 30_000_000_000
+    /// The longest back-off a 429's `Retry-After` imposes on every request to this upstream; 0: none.
+    public var maxBackoffNanos: UInt64 = 600_000_000_000
     /// A tag the upstream answered 404 for is answered 404 without asking for this long (0: off).
     public var negativeTTLNanos: UInt64 = 15_000_000_000
     /// How long a tag → digest mapping from this upstream is trusted; nil: the mirror's `tagTTLNanos`.

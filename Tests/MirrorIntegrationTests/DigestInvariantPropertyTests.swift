@@ -85,6 +85,11 @@ final class DigestInvariantHarness {
           manifest_timeout: 1500ms
           blob_timeout: 1500ms
           idle_timeout: 1500ms
+          # Each schedule must see its own faults only: no upstream-wide breaker or 429 back-off
+          # carried into the next one (those have their own tests in FailoverTests).
+          breaker_window: 0s
+          backoff_max: 0s
+          negative_ttl: 0s
         """
 
     init(strictRanges: Bool) throws {

@@ -148,9 +148,7 @@ public struct BerthConfig: Equatable, Sendable {
             switch k {
             case "listen": c.listen = try string(v, key: "listen")
             case "workers": c.workers = try int(v, key: "workers")
-            case "offline":
-                guard let b = v as? Bool else { throw ConfigError(key: "offline", "expected true or false") }
-                c.offline = b
+            case "offline": c.offline = try bool(v, key: "offline")
             case "tls":
                 for (tk, tv) in try table(v, key: "tls") {
                     switch tk {
@@ -185,8 +183,7 @@ public struct BerthConfig: Equatable, Sendable {
                     case "high_watermark": c.cache.highWatermark = try int(cv, key: "cache.high_watermark")
                     case "low_watermark": c.cache.lowWatermark = try int(cv, key: "cache.low_watermark")
                     case "pinned":
-                        guard let list = cv as? [Any] else { throw ConfigError(key: "cache.pinned", "expected a list of images") }
-                        c.cache.pinned = try list.map { try string($0, key: "cache.pinned") }
+                        c.cache.pinned = try strings(cv, key: "cache.pinned", of: "images")
                     default: throw ConfigError(key: "cache.\(ck)", "unknown key")
                     }
                 }
@@ -194,9 +191,7 @@ public struct BerthConfig: Equatable, Sendable {
                 for (ak, av) in try table(v, key: "auth") {
                     switch ak {
                     case "htpasswd": c.auth.htpasswd = try string(av, key: "auth.htpasswd")
-                    case "anonymous":
-                        guard let b = av as? Bool else { throw ConfigError(key: "auth.anonymous", "expected true or false") }
-                        c.auth.anonymous = b
+                    case "anonymous": c.auth.anonymous = try bool(av, key: "auth.anonymous")
                     default: throw ConfigError(key: "auth.\(ak)", "unknown key")
                     }
                 }
@@ -228,18 +223,8 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_TLS_KEY"] { tls.key = v }
         if let v = env["BERTH_LOG_LEVEL"] { log.level = v }
         if let v = env["BERTH_AUTH_HTPASSWD"] { auth.htpasswd = v }
-        if let v = env["BERTH_AUTH_ANONYMOUS"] {
-            guard let b = ["true": true, "1": true, "false": false, "0": false][v] else {
-                throw ConfigError(key: "auth.anonymous", "BERTH_AUTH_ANONYMOUS=\(v) is not true or false")
-            }
-            auth.anonymous = b
-        }
-        if let v = env["BERTH_OFFLINE"] {
-            guard let b = ["true": true, "1": true, "false": false, "0": false][v] else {
-                throw ConfigError(key: "offline", "BERTH_OFFLINE=\(v) is not true or false")
-            }
-            offline = b
-        }
+        if let v = env["BERTH_AUTH_ANONYMOUS"] { auth.anonymous = try Self.envBool("BERTH_AUTH_ANONYMOUS", v, key: "auth.anonymous") }
+        if let v = env["BERTH_OFFLINE"] { offline = try Self.envBool("BERTH_OFFLINE", v, key: "offline") }
         if let v = env["BERTH_SERVER_HEADER_TIMEOUT"] { server.headerTimeout = try Self.duration(v, key: "server.header_timeout") }
         if let v = env["BERTH_SERVER_KEEPALIVE_TIMEOUT"] { server.keepaliveTimeout = try Self.duration(v, key: "server.keepalive_timeout") }
         if let v = env["BERTH_SERVER_MAX_CONNECTIONS"] { server.maxConnections = try Self.connectionCap(v, key: "server.max_connections") }
@@ -282,25 +267,19 @@ public struct BerthConfig: Equatable, Sendable {
             switch uk {
             case "name" where list: u.name = try string(uv, key: key)
             case "prefix" where list: u.prefix = try string(uv, key: key)
-            case "hosts" where list:
-                guard let hosts = uv as? [Any] else { throw ConfigError(key: key, "expected a list of host names") }
-                u.hosts = try hosts.map { try string($0, key: key) }
-            case "default" where list:
-                guard let b = uv as? Bool else { throw ConfigError(key: key, "expected true or false") }
-                u.isDefault = b
+            case "hosts" where list: u.hosts = try strings(uv, key: key, of: "host names")
+            case "default" where list: u.isDefault = try bool(uv, key: key)
             case "url": u.url = try string(uv, key: key)
             case "urls" where list:
-                guard let urls = uv as? [Any], !urls.isEmpty else { throw ConfigError(key: key, "expected a list of URLs") }
-                u.urls = try urls.map { try string($0, key: key) }
+                u.urls = try strings(uv, key: key, of: "URLs")
+                if u.urls.isEmpty { throw ConfigError(key: key, "expected a list of URLs") }
             case "username": u.username = try string(uv, key: key)
             case "password": u.password = try string(uv, key: key)
             case "password_file": u.passwordFile = try string(uv, key: key)
             case "ca": u.ca = try string(uv, key: key)
             case "certificate": u.certificate = try string(uv, key: key)
             case "key": u.key = try string(uv, key: key)
-            case "realm_allow":
-                guard let hosts = uv as? [Any] else { throw ConfigError(key: key, "expected a list of host names") }
-                u.realmAllow = try hosts.map { try string($0, key: key) }
+            case "realm_allow": u.realmAllow = try strings(uv, key: key, of: "host names")
             case "dockerhub":
                 if let b = uv as? Bool { u.dockerhub = b ? "true" : "false" } else { u.dockerhub = try string(uv, key: key) }
             case "connect_timeout": u.connectTimeout = try duration(uv, key: key)
@@ -311,9 +290,7 @@ public struct BerthConfig: Equatable, Sendable {
             case "tag_ttl": u.tagTTL = try duration(uv, key: key)
             case "breaker_window": u.breakerWindow = try duration(uv, key: key)
             case "backoff_max": u.backoffMax = try duration(uv, key: key)
-            case "offline":
-                guard let b = uv as? Bool else { throw ConfigError(key: key, "expected true or false") }
-                u.offline = b
+            case "offline": u.offline = try bool(uv, key: key)
             default: throw ConfigError(key: key, list || !["name", "prefix", "hosts", "default", "urls"].contains(uk) ? "unknown key"
                                        : "belongs to an item of upstreams:, not to upstream:")
             }
@@ -431,6 +408,23 @@ public struct BerthConfig: Equatable, Sendable {
         if let i = v as? Int, i > 0 { return i }
         if let s = v as? String, let i = Int(s), i > 0 { return i }
         throw ConfigError(key: key, "\(v) is not auto or a positive number of connections")
+    }
+
+    private static func bool(_ v: Any, key: String) throws -> Bool {
+        guard let b = v as? Bool else { throw ConfigError(key: key, "expected true or false") }
+        return b
+    }
+
+    private static func strings(_ v: Any, key: String, of what: String) throws -> [String] {
+        guard let list = v as? [Any] else { throw ConfigError(key: key, "expected a list of \(what)") }
+        return try list.map { try string($0, key: key) }
+    }
+
+    private static func envBool(_ name: String, _ v: String, key: String) throws -> Bool {
+        guard let b = ["true": true, "1": true, "false": false, "0": false][v] else {
+            throw ConfigError(key: key, "\(name)=\(v) is not true or false")
+        }
+        return b
     }
 
     private static func int(_ v: Any, key: String) throws -> Int {

@@ -134,6 +134,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
                 throw ConfigError(key: "auth.htpasswd", "\(config.auth.htpasswd): \(error)")
             }
         }
+        mc.pullRules = PullRules(config.auth.rules)
         mc.tagTTLNanos = UInt64(config.cache.tagTTL * 1e9)
         let budget = config.makeBudget()
         let store = try BlobStore(root: config.cache.dir, pool: pool, budget: budget)

@@ -33,6 +33,8 @@ public struct BerthConfig: Equatable, Sendable {
         public var htpasswd = ""
         /// With `htpasswd` set, also let requests without credentials through.
         public var anonymous = false
+        /// Who may pull what (`{users, allow, deny}` over `upstream/repo` globs); empty: everything.
+        public var rules: [PullRules.Rule] = []
 
         public init(htpasswd: String = "", anonymous: Bool = false) {
             self.htpasswd = htpasswd
@@ -192,6 +194,9 @@ public struct BerthConfig: Equatable, Sendable {
                     switch ak {
                     case "htpasswd": c.auth.htpasswd = try string(av, key: "auth.htpasswd")
                     case "anonymous": c.auth.anonymous = try bool(av, key: "auth.anonymous")
+                    case "rules":
+                        guard let list = av as? [Any] else { throw ConfigError(key: "auth.rules", "expected a list of {users, allow, deny}") }
+                        c.auth.rules = try list.enumerated().map { try rule($0.element, key: "auth.rules[\($0.offset)]") }
                     default: throw ConfigError(key: "auth.\(ak)", "unknown key")
                     }
                 }
@@ -370,6 +375,23 @@ public struct BerthConfig: Equatable, Sendable {
         guard Self.logLevels.contains(log.level) else {
             throw ConfigError(key: "log.level", "\"\(log.level)\" is not one of \(Self.logLevels.joined(separator: ", "))")
         }
+    }
+
+    private static func rule(_ v: Any, key: String) throws -> PullRules.Rule {
+        var r = PullRules.Rule(users: [])
+        for (k, rv) in try table(v, key: key) {
+            switch k {
+            case "users": r.users = try strings(rv, key: "\(key).users", of: "user names")
+            case "allow": r.allow = try strings(rv, key: "\(key).allow", of: "patterns")
+            case "deny": r.deny = try strings(rv, key: "\(key).deny", of: "patterns")
+            default: throw ConfigError(key: "\(key).\(k)", "unknown key")
+            }
+        }
+        if r.users.isEmpty { throw ConfigError(key: "\(key).users", "name at least one user (or \"*\" for every user)") }
+        for glob in r.allow + r.deny {
+            if let why = PullRules.invalidGlob(glob) { throw ConfigError(key: key, why) }
+        }
+        return r
     }
 
     // MARK: YAML helpers

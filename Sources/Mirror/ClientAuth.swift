@@ -39,6 +39,7 @@ public final class ClientAuth: @unchecked Sendable {  // immutable after init bu
                 throw Failure(description: "line \(i + 1): expected user:hash")
             }
             let user = String(line[..<colon]), hash = String(line[line.index(after: colon)...])
+            if user == "anonymous" { throw Failure(description: "line \(i + 1): the user name anonymous is reserved for requests without credentials") }
             guard ["$2y$", "$2b$", "$2a$"].contains(where: hash.hasPrefix), hash.utf8.count == 60 else {
                 throw Failure(description: "line \(i + 1) (\(user)): only bcrypt hashes are supported (htpasswd -B)")
             }
@@ -53,15 +54,19 @@ public final class ClientAuth: @unchecked Sendable {  // immutable after init bu
         case refused(String)
     }
 
+    private var anonymous: Outcome { allowsAnonymous ? .allowed(user: "anonymous") : .refused("authentication required") }
+
     /// Decides on `authorization` (the request's header); `done` runs on `loop`.
     func check(_ authorization: String?, loop: EventLoop, pool: BlockingPool, _ done: @escaping (Outcome) -> Void) {
-        guard let authorization, authorization.utf8.count < 1024,
-              authorization.lowercased().hasPrefix("basic "),
+        guard let authorization else { return done(anonymous) }
+        guard authorization.utf8.count < 1024, authorization.lowercased().hasPrefix("basic "),
               let decoded = base64Decode(String(authorization.dropFirst(6)).filter { $0 != " " }),
               let colon = decoded.firstIndex(of: UInt8(ascii: ":")) else {
-            return done(authorization == nil && allowsAnonymous ? .allowed(user: "anonymous")
-                        : .refused(authorization == nil ? "authentication required" : "malformed Basic credentials"))
+            return done(.refused("malformed Basic credentials"))
         }
+        // An empty user and password is no credentials: containers/image sends
+        // `Basic Og==` after a challenge when it has none.
+        if decoded.count == 1 { return done(anonymous) }
         let key = SHA256Hasher.hex(Array(authorization.utf8))
         let now = loop.now
         if let hit = verified.withLock({ $0[key] }), hit.until > now { return done(.allowed(user: hit.user)) }

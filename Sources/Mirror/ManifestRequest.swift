@@ -25,14 +25,20 @@ final class ManifestRequest: RepositoryHandler {
 
     private var path: String { "/v2/\(repo)/manifests/\(reference)" }
 
-    /// The client's Accept list, or every manifest type.
-    private var accept: String { w.request.headers.values("Accept").joined(separator: ", ").nonEmpty ?? MediaType.defaultAccept }
+    /// The client's Accept values when they name a manifest type; nil when it
+    /// sent none or only wildcards (curl's `*/*`), which take every type. Asked
+    /// with `*/*`, Distribution would convert to schema 1.
+    private var clientAccept: [String]? {
+        let values = w.request.headers.values("Accept")
+        return values.contains { v in MediaType.allManifests.contains { acceptList(v, contains: $0, wildcards: false) } } ? values : nil
+    }
+
+    /// What the upstream is asked for: the client's list, or every manifest type.
+    private var accept: String { clientAccept?.joined(separator: ", ") ?? MediaType.defaultAccept }
 
     private func accepts(_ mediaType: String) -> Bool {
-        let values = w.request.headers.values("Accept")
-        if values.isEmpty { return true }
         // A client that lists nothing we have cached gets an upstream answer.
-        return values.contains { acceptList($0, contains: mediaType) }
+        clientAccept?.contains { acceptList($0, contains: mediaType) } ?? true
     }
 
     func run() {
@@ -191,14 +197,10 @@ final class ManifestRequest: RepositoryHandler {
     }
 }
 
-extension String {
-    var nonEmpty: String? { isEmpty ? nil : self }
-}
-
 /// True when a comma-separated Accept value lists `mediaType` (parameters
-/// ignored), `*/*` or `application/*`. Scans bytes: this runs on every
-/// manifest request.
-func acceptList(_ value: String, contains mediaType: String) -> Bool {
+/// ignored), or (with `wildcards`) `*/*` or `application/*`. Scans bytes: this
+/// runs on every manifest request.
+func acceptList(_ value: String, contains mediaType: String, wildcards: Bool = true) -> Bool {
     let v = Array(value.utf8), m = Array(mediaType.utf8)
     var i = 0
     while i < v.count {
@@ -206,7 +208,8 @@ func acceptList(_ value: String, contains mediaType: String) -> Bool {
         let start = i
         while i < v.count && v[i] != 0x2c && v[i] != 0x3b && v[i] != 0x20 && v[i] != 0x09 { i += 1 }
         let item = v[start..<i]
-        if item.elementsEqual(m) || item.elementsEqual("*/*".utf8) || item.elementsEqual("application/*".utf8) { return true }
+        if item.elementsEqual(m) { return true }
+        if wildcards && (item.elementsEqual("*/*".utf8) || item.elementsEqual("application/*".utf8)) { return true }
         while i < v.count && v[i] != 0x2c { i += 1 }
     }
     return false

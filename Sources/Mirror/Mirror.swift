@@ -17,8 +17,10 @@ public struct MirrorConfiguration: Sendable {
     public var maxManifestBytes = 4 * 1024 * 1024
     /// A client behind a hung upstream gets an answer within this long.
     public var clientDeadlineNanos: UInt64 = 20_000_000_000
-    /// Who may pull; nil: everyone.
+    /// Who may pull; nil: everyone, as the user `anonymous`.
     public var clientAuth: ClientAuth?
+    /// What each user may pull (`auth.rules`); empty: everything.
+    public var pullRules = PullRules()
 
     public init(upstreams: [UpstreamConfiguration]) { self.upstreams = upstreams }
     public init(upstream: UpstreamConfiguration) { self.init(upstreams: [upstream]) }
@@ -145,21 +147,31 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             w.respond(head, body: Array("ok\n".utf8))
             return
         }
-        guard let auth = config.clientAuth else { return route(w, path, query) }
+        guard let auth = config.clientAuth else { return route(w, path, query, user: "anonymous") }
         auth.check(req.headers["Authorization"], loop: w.loop, pool: pool) { [self] outcome in
             switch outcome {
-            case .allowed:
-                route(w, path, query)
+            case .allowed(let user) where user == "anonymous" && path == "/v2/":
+                // Docker, skopeo and podman learn from this ping alone whether to
+                // send credentials: challenge it, so that clients with credentials
+                // use them. Anonymous content requests still pass.
+                refuse(w, "authentication required (anonymous pulls are allowed)")
+            case .allowed(let user):
+                route(w, path, query, user: user)
             case .refused(let why):
-                log(.info, "\(req.method.name) \(req.target): 401 \(why)")
-                var head = ResponseHead(status: 401)
-                head.headers.add("WWW-Authenticate", "Basic realm=\"Berth\"")
-                Mirror.error(w, .unauthorized, why, head: head)
+                refuse(w, why)
             }
         }
     }
 
-    private func route(_ w: ResponseWriter, _ path: Substring, _ query: Substring) {
+    /// 401 with the `Basic` challenge clients answer from their credential configuration.
+    private func refuse(_ w: ResponseWriter, _ why: String) {
+        log(.info, "\(w.request.method.name) \(w.request.target): 401 \(why)")
+        var head = ResponseHead(status: 401)
+        head.headers.add("WWW-Authenticate", "Basic realm=\"Berth\"")
+        Mirror.error(w, .unauthorized, why, head: head)
+    }
+
+    private func route(_ w: ResponseWriter, _ path: Substring, _ query: Substring, user: String) {
         let req = w.request
         switch Routes.parse(path: path) {
         case .failure(let e):
@@ -176,18 +188,18 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             // SHA-256 only: it cannot verify this content, so it does not serve it.
             Mirror.error(w, .unsupported, "Berth verifies sha256 digests only; \(digest.algorithm.rawValue) content is not served", status: 400)
         case .success(.manifest(let name, let reference)):
-            context(w, name, query).map { ManifestRequest($0, reference: reference).run() }
+            context(w, name, query, user: user).map { ManifestRequest($0, reference: reference).run() }
         case .success(.blob(let name, let digest)):
-            context(w, name, query).map { BlobRequest($0, digest: digest).run() }
+            context(w, name, query, user: user).map { BlobRequest($0, digest: digest).run() }
         case .success(.tagsList(let name)):
-            context(w, name, query).map { TagsRequest($0, query: query).run() }
+            context(w, name, query, user: user).map { TagsRequest($0, query: query).run() }
         case .success(.referrers(let name, let digest)):
-            context(w, name, query).map { ReferrersRequest($0, digest: digest, query: query).run() }
+            context(w, name, query, user: user).map { ReferrersRequest($0, digest: digest, query: query).run() }
         }
     }
 
     /// Selects the upstream for `name`; answers 404 `NAME_UNKNOWN` itself when none is configured for it.
-    private func context(_ w: ResponseWriter, _ name: String, _ query: Substring) -> RequestContext? {
+    private func context(_ w: ResponseWriter, _ name: String, _ query: Substring, user: String) -> RequestContext? {
         switch router.select(name: name, ns: queryValue(query, "ns"), host: w.request.headers["Host"]) {
         case .unknown(let message):
             log(.info, "\(w.request.method.name) \(w.request.target): 404 NAME_UNKNOWN \(message)")
@@ -198,6 +210,13 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             if let namespace { w.extraHeaders.add("OCI-Namespace", namespace) }
             let registry = registries[i]
             let repo = registry.upstreamName(repository)
+            guard config.pullRules.allows(user: user, registry.config.name.lowercased() + "/" + repo) else {
+                // Without credentials, a challenge: the client may have some that are allowed.
+                if user == "anonymous", config.clientAuth != nil { refuse(w, "authentication required for \(registry.config.name)/\(repo)"); return nil }
+                log(.info, "\(w.request.method.name) \(w.request.target): 403 DENIED \(user) may not pull \(registry.config.name)/\(repo) (auth.rules)")
+                Mirror.error(w, .denied, "\(user) may not pull \(registry.config.name)/\(repo) (auth.rules)")
+                return nil
+            }
             return RequestContext(mirror: self, w: w, registry: registry, name: name, repo: repo, key: registry.indexName(repo))
         }
     }

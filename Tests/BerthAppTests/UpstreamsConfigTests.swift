@@ -117,6 +117,29 @@ final class AuthConfigTests: XCTestCase {
         XCTAssertEqual(c.auth, .init(htpasswd: "/etc/berth/htpasswd", anonymous: true))
         try c.apply(environment: ["BERTH_AUTH_HTPASSWD": "/run/h", "BERTH_AUTH_ANONYMOUS": "false"])
         XCTAssertEqual(c.auth, .init(htpasswd: "/run/h", anonymous: false))
-        XCTAssertThrowsError(try BerthConfig.parse(yaml: "auth:\n  rules: []\n")) { XCTAssertEqual(($0 as? ConfigError)?.key, "auth.rules") }
+    }
+
+    func testRules() throws {
+        let c = try BerthConfig.parse(yaml: """
+            auth:
+              rules:
+                - users: [alice, bob]
+                  allow: ["docker.io/**"]
+                  deny: [docker.io/library/secret]
+                - users: ["*"]
+                  allow: ["ghcr.io/team/*"]
+            """)
+        XCTAssertEqual(c.auth.rules, [.init(users: ["alice", "bob"], allow: ["docker.io/**"], deny: ["docker.io/library/secret"]),
+                                      .init(users: ["*"], allow: ["ghcr.io/team/*"])])
+        let bad: [(String, String)] = [
+            ("auth:\n  rules: {users: [a]}\n", "auth.rules"),
+            ("auth:\n  rules:\n    - allow: [\"**\"]\n", "auth.rules[0].users"),
+            ("auth:\n  rules:\n    - users: [a]\n      allow: [\"Docker.io/**\"]\n", "auth.rules[0]"),
+            ("auth:\n  rules:\n    - users: [a]\n      allow: \"**\"\n", "auth.rules[0].allow"),
+            ("auth:\n  rules:\n    - users: [a]\n      permit: [\"**\"]\n", "auth.rules[0].permit"),
+        ]
+        for (yaml, key) in bad {
+            XCTAssertThrowsError(try BerthConfig.parse(yaml: yaml), yaml) { XCTAssertEqual(($0 as? ConfigError)?.key, key, "\($0)") }
+        }
     }
 }

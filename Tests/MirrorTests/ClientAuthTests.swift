@@ -10,7 +10,7 @@ final class ClientAuthTests: XCTestCase {
     func testBcryptEntriesAreReadAndOthersRefusedByLine() throws {
         let users = try ClientAuth.parseHtpasswd("# team\nalice:\(Self.alice)\n\nbob:\(Self.bob)\r\n")
         XCTAssertEqual(users, ["alice": Self.alice, "bob": Self.bob])
-        for bad in ["carol:$apr1$xyz$abc", "dave:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "erin:plaintext", ":\(Self.alice)", "nocolon"] {
+        for bad in ["carol:$apr1$xyz$abc", "dave:{SHA}W6ph5Mm5Pz8GgiULbPgzG37mj9g=", "erin:plaintext", ":\(Self.alice)", "nocolon", "anonymous:\(Self.bob)"] {
             XCTAssertThrowsError(try ClientAuth.parseHtpasswd("alice:\(Self.alice)\n\(bad)\n"), bad) {
                 XCTAssertTrue("\($0)".hasPrefix("line 2"), "\($0)")
             }

@@ -85,6 +85,21 @@ public struct BerthConfig: Equatable, Sendable {
         public var backoffMax = 600.0
         /// Serve only what is cached from this upstream; never dial it.
         public var offline = false
+        /// Requests in flight to this upstream at once; the excess waits its turn. 0: no cap.
+        public var maxRequests = 64
+    }
+
+    /// The upstream keys holding a duration: one list for the parser, `BERTH_UPSTREAM_<KEY>` and `--upstream-<key>`.
+    public static let upstreamDurations: [(key: String, path: WritableKeyPath<UpstreamSection, Double>)] = [
+        ("connect_timeout", \.connectTimeout), ("manifest_timeout", \.manifestTimeout), ("blob_timeout", \.blobTimeout),
+        ("idle_timeout", \.idleTimeout), ("negative_ttl", \.negativeTTL), ("breaker_window", \.breakerWindow),
+        ("backoff_max", \.backoffMax),
+    ]
+
+    /// Sets `upstream.<key>` (one of `upstreamDurations`) from a flag's text.
+    public mutating func setUpstreamDuration(_ key: String, _ text: String) throws {
+        guard let d = Self.upstreamDurations.first(where: { $0.key == key }) else { throw ConfigError(key: "upstream.\(key)", "unknown key") }
+        upstream[keyPath: d.path] = try Self.duration(text, key: "upstream.\(key)")
     }
 
     public struct CacheSection: Equatable, Sendable {
@@ -247,6 +262,13 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_UPSTREAM_CERTIFICATE"] { upstream.certificate = v }
         if let v = env["BERTH_UPSTREAM_KEY"] { upstream.key = v }
         if let v = env["BERTH_UPSTREAM_DOCKERHUB"] { upstream.dockerhub = v }
+        for d in Self.upstreamDurations {
+            if let v = env["BERTH_UPSTREAM_" + d.key.uppercased()] { try setUpstreamDuration(d.key, v) }
+        }
+        if let v = env["BERTH_UPSTREAM_MAX_REQUESTS"] {
+            guard let n = Int(v), n >= 0 else { throw ConfigError(key: "upstream.max_requests", "BERTH_UPSTREAM_MAX_REQUESTS=\(v) is not 0 or a positive number") }
+            upstream.maxRequests = n
+        }
         for i in upstreams.indices {
             if let v = env[Self.passwordVariable(forUpstream: upstreams[i].resolvedName)] { upstreams[i].password = v }
         }
@@ -287,15 +309,13 @@ public struct BerthConfig: Equatable, Sendable {
             case "realm_allow": u.realmAllow = try strings(uv, key: key, of: "host names")
             case "dockerhub":
                 if let b = uv as? Bool { u.dockerhub = b ? "true" : "false" } else { u.dockerhub = try string(uv, key: key) }
-            case "connect_timeout": u.connectTimeout = try duration(uv, key: key)
-            case "manifest_timeout": u.manifestTimeout = try duration(uv, key: key)
-            case "blob_timeout": u.blobTimeout = try duration(uv, key: key)
-            case "idle_timeout": u.idleTimeout = try duration(uv, key: key)
-            case "negative_ttl": u.negativeTTL = try duration(uv, key: key)
+            case _ where upstreamDurations.contains { $0.key == uk }:
+                u[keyPath: upstreamDurations.first { $0.key == uk }!.path] = try duration(uv, key: key)
             case "tag_ttl": u.tagTTL = try duration(uv, key: key)
-            case "breaker_window": u.breakerWindow = try duration(uv, key: key)
-            case "backoff_max": u.backoffMax = try duration(uv, key: key)
             case "offline": u.offline = try bool(uv, key: key)
+            case "max_requests":
+                u.maxRequests = try int(uv, key: key)
+                if u.maxRequests < 0 { throw ConfigError(key: key, "expected 0 (no cap) or a positive number") }
             default: throw ConfigError(key: key, list || !["name", "prefix", "hosts", "default", "urls"].contains(uk) ? "unknown key"
                                        : "belongs to an item of upstreams:, not to upstream:")
             }
@@ -358,6 +378,9 @@ public struct BerthConfig: Equatable, Sendable {
                 guard prefixes.insert(p).inserted else { throw ConfigError(key: "\(section).prefix", "\"\(p)\" is the prefix of two upstreams") }
             }
         }
+        for (i, u) in effectiveUpstreams.enumerated() where u.maxRequests < 0 {
+            throw ConfigError(key: upstreams.isEmpty ? "upstream.max_requests" : "upstreams[\(i)].max_requests", "expected 0 (no cap) or a positive number")
+        }
         if effectiveUpstreams.filter(\.isDefault).count > 1 {
             throw ConfigError(key: "upstreams", "default: true on more than one upstream")
         }
@@ -410,16 +433,23 @@ public struct BerthConfig: Equatable, Sendable {
     /// `30s`, `5m`, `1h`, `250ms`, or a bare number of seconds.
     public static func parseDuration(_ v: Any, key: String) throws -> Double { try duration(v, key: key) }
 
+    /// Durations are 0 to 10 years: nanoseconds of that fit a UInt64 with room to spare.
+    static let maxDuration = 10 * 365 * 86_400.0
+
     static func duration(_ v: Any, key: String) throws -> Double {
-        if let i = v as? Int { return Double(i) }
-        if let d = v as? Double { return d }
-        guard let s = v as? String else { throw ConfigError(key: key, "expected a duration such as 30s or 5m") }
-        let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
-        for (suffix, scale) in units where s.hasSuffix(suffix) {
-            if let n = Double(s.dropLast(suffix.count)), n >= 0 { return n * scale }
+        let seconds: Double?
+        if let i = v as? Int { seconds = Double(i) } else if let d = v as? Double { seconds = d } else if let s = v as? String {
+            let units: [(String, Double)] = [("ms", 0.001), ("s", 1), ("m", 60), ("h", 3600)]
+            let unit = units.first { s.hasSuffix($0.0) && Double(s.dropLast($0.0.count)) != nil }
+            seconds = unit.map { Double(s.dropLast($0.0.count))! * $0.1 } ?? Double(s)
+        } else {
+            throw ConfigError(key: key, "expected a duration such as 30s or 5m")
         }
-        if let n = Double(s) { return n }
-        throw ConfigError(key: key, "\"\(s)\" is not a duration such as 30s or 5m")
+        // Double() takes "-5", "inf" and "nan": none is a wait (and each would trap as nanoseconds).
+        guard let seconds, seconds.isFinite, seconds >= 0, seconds <= maxDuration else {
+            throw ConfigError(key: key, "\(v) is not a duration from 0 to 10 years such as 30s or 5m")
+        }
+        return seconds
     }
 
     /// `auto` (stored as 0) or a positive number of connections.

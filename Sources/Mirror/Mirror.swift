@@ -44,9 +44,10 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
         self.failover = failover
         missingTags = ExpiringSet(ttlNanos: config.negativeTTLNanos, capacity: 10_000)
         let breaker = CircuitBreaker(name: config.name, windowNanos: config.breakerWindowNanos, maxBackoffNanos: config.maxBackoffNanos)
+        let limiter = RequestLimiter(limit: config.maxRequests)
         perLoop = group.loops.map {
             Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls), auth: auth, failover: failover, breaker: breaker,
-                     deadlineNanos: deadlineNanos)
+                     limiter: limiter, deadlineNanos: deadlineNanos)
         }
     }
 

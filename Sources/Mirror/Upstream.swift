@@ -12,6 +12,7 @@ final class Upstream {
     let auth: UpstreamAuth
     let failover: Failover
     let breaker: CircuitBreaker
+    let limiter: RequestLimiter
     var config: UpstreamConfiguration { auth.config }
     private var pingWaiters: [(Result<UpstreamAuth.Challenge, UpstreamError>) -> Void]?
     private var tokenWaiters: [String: [(Result<String?, UpstreamError>) -> Void]] = [:]
@@ -19,11 +20,13 @@ final class Upstream {
     /// How long a `fetch` may take in all before its caller gets a 504.
     let deadlineNanos: UInt64
 
-    init(client: HTTPClient, auth: UpstreamAuth, failover: Failover, breaker: CircuitBreaker, deadlineNanos: UInt64) {
+    init(client: HTTPClient, auth: UpstreamAuth, failover: Failover, breaker: CircuitBreaker, limiter: RequestLimiter,
+         deadlineNanos: UInt64) {
         self.client = client
         self.auth = auth
         self.failover = failover
         self.breaker = breaker
+        self.limiter = limiter
         self.deadlineNanos = deadlineNanos
     }
 
@@ -148,7 +151,8 @@ final class Upstream {
         if let e = breaker.refusal(now: loop.now) { return delegate.upstreamFailed(e) }
         let retrying = RetryOn401(upstream: self, method: method, path: path, repository: repository,
                                   headers: headers, headTimeout: headTimeout, delegate: delegate)
-        retrying.attempt(refresh: false)
+        let loop = self.loop
+        if limiter.acquire(orQueue: { loop.execute { retrying.start() } }) { retrying.attempt(refresh: false) }
     }
 
     /// A whole bounded response for `repository`, or a 504 once `deadlineNanos`
@@ -243,12 +247,22 @@ final class CircuitBreaker: @unchecked Sendable {  // all state behind `state`
     /// A 429: nothing more is sent until its `Retry-After` (seconds; capped; 10 s
     /// when absent or a date) has passed, plus up to 10 % jitter so that loops
     /// and mirrors do not all come back at once.
-    func rateLimited(retryAfter: String?, now: UInt64) {
+    func rateLimited(retryAfter: String?, now: UInt64, reason: String = "answered 429") {
         let asked = retryAfter.flatMap { UInt64($0.filter { $0 != " " }) }.map { min($0, 600) * 1_000_000_000 }
         guard maxBackoffNanos > 0 else { return }
         let base = min(asked ?? Self.defaultRetryAfterNanos, maxBackoffNanos)
         let wait = base + UInt64.random(in: 0...max(base / 10, 1))
-        state.withLock { $0 = (now + wait, "answered 429\(retryAfter.map { ", Retry-After \($0)" } ?? "")", true) }
+        state.withLock { $0 = (now + wait, reason + (retryAfter.map { ", Retry-After \($0)" } ?? ""), true) }
+    }
+
+    /// Whether a response says the quota is spent before any 429: Docker Hub's
+    /// `ratelimit-remaining: 0;w=21600`, or the IETF draft's `RateLimit-Remaining: 0`.
+    /// Its `RateLimit-Reset` (seconds) is the wait, when it sends one.
+    static func quotaSpent(_ headers: HTTPHeaders) -> (spent: Bool, reset: String?) {
+        guard let remaining = headers["RateLimit-Remaining"],
+              let n = Int(String(remaining.prefix { $0 != ";" }.filter { $0 != " " })) else { return (false, nil) }
+        let reset = headers["RateLimit-Reset"].flatMap { r in UInt64(String(r.filter { $0 != " " })).map(String.init) }
+        return (n <= 0, reset)
     }
 
     func timedOut(_ e: HTTPClientError, now: UInt64) {
@@ -259,6 +273,41 @@ final class CircuitBreaker: @unchecked Sendable {  // all state behind `state`
     func succeeded() {
         state.withLock { if $0.until != 0 { $0 = (0, "", false) } }
     }
+}
+
+/// At most `limit` requests in flight to one upstream, across every loop
+/// (`max_requests`); the excess waits its turn in arrival order. 0: no cap.
+final class RequestLimiter: @unchecked Sendable {  // all state behind `state`
+    let limit: Int
+    private let state = Mutex<(inFlight: Int, waiting: [() -> Void], head: Int)>((0, [], 0))
+
+    init(limit: Int) { self.limit = limit }
+
+    /// True when a slot is taken now; else `granted` runs later (on the
+    /// releasing thread) once one is handed over.
+    func acquire(orQueue granted: @escaping () -> Void) -> Bool {
+        guard limit > 0 else { return true }
+        return state.withLock { s in
+            if s.inFlight < limit { s.inFlight += 1; return true }
+            s.waiting.append(granted)
+            return false
+        }
+    }
+
+    /// Frees a slot, or hands it straight to the longest waiter.
+    func release() {
+        guard limit > 0 else { return }
+        let next: (() -> Void)? = state.withLock { s in
+            guard s.head < s.waiting.count else { s.inFlight -= 1; return nil }
+            let w = s.waiting[s.head]
+            s.head += 1
+            if s.head == s.waiting.count { s.waiting.removeAll(keepingCapacity: true); s.head = 0 }
+            return w
+        }
+        next?()
+    }
+
+    var counts: (inFlight: Int, waiting: Int) { state.withLock { ($0.inFlight, $0.waiting.count - $0.head) } }
 }
 
 /// Wraps a delegate: swallows a first 401, refreshes credentials and tries
@@ -288,10 +337,27 @@ private final class RetryOn401: ClientResponseDelegate {
         failoversLeft = upstream.failover.urls.count - 1
     }
 
+    private var released = false
+
+    /// The slot this request holds goes back to the limiter, once.
+    private func release() {
+        if !released { released = true; upstream.limiter.release() }
+    }
+
+    /// A queued request's turn: the breaker may have opened while it waited.
+    func start() {
+        if let e = upstream.breaker.refusal(now: upstream.loop.now) {
+            release()
+            return delegate.upstreamFailed(e)
+        }
+        attempt(refresh: false)
+    }
+
     func attempt(refresh: Bool) {
         upstream.authorization(repository: repository, refresh: refresh) { [self] result in
             switch result {
             case .failure(let e):
+                release()
                 delegate.upstreamFailed(e)
             case .success(let authorization):
                 var h = headers
@@ -319,8 +385,12 @@ private final class RetryOn401: ClientResponseDelegate {
         }
         headDelivered = true
         if fromOrigin {
+            let quota = CircuitBreaker.quotaSpent(head.headers)
             if head.status == 429 {
                 upstream.breaker.rateLimited(retryAfter: head.headers["Retry-After"], now: upstream.loop.now)
+            } else if quota.spent {
+                // This answer is good, the next would be a 429: wait now.
+                upstream.breaker.rateLimited(retryAfter: quota.reset, now: upstream.loop.now, reason: "ratelimit-remaining: 0")
             } else {
                 upstream.breaker.succeeded()
             }
@@ -350,12 +420,14 @@ private final class RetryOn401: ClientResponseDelegate {
             retried = true
             // The upstream may have changed its mind about the realm or scheme.
             if let c = challengeHeader, (try? upstream.auth.learn(wwwAuthenticate: c)) == nil {
+                release()
                 delegate.upstreamFailed(UpstreamError(status: 502, code: .unauthorized, message: "upstream token realm is not allowed"))
                 return
             }
             attempt(refresh: true)
             return
         }
+        release()
         delegate.didFinish(error, task: task)
     }
 }

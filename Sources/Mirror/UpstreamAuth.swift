@@ -36,6 +36,8 @@ public struct UpstreamConfiguration: Sendable {
     public var breakerWindowNanos: UInt64 = 30_000_000_000
     /// The longest back-off a 429's `Retry-After` imposes on every request to this upstream; 0: none.
     public var maxBackoffNanos: UInt64 = 600_000_000_000
+    /// Requests in flight to this upstream at once, across every loop; the excess waits its turn. 0: no cap.
+    public var maxRequests = 64
     /// A tag the upstream answered 404 for is answered 404 without asking for this long (0: off).
     public var negativeTTLNanos: UInt64 = 15_000_000_000
     /// How long a tag → digest mapping from this upstream is trusted; nil: the mirror's `tagTTLNanos`.

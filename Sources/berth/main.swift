@@ -57,6 +57,22 @@ struct Serve: ParsableCommand {
     var realmAllow: [String] = []
     @Option(name: .customLong("upstream-dockerhub"), help: "Docker Hub naming (library/ for single names): auto, true, false (upstream.dockerhub).")
     var upstreamDockerhub: String?
+    @Option(name: .customLong("upstream-connect-timeout"), help: "Upstream connect timeout, e.g. 5s (upstream.connect_timeout).")
+    var upstreamConnectTimeout: String?
+    @Option(name: .customLong("upstream-manifest-timeout"), help: "Until a manifest response head arrives, e.g. 15s (upstream.manifest_timeout).")
+    var upstreamManifestTimeout: String?
+    @Option(name: .customLong("upstream-blob-timeout"), help: "Until a blob response head arrives, e.g. 30s (upstream.blob_timeout).")
+    var upstreamBlobTimeout: String?
+    @Option(name: .customLong("upstream-idle-timeout"), help: "Between upstream body bytes, e.g. 30s (upstream.idle_timeout).")
+    var upstreamIdleTimeout: String?
+    @Option(name: .customLong("upstream-negative-ttl"), help: "How long an upstream 404 for a tag is remembered, e.g. 15s; 0s: off (upstream.negative_ttl).")
+    var upstreamNegativeTTL: String?
+    @Option(name: .customLong("upstream-breaker-window"), help: "After an upstream timeout, how long it is not asked, e.g. 30s; 0s: off (upstream.breaker_window).")
+    var upstreamBreakerWindow: String?
+    @Option(name: .customLong("upstream-backoff-max"), help: "The longest wait a 429's Retry-After imposes, e.g. 600s; 0s: off (upstream.backoff_max).")
+    var upstreamBackoffMax: String?
+    @Option(name: .customLong("upstream-max-requests"), help: "Requests in flight to the upstream at once; 0: no cap (upstream.max_requests).")
+    var upstreamMaxRequests: Int?
     @Option(name: .customLong("cache-dir"), help: "Cache directory (cache.dir).")
     var cacheDir: String?
     @Option(name: .customLong("tag-ttl"), help: "How long a tag mapping is trusted, e.g. 5m (cache.tag_ttl).")
@@ -94,6 +110,12 @@ struct Serve: ParsableCommand {
             if let upstreamKey { c.upstream.key = upstreamKey }
             if !realmAllow.isEmpty { c.upstream.realmAllow = realmAllow }
             if let upstreamDockerhub { c.upstream.dockerhub = upstreamDockerhub }
+            let durations = [("connect_timeout", upstreamConnectTimeout), ("manifest_timeout", upstreamManifestTimeout),
+                             ("blob_timeout", upstreamBlobTimeout), ("idle_timeout", upstreamIdleTimeout),
+                             ("negative_ttl", upstreamNegativeTTL), ("breaker_window", upstreamBreakerWindow),
+                             ("backoff_max", upstreamBackoffMax)]
+            for case let (key, text?) in durations { try c.setUpstreamDuration(key, text) }
+            if let upstreamMaxRequests { c.upstream.maxRequests = upstreamMaxRequests }
             if let cacheDir { c.cache.dir = cacheDir }
             if let cacheMaxSize { c.cache.maxSize = cacheMaxSize }
             if !pin.isEmpty { c.cache.pinned = pin }

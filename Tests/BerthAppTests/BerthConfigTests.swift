@@ -101,6 +101,22 @@ final class BerthConfigTests: XCTestCase {
         assertRefused("- ? [a]\n  : b\n", key: "(file)")
     }
 
+    /// Found by Fuzz/ `config`: a bare "-66" parsed as a duration of -66 s; as nanoseconds
+    /// (`UInt64(seconds * 1e9)`) that, "inf" or "nan" traps at start.
+    func testDurationsAreFiniteAndNotNegative() throws {
+        for bad in ["-66", "-1s", "inf", "nan", "1e300", "-0.5m", "11000d", "400000h"] {
+            XCTAssertThrowsError(try BerthConfig.parseDuration(bad, key: "k"), bad)
+        }
+        XCTAssertThrowsError(try BerthConfig.parseDuration(-5, key: "k"))
+        XCTAssertThrowsError(try BerthConfig.parseDuration(Double.infinity, key: "k"))
+        assertRefused("upstream:\n  connect_timeout: -5\n", key: "upstream.connect_timeout")
+        assertRefused("cache:\n  tag_ttl: .inf\n", key: "cache.tag_ttl")
+        XCTAssertEqual(try BerthConfig.parseDuration("250ms", key: "k"), 0.25)
+        XCTAssertEqual(try BerthConfig.parseDuration("0", key: "k"), 0)
+        XCTAssertEqual(try BerthConfig.parseDuration("2h", key: "k"), 7200)
+        XCTAssertEqual(try BerthConfig.parseDuration(90, key: "k"), 90)
+    }
+
     func testEnvironmentOverridesFile() throws {
         var c = try BerthConfig.parse(yaml: """
         listen: "127.0.0.1:6000"

@@ -109,6 +109,27 @@ final class UpstreamHealthConfigTests: XCTestCase {
         XCTAssertThrowsError(try c.apply(environment: ["BERTH_OFFLINE": "yes"]))
         XCTAssertThrowsError(try BerthConfig.parse(yaml: "upstreams:\n  - url: https://a.io\n    offline: maybe\n"))
     }
+
+    func testMaxRequestsAndTheUpstreamDurationsByEnvironment() throws {
+        var c = try BerthConfig.parse(yaml: "upstream:\n  max_requests: 8\n  idle_timeout: 1m\n")
+        XCTAssertEqual(c.upstream.maxRequests, 8)
+        XCTAssertEqual(c.upstream.idleTimeout, 60)
+        try c.apply(environment: ["BERTH_UPSTREAM_MAX_REQUESTS": "0", "BERTH_UPSTREAM_CONNECT_TIMEOUT": "2s",
+                                  "BERTH_UPSTREAM_BREAKER_WINDOW": "0s", "BERTH_UPSTREAM_BACKOFF_MAX": "90"])
+        XCTAssertEqual(c.upstream.maxRequests, 0)
+        XCTAssertEqual(c.upstream.connectTimeout, 2)
+        XCTAssertEqual(c.upstream.breakerWindow, 0)
+        XCTAssertEqual(c.upstream.backoffMax, 90)
+        try c.setUpstreamDuration("blob_timeout", "45s")
+        XCTAssertEqual(c.upstream.blobTimeout, 45)
+        XCTAssertThrowsError(try c.apply(environment: ["BERTH_UPSTREAM_MAX_REQUESTS": "-1"]))
+        XCTAssertThrowsError(try c.apply(environment: ["BERTH_UPSTREAM_MANIFEST_TIMEOUT": "soon"])) {
+            XCTAssertEqual(($0 as? ConfigError)?.key, "upstream.manifest_timeout")
+        }
+        XCTAssertThrowsError(try BerthConfig.parse(yaml: "upstreams:\n  - url: https://a.io\n    max_requests: -2\n")) {
+            XCTAssertEqual(($0 as? ConfigError)?.key, "upstreams[0].max_requests")
+        }
+    }
 }
 
 final class AuthConfigTests: XCTestCase {

@@ -133,3 +133,77 @@ final class NegativeCacheTests: IntegrationTestCase {
         XCTAssertEqual(upstream.count(method: "GET", path: digest), 2, "a digest is never remembered as missing")
     }
 }
+
+/// `max_requests` and a quota spent before any 429.
+final class UpstreamLimitsIntegrationTests: IntegrationTestCase {
+    func testNoMoreThanMaxRequestsReachTheUpstreamAtOnce() throws {
+        let upstream = try startFakeUpstream()
+        let lock = NSLock()
+        var inFlight = 0, most = 0
+        var blobs: [(path: String, bytes: [UInt8])] = []
+        for i in 0..<3 {
+            let bytes = (0..<50_000).map { UInt8(truncatingIfNeeded: $0 * (i + 3)) }
+            let digest = "sha256:" + sha256Hex(bytes)
+            let path = "/v2/test/app/blobs/\(digest)"
+            blobs.append((path, bytes))
+            // Half the body, then the rest 300 ms later: each answer takes a while.
+            upstream.route(path) { w in
+                lock.withLock { inFlight += 1; most = max(most, inFlight) }
+                var head = ResponseHead(status: 200)
+                head.headers.add("Docker-Content-Digest", digest)
+                w.start(head, contentLength: UInt64(bytes.count))
+                bytes[..<25_000].withUnsafeBytes { _ = w.write($0) }
+                _ = w.loop.schedule(afterNanos: 300_000_000) {
+                    lock.withLock { inFlight -= 1 }  // before the last byte: Berth cannot have started another yet
+                    bytes[25_000...].withUnsafeBytes { _ = w.write($0) }
+                    w.end()
+                }
+            }
+        }
+        let config = "\(workDir!)/berth.yaml"
+        try "upstreams:\n  - name: slow.test\n    url: \"\(upstream.url)\"\n    max_requests: 1\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let berth = try startBerth(upstream: "", arguments: ["--config", config])
+
+        var results: [Int: CurlResult] = [:]
+        DispatchQueue.concurrentPerform(iterations: blobs.count) { i in
+            let r = try? get(berth, blobs[i].path)
+            lock.withLock { results[i] = r }
+        }
+        for (i, blob) in blobs.enumerated() {
+            XCTAssertEqual(results[i]?.status, 200, "blob \(i)")
+            XCTAssertEqual(results[i]?.body, blob.bytes, "blob \(i) arrives whole after waiting its turn")
+        }
+        XCTAssertEqual(lock.withLock { most }, 1, "the others waited for the slot")
+        for blob in blobs { XCTAssertEqual(upstream.count(method: "GET", path: blob.path), 1) }
+    }
+
+    func testASpentQuotaIsWaitedOutBeforeA429() throws {
+        let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
+        let digest = "sha256:" + sha256Hex(manifest)
+        let upstream = try startFakeUpstream()
+        let path = "/v2/library/alpine/manifests/3.20"
+        upstream.route(path) { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            head.headers.add("Docker-Content-Digest", digest)
+            head.headers.add("ratelimit-limit", "100;w=21600")
+            head.headers.add("ratelimit-remaining", "0;w=21600")   // Docker Hub: this was the last one
+            w.respond(head, body: manifest)
+        }
+        let config = "\(workDir!)/berth.yaml"
+        try "upstreams:\n  - name: hub.test\n    url: \"\(upstream.url)\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let berth = try startBerth(upstream: "", arguments: ["--config", config, "--tag-ttl", "0s"])
+
+        let first = try get(berth, path)
+        XCTAssertEqual(first.status, 200)
+        XCTAssertEqual(first.body, manifest)
+        let asked = upstream.requestCount
+        XCTAssertTrue(waitUntil(10) { (try? self.get(berth, path))?.headers["cache-status"]?.contains("stale") == true },
+                      "the tag is served stale: the upstream is not asked while the quota is spent")
+        let miss = try get(berth, "/v2/library/alpine/manifests/3.21")
+        XCTAssertEqual(miss.status, 429, miss.bodyText)
+        XCTAssertTrue(miss.bodyText.contains("ratelimit-remaining: 0"), miss.bodyText)
+        XCTAssertNotNil(miss.headers["retry-after"])
+        XCTAssertEqual(upstream.requestCount, asked, "no request went out after the quota was spent")
+    }
+}

@@ -120,6 +120,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             up.breakerWindowNanos = UInt64(u.breakerWindow * 1e9)
             up.maxBackoffNanos = UInt64(u.backoffMax * 1e9)
             up.maxRequests = u.maxRequests
+            up.proxy = u.proxy.isEmpty ? nil : HTTPURL(u.proxy)
             up.isOffline = u.offline || config.offline
             up.tls = try TLSContext.makeClient(extraCAPath: u.ca.isEmpty ? nil : u.ca,
                                                certificatePath: u.certificate.isEmpty ? nil : u.certificate,

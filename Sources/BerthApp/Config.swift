@@ -87,6 +87,8 @@ public struct BerthConfig: Equatable, Sendable {
         public var offline = false
         /// Requests in flight to this upstream at once; the excess waits its turn. 0: no cap.
         public var maxRequests = 64
+        /// An HTTP proxy (`http://host:port`) that every connection for this upstream goes through by CONNECT; empty: direct.
+        public var proxy = ""
     }
 
     /// The upstream keys holding a duration: one list for the parser, `BERTH_UPSTREAM_<KEY>` and `--upstream-<key>`.
@@ -262,6 +264,7 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_UPSTREAM_CERTIFICATE"] { upstream.certificate = v }
         if let v = env["BERTH_UPSTREAM_KEY"] { upstream.key = v }
         if let v = env["BERTH_UPSTREAM_DOCKERHUB"] { upstream.dockerhub = v }
+        if let v = env["BERTH_UPSTREAM_PROXY"] { upstream.proxy = v }
         for d in Self.upstreamDurations {
             if let v = env["BERTH_UPSTREAM_" + d.key.uppercased()] { try setUpstreamDuration(d.key, v) }
         }
@@ -306,6 +309,7 @@ public struct BerthConfig: Equatable, Sendable {
             case "ca": u.ca = try string(uv, key: key)
             case "certificate": u.certificate = try string(uv, key: key)
             case "key": u.key = try string(uv, key: key)
+            case "proxy": u.proxy = try string(uv, key: key)
             case "realm_allow": u.realmAllow = try strings(uv, key: key, of: "host names")
             case "dockerhub":
                 if let b = uv as? Bool { u.dockerhub = b ? "true" : "false" } else { u.dockerhub = try string(uv, key: key) }
@@ -517,6 +521,11 @@ extension BerthConfig.UpstreamSection {
         }
         if certificate.isEmpty != key.isEmpty {
             throw ConfigError(key: "\(section).\(certificate.isEmpty ? "certificate" : "key")", "certificate and key go together")
+        }
+        if !proxy.isEmpty {
+            guard let p = HTTPURL(proxy), p.scheme == "http", p.pathAndQuery == "/" else {
+                throw ConfigError(key: "\(section).proxy", "\"\(proxy)\" is not an HTTP proxy such as http://proxy.corp:3128 (no credentials, no path)")
+            }
         }
         for (k, v) in [("connect_timeout", connectTimeout), ("manifest_timeout", manifestTimeout),
                        ("blob_timeout", blobTimeout), ("idle_timeout", idleTimeout)] where !(v > 0) {

@@ -13,7 +13,8 @@ final class ClientConnection: Selectable {
     let fd: Int32
     private var transport: Transport
     private var parser = ResponseParser()
-    private enum State { case connecting, ready, closed }
+    /// `tunneling`: connected to the proxy, the CONNECT answer not yet read.
+    private enum State { case connecting, tunneling, ready, closed }
     private var state: State
     private var task: ClientTask?
     private var out: [UInt8] = []
@@ -25,15 +26,60 @@ final class ClientConnection: Selectable {
     private var requestCount = 0
     private var idleSince: UInt64 = 0
 
-    init(client: HTTPClient, origin: HTTPURL, address: SocketAddress) throws {
+    /// Through a proxy: `address` is the proxy's, and a `CONNECT` to the origin
+    /// opens a tunnel before TLS (if any) and the first request.
+    private let viaProxy: Bool
+    private var tunnelReply: [UInt8] = []
+
+    init(client: HTTPClient, origin: HTTPURL, address: SocketAddress, viaProxy: Bool = false) throws {
         self.client = client
         self.origin = origin
+        self.viaProxy = viaProxy
         let (fd, connected) = try Sockets.connect(to: address)
         self.fd = fd
         self.transport = SocketTransport(fd: fd)
-        self.state = connected ? .ready : .connecting
-        if connected { try startTLSIfNeeded() }
+        self.state = .connecting
+        if connected { try connectedToPeer() }
         try client.loop.register(fd: fd, events: Readiness.readable | Readiness.writable | Readiness.readHangup | Readiness.edge, handler: self)
+    }
+
+    /// TCP is up: ask the proxy for a tunnel, or start TLS.
+    private func connectedToPeer() throws {
+        guard viaProxy else {
+            state = .ready
+            return try startTLSIfNeeded()
+        }
+        state = .tunneling
+        // Sent before any request bytes; `drive` writes `out` only once ready.
+        let authority = origin.authority
+        let connect = Array("CONNECT \(authority) HTTP/1.1\r\nHost: \(authority)\r\n\r\n".utf8)
+        // A fresh socket's send buffer takes these few bytes whole.
+        guard case .processed(connect.count) = try connect.withUnsafeBytes({ try Posix.send(fd: fd, $0) }) else {
+            throw HTTPClientError(.connectFailed, "proxy: CONNECT not sent whole")
+        }
+    }
+
+    /// Reads the proxy's answer to CONNECT: 2xx opens the tunnel; anything else fails the request.
+    private func readTunnelReply() throws {
+        while true {
+            var chunk = [UInt8](repeating: 0, count: 4096)
+            guard case .processed(let n) = try chunk.withUnsafeMutableBytes({ try Posix.recv(fd: fd, into: $0) }) else { return }
+            if n == 0 { throw HTTPClientError(.connectFailed, "proxy closed the connection before answering CONNECT \(origin.authority)") }
+            tunnelReply += chunk[..<n]
+            if let end = Self.headEnd(tunnelReply) {
+                // A proxy sends nothing of the origin's before the client speaks.
+                guard end == tunnelReply.count else { throw HTTPClientError(.connectFailed, "proxy sent bytes after its CONNECT answer") }
+                let statusLine = String(decoding: tunnelReply.prefix { $0 != 0x0d }, as: UTF8.self)
+                let parts = statusLine.split(separator: " ", maxSplits: 2)
+                guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]), (200..<300).contains(status) else {
+                    throw HTTPClientError(.connectFailed, "proxy refused CONNECT \(origin.authority): \(statusLine.prefix(200))")
+                }
+                tunnelReply = []
+                state = .ready
+                return try startTLSIfNeeded()
+            }
+            if tunnelReply.count > 16 * 1024 { throw HTTPClientError(.connectFailed, "proxy's CONNECT answer is over 16 KiB") }
+        }
     }
 
     private func startTLSIfNeeded() throws {
@@ -47,6 +93,13 @@ final class ClientConnection: Selectable {
         } catch {
             throw HTTPClientError(.tls, "\(origin.authority): \(error)")
         }
+    }
+
+    /// The index just past the first CR LF CR LF.
+    static func headEnd(_ b: [UInt8]) -> Int? {
+        guard b.count >= 4 else { return nil }
+        for i in 3..<b.count where b[i] == 0x0a && b[i - 1] == 0x0d && b[i - 2] == 0x0a && b[i - 3] == 0x0d { return i + 1 }
+        return nil
     }
 
     func isReusable(now: UInt64, idleTimeout: UInt64) -> Bool {
@@ -85,8 +138,17 @@ final class ClientConnection: Selectable {
                 return
             }
             guard events & Readiness.writable != 0 else { return }
-            state = .ready
-            do { try startTLSIfNeeded() } catch let e as HTTPClientError { fail(e); return } catch { return }
+            do { try connectedToPeer() } catch let e as HTTPClientError { fail(e); return } catch {
+                fail(HTTPClientError(.connectFailed, "\(origin.authority): \(error)"))
+                return
+            }
+        }
+        if state == .tunneling {
+            do { try readTunnelReply() } catch let e as HTTPClientError { fail(e); return } catch {
+                fail(HTTPClientError(.connectFailed, "proxy: \(error)"))
+                return
+            }
+            guard state == .ready else { return }
         }
         if task == nil {
             // Idle in the pool: any readiness means the server closed or misbehaved.

@@ -68,11 +68,16 @@ public final class HTTPClient {
     var idleTimeoutNanos: UInt64 = 30_000_000_000
     private var sweeping = false
 
+    /// An HTTP proxy every connection goes through, as a `CONNECT` tunnel to
+    /// the origin (https and http alike); nil: direct.
+    let proxy: HTTPURL?
+
     /// `tls` verifies https origins; without it https URLs fail.
-    public init(loop: EventLoop, pool: BlockingPool, tls: TLSContext?, maxIdlePerOrigin: Int = 16) {
+    public init(loop: EventLoop, pool: BlockingPool, tls: TLSContext?, proxy: HTTPURL? = nil, maxIdlePerOrigin: Int = 16) {
         self.loop = loop
         self.blockingPool = pool
         self.tls = tls
+        self.proxy = proxy
         self.maxIdlePerOrigin = maxIdlePerOrigin
     }
 
@@ -193,18 +198,19 @@ public final class ClientTask {
             return
         }
         arm(request.connectTimeoutNanos, .connectTimeout)
-        Resolver.resolve(host: url.host, port: url.port, pool: client.blockingPool, loop: client.loop) { [weak self] result in
+        let peer = client.proxy ?? url
+        Resolver.resolve(host: peer.host, port: peer.port, pool: client.blockingPool, loop: client.loop) { [weak self] result in
             guard let self, !self.isDone else { return }
             switch result {
             case .failure(let e):
                 self.fail(HTTPClientError(.resolveFailed, "\(e)"))
             case .success(let addresses):
                 guard let address = addresses.first else {
-                    self.fail(HTTPClientError(.resolveFailed, "no address for \(url.host)"))
+                    self.fail(HTTPClientError(.resolveFailed, "no address for \(peer.host)"))
                     return
                 }
                 do {
-                    let c = try ClientConnection(client: self.client, origin: url, address: address)
+                    let c = try ClientConnection(client: self.client, origin: url, address: address, viaProxy: self.client.proxy != nil)
                     self.attach(c)
                 } catch let e as HTTPClientError {
                     self.fail(e)

@@ -46,7 +46,7 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
         let breaker = CircuitBreaker(name: config.name, windowNanos: config.breakerWindowNanos, maxBackoffNanos: config.maxBackoffNanos)
         let limiter = RequestLimiter(limit: config.maxRequests)
         perLoop = group.loops.map {
-            Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls), auth: auth, failover: failover, breaker: breaker,
+            Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls, proxy: config.proxy), auth: auth, failover: failover, breaker: breaker,
                      limiter: limiter, deadlineNanos: deadlineNanos)
         }
     }

@@ -36,6 +36,8 @@ public struct UpstreamConfiguration: Sendable {
     public var breakerWindowNanos: UInt64 = 30_000_000_000
     /// The longest back-off a 429's `Retry-After` imposes on every request to this upstream; 0: none.
     public var maxBackoffNanos: UInt64 = 600_000_000_000
+    /// Every connection for this upstream (registry, token realm, redirects) goes through this HTTP proxy by CONNECT.
+    public var proxy: HTTPURL?
     /// Requests in flight to this upstream at once, across every loop; the excess waits its turn. 0: no cap.
     public var maxRequests = 64
     /// A tag the upstream answered 404 for is answered 404 without asking for this long (0: off).

@@ -57,6 +57,8 @@ struct Serve: ParsableCommand {
     var realmAllow: [String] = []
     @Option(name: .customLong("upstream-dockerhub"), help: "Docker Hub naming (library/ for single names): auto, true, false (upstream.dockerhub).")
     var upstreamDockerhub: String?
+    @Option(name: .customLong("upstream-proxy"), help: "HTTP proxy for the upstream, e.g. http://proxy.corp:3128; connections go through CONNECT (upstream.proxy).")
+    var upstreamProxy: String?
     @Option(name: .customLong("upstream-connect-timeout"), help: "Upstream connect timeout, e.g. 5s (upstream.connect_timeout).")
     var upstreamConnectTimeout: String?
     @Option(name: .customLong("upstream-manifest-timeout"), help: "Until a manifest response head arrives, e.g. 15s (upstream.manifest_timeout).")
@@ -116,6 +118,7 @@ struct Serve: ParsableCommand {
                              ("backoff_max", upstreamBackoffMax)]
             for case let (key, text?) in durations { try c.setUpstreamDuration(key, text) }
             if let upstreamMaxRequests { c.upstream.maxRequests = upstreamMaxRequests }
+            if let upstreamProxy { c.upstream.proxy = upstreamProxy }
             if let cacheDir { c.cache.dir = cacheDir }
             if let cacheMaxSize { c.cache.maxSize = cacheMaxSize }
             if !pin.isEmpty { c.cache.pinned = pin }

@@ -126,6 +126,13 @@ final class UpstreamHealthConfigTests: XCTestCase {
         XCTAssertThrowsError(try c.apply(environment: ["BERTH_UPSTREAM_MANIFEST_TIMEOUT": "soon"])) {
             XCTAssertEqual(($0 as? ConfigError)?.key, "upstream.manifest_timeout")
         }
+        XCTAssertEqual(try BerthConfig.parse(yaml: "upstreams:\n  - url: https://a.io\n    proxy: http://10.0.0.1:3128\n").upstreams[0].proxy,
+                       "http://10.0.0.1:3128")
+        for bad in ["https://p:3128", "http://u:p@p:3128", "http://p:3128/x", "p:3128"] {
+            XCTAssertThrowsError(try BerthConfig.parse(yaml: "upstream:\n  proxy: \"\(bad)\"\n"), bad) {
+                XCTAssertEqual(($0 as? ConfigError)?.key, "upstream.proxy")
+            }
+        }
         XCTAssertThrowsError(try BerthConfig.parse(yaml: "upstreams:\n  - url: https://a.io\n    max_requests: -2\n")) {
             XCTAssertEqual(($0 as? ConfigError)?.key, "upstreams[0].max_requests")
         }

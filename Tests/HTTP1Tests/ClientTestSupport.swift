@@ -88,9 +88,9 @@ final class ClientHarness {
     let client: HTTPClient
     private var thread: OSThread?
 
-    init(tls: TLSContext? = nil) throws {
+    init(tls: TLSContext? = nil, proxy: HTTPURL? = nil) throws {
         loop = try EventLoop()
-        client = HTTPClient(loop: loop, pool: pool, tls: tls)
+        client = HTTPClient(loop: loop, pool: pool, tls: tls, proxy: proxy)
         let l = loop
         thread = OSThread(name: "client-loop") { l.run() }
     }

@@ -207,3 +207,15 @@ final class UpstreamLimitsIntegrationTests: IntegrationTestCase {
         XCTAssertEqual(upstream.requestCount, asked, "no request went out after the quota was spent")
     }
 }
+
+/// `proxy`: an upstream reached only through an HTTP proxy (Debian's tinyproxy), by CONNECT.
+final class UpstreamProxyTests: IntegrationTestCase {
+    func testPullsThroughTheProxy() throws {
+        let registry = try startRegistry()
+        let image = try builder.pushImage(to: registry, repository: "test/app", tag: "v1", layerSizes: [300_000, 20_000])
+        let proxy = try startProxy()
+        let berth = try startBerth(upstream: registry.url, arguments: ["--upstream-proxy", proxy.url])
+        assertLayout(try pull(berth, "test/app:v1"), image: image)
+        XCTAssertGreaterThan(proxy.connects(to: registry.hostPort), 0, "every upstream connection went through the proxy: \(proxy.log.suffix(1500))")
+    }
+}

@@ -78,6 +78,12 @@ class IntegrationTestCase: XCTestCase {
         return t
     }
 
+    func startProxy(connectPorts: [UInt16] = []) throws -> TinyProxy {
+        let p = try TinyProxy(connectPorts: connectPorts)
+        cleanups.append { p.stop() }
+        return p
+    }
+
     func startFakeUpstream(host: String = "127.0.0.1") throws -> FakeUpstream {
         let f = try FakeUpstream(host: host)
         cleanups.append { f.stop() }

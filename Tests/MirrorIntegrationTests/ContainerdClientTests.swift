@@ -20,36 +20,8 @@ final class ContainerdClientTests: IntegrationTestCase {
         // The generated hosts.toml files, each written where its comment says, under our own hosts dir.
         let generated = try clientConfig("containerd", config: configPath, endpoint: berth)
         let hostsDir = "\(workDir!)/certs.d"
-        var current: String?
-        var files: [String: String] = [:]
-        for line in generated.split(separator: "\n", omittingEmptySubsequences: false) {
-            if line.hasPrefix("# /etc/containerd/certs.d/"), line.hasSuffix("/hosts.toml") {
-                current = String(line.dropFirst("# /etc/containerd/certs.d/".count).dropLast("/hosts.toml".count))
-            } else if let c = current {
-                files[c, default: ""] += line + "\n"
-            }
-        }
-        XCTAssertEqual(Set(files.keys), [a.hostPort, b.hostPort], generated)
-        for (registry, text) in files {
-            try FileManager.default.createDirectory(atPath: "\(hostsDir)/\(registry)", withIntermediateDirectories: true)
-            try text.write(toFile: "\(hostsDir)/\(registry)/hosts.toml", atomically: true, encoding: .utf8)
-        }
-
-        let socket = "\(workDir!)/containerd.sock"
-        try """
-        version = 2
-        root = "\(workDir!)/containerd-root"
-        state = "\(workDir!)/containerd-state"
-        disabled_plugins = ["io.containerd.grpc.v1.cri"]
-        [grpc]
-          address = "\(socket)"
-        """.write(toFile: "\(workDir!)/containerd.toml", atomically: true, encoding: .utf8)
-        let daemon = try Subprocess(["containerd", "--config", "\(workDir!)/containerd.toml"], in: workDir,
-                                    logPath: "\(workDir!)/containerd.log")
-        defer { daemon.terminate(grace: 5) }
-        let ctr = ["ctr", "--address", socket, "--namespace", "berth-test"]
-        XCTAssertTrue(waitUntil(15) { (try? Subprocess.run(ctr + ["version"], in: self.workDir, timeout: 10, check: false))?.status == 0 },
-                      "containerd did not start")
+        XCTAssertEqual(try writeHostsFiles(generated, under: hostsDir), [a.hostPort, b.hostPort], generated)
+        let ctr = try startContainerd()
         a.settle(); b.settle()
         let before = (a.requests().count, b.requests().count)
         let gets = { (r: Registry, blobs: [String]) in blobs.map { r.count(method: "GET", pathContains: "/blobs/\($0)") } }

@@ -8,7 +8,7 @@ import TestSupport
 class IntegrationTestCase: XCTestCase {
     var workDir: String!
     var builder: ImageBuilder!
-    private var cleanups: [() -> Void] = []
+    var cleanups: [() -> Void] = []
     private var berths: [BerthProcess] = []
 
     override func setUpWithError() throws {

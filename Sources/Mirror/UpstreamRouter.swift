@@ -47,12 +47,17 @@ public struct UpstreamRouter: Sendable {
     /// Index of the default upstream; with a single upstream, that one.
     public let defaultIndex: Int?
     private let prefixes: [(prefix: String, index: Int)]  // longest first
+    /// Every name and host of each entry, lowercased once: (name, whether it carries a port, entry index).
+    private let names: [(name: String, hasPort: Bool, index: Int)]
 
     public init(_ entries: [Entry], defaultIndex: Int?) {
         self.entries = entries
         self.defaultIndex = defaultIndex ?? (entries.count == 1 ? 0 : nil)
         prefixes = entries.enumerated().compactMap { i, e in e.prefix.map { ($0, i) } }
             .sorted { $0.prefix.utf8.count > $1.prefix.utf8.count }
+        names = entries.enumerated().flatMap { i, e in
+            ([e.name] + e.hosts).map { n in let c = n.lowercased(); return (c, RealmPolicy.stripPort(c) != c, i) }
+        }
     }
 
     /// Picks the upstream for repository `name` (as in the request path, already
@@ -100,12 +105,6 @@ public struct UpstreamRouter: Sendable {
     public func match(_ registry: String) -> Int? {
         let wanted = registry.lowercased()
         let bare = RealmPolicy.stripPort(wanted)
-        for (i, e) in entries.enumerated() {
-            for candidate in [e.name] + e.hosts {
-                let c = candidate.lowercased()
-                if c == wanted || (c == bare && RealmPolicy.stripPort(c) == c) { return i }
-            }
-        }
-        return nil
+        return names.first { $0.name == wanted || (!$0.hasPort && $0.name == bare) }?.index
     }
 }

@@ -30,7 +30,7 @@ public struct BenchResult: Equatable, Codable, Sendable {
     /// Pretty JSON with sorted keys.
     public func json() -> String {
         let e = JSONEncoder()
-        e.outputFormatting = [.prettyPrinted, .sortedKeys]
+        e.outputFormatting = [.prettyPrinted, .sortedKeys, .withoutEscapingSlashes]
         return String(decoding: (try? e.encode(self)) ?? Data(), as: UTF8.self) + "\n"
     }
 

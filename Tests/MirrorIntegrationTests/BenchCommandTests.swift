@@ -112,6 +112,23 @@ final class BenchCommandTests: IntegrationTestCase {
         XCTAssertGreaterThan(wrong.json["failures"] as? Int ?? 0, 0)
     }
 
+    func testBasicAuthWithPasswordFileAgainstBerthHtpasswd() throws {
+        let registry = try startRegistry()
+        _ = try builder.pushImage(to: registry, repository: "bench/app", tag: "v1", layerSizes: [60_000, 40_000])
+        let htpasswd = "\(workDir!)/htpasswd"
+        // alice:s3cret, bcrypt cost 5 (as ClientAuthIntegrationTests).
+        try "alice:$2b$05$abcdefghijklmnopqrstuuLK7U1u6pVRmL7L1BBM2aS35PSZnDXlK\n".write(toFile: htpasswd, atomically: true, encoding: .utf8)
+        let berth = try startBerth(upstream: registry.url, arguments: ["--auth-htpasswd", htpasswd])
+        let passwordFile = "\(workDir!)/password"
+        try "s3cret\n".write(toFile: passwordFile, atomically: true, encoding: .utf8)
+        let r = try bench(["--user", "alice", "--password-file", passwordFile, "--verify", berth.url, "bench/app:v1"])
+        XCTAssertEqual(r.status, 0, r.stderr)
+        XCTAssertEqual(requests(try XCTUnwrap(r.passes.first), "layer").byStatus, ["200": 2])
+        let anonymous = try bench([berth.url, "bench/app:v1"])
+        XCTAssertEqual(anonymous.status, 1)
+        XCTAssertEqual(requests(try XCTUnwrap(anonymous.passes.first), "head").byStatus, ["401": 1])
+    }
+
     func testMissingImageExitsOneAndReportsThe404() throws {
         let registry = try startRegistry()
         _ = try builder.pushImage(to: registry, repository: "bench/app", tag: "v1", layerSizes: [10_000])

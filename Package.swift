@@ -1,7 +1,8 @@
 // swift-tools-version:6.1
 import PackageDescription
 
-// Module graph (one-way): Reactor → TLS → HTTP1 → Mirror (using OCI and BlobStore) → BerthApp → berth.
+// Module graph (one-way): Reactor → TLS → HTTP1 → Mirror (using OCI and BlobStore) → BerthApp → berth;
+// Bench (over HTTP1, OCI, Mirror's token flow) → berth.
 // Swift 5 language mode: the reactor owns its threading model (one loop per
 // thread, explicit hand-offs), documented next to each type, instead of
 // annotating every loop-bound class for the Swift 6 checker.
@@ -26,6 +27,8 @@ let package = Package(
         .package(url: "https://github.com/jpsim/Yams", from: "6.2.2"),
         // Tests only: seeded, shrinking property checks (Swift Testing) for the digest invariant.
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
+        // `berth bench`: latency percentiles.
+        .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
     ],
     targets: [
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
@@ -38,6 +41,15 @@ let package = Package(
         .target(name: "OCI", swiftSettings: settings),
         .target(name: "BlobStore", dependencies: ["Reactor", "OCI", "COpenSSL"], swiftSettings: settings),
         .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor", "CCrypt"], swiftSettings: settings),
+        // `berth bench`: pulls like containerd against any /v2/ endpoint and reports percentiles.
+        .target(
+            name: "Bench",
+            dependencies: [
+                "Reactor", "TLS", "HTTP1", "OCI", "Mirror", "BlobStore",
+                .product(name: "Histogram", package: "hdrhistogram-swift"),
+            ],
+            swiftSettings: settings
+        ),
         .target(
             name: "BerthApp",
             dependencies: [
@@ -50,7 +62,7 @@ let package = Package(
         .executableTarget(
             name: "berth",
             dependencies: [
-                "BerthApp", "Reactor",
+                "BerthApp", "Bench", "Reactor",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings
@@ -61,6 +73,7 @@ let package = Package(
         .testTarget(name: "TLSTests", dependencies: ["TestSupport", "TLS", "Reactor"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS"]),
         .testTarget(name: "OCITests", dependencies: ["OCI"]),
+        .testTarget(name: "BenchTests", dependencies: ["Bench", "OCI"]),
         // Mirror logic as values, without sockets: routing.
         .testTarget(name: "MirrorTests", dependencies: ["Mirror", "OCI", "BlobStore"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),

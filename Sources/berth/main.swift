@@ -9,7 +9,7 @@ struct Berth: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "berth",
         abstract: "A pull-through caching container-registry mirror.",
-        subcommands: [Serve.self, Cache.self, ClientConfigCommand.self],
+        subcommands: [Serve.self, Cache.self, ClientConfigCommand.self, BenchCommand.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -304,8 +304,8 @@ extension Cache {
     }
 }
 
-// `berth cache` and `berth client-config` usage errors exit 2 like configuration errors (ArgumentParser would say 64).
-if ["cache", "client-config"].contains(CommandLine.arguments.dropFirst().first) {
+// `berth cache`, `berth client-config` and `berth bench` usage errors exit 2 like configuration errors (ArgumentParser would say 64).
+if ["cache", "client-config", "bench"].contains(CommandLine.arguments.dropFirst().first) {
     do {
         var command = try Berth.parseAsRoot()
         try command.run()

@@ -16,7 +16,7 @@ package final class RegistryCredentials {
         config.password = password
         let breaker = CircuitBreaker(name: config.name, windowNanos: 0, maxBackoffNanos: 0)
         upstream = Upstream(client: client, auth: UpstreamAuth(config: config), failover: Failover([url]),
-                            breaker: breaker, deadlineNanos: 60_000_000_000)
+                            breaker: breaker, limiter: RequestLimiter(limit: 0), deadlineNanos: 60_000_000_000)
     }
 
     /// The `Authorization` value for pulling `repository` (nil when the registry needs none),

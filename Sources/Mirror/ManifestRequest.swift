@@ -61,7 +61,11 @@ final class ManifestRequest: RepositoryHandler {
             if age >= 0 && UInt64(age) * 1_000_000_000 < ctx.config.tagTTLNanos ?? mirror.config.tagTTLNanos {
                 return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit")
             }
-            revalidate(tag, rec)
+            // One revalidation per tag at a time; requests meanwhile get the cached
+            // answer at once (nginx's `proxy_cache_use_stale updating`).
+            let inFlight = "\(key):\(tag)"
+            guard ctx.registry.beginRevalidation(inFlight) else { return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit; detail=revalidating") }
+            revalidate(tag, rec) { [ctx] in ctx.registry.endRevalidation(inFlight) }
         }
     }
 
@@ -87,9 +91,10 @@ final class ManifestRequest: RepositoryHandler {
     }
 
     /// An expired tag: one HEAD; same digest → serve the cache, new digest → fetch, failure → stale.
-    private func revalidate(_ tag: String, _ rec: CacheIndex.TagRecord) {
+    private func revalidate(_ tag: String, _ rec: CacheIndex.TagRecord, done: @escaping () -> Void) {
         upstream.fetch(.head, path, repository: repo, headers: acceptHeaders(), headTimeout: ctx.config.manifestHeadTimeoutNanos,
                        maxBytes: 0) { [self] result in
+            defer { done() }  // after the tag's new confirmation time is recorded
             switch result {
             case .success(let (head, _)) where head.status == 200:
                 if head.headers["Docker-Content-Digest"] == rec.digest.description {

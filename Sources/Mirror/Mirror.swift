@@ -6,6 +6,7 @@ import HTTP1
 import OCI
 import BlobStore
 import TLS
+import Synchronization
 
 /// Settings of the proxy core.
 public struct MirrorConfiguration: Sendable {
@@ -34,7 +35,14 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
     let failover: Failover
     /// Tags this upstream answered 404 for, not asked again for `negativeTTLNanos`.
     let missingTags: ExpiringSet
+    /// Tags (`key:tag`) with a revalidation in flight: one HEAD per tag at a
+    /// time, however many requests find it expired meanwhile.
+    private let revalidating = Mutex<Set<String>>([])
     private let perLoop: [Upstream]
+
+    /// True when the caller is to revalidate `tag` (and call `endRevalidation`); false when one is under way.
+    func beginRevalidation(_ tag: String) -> Bool { revalidating.withLock { $0.insert(tag).inserted } }
+    func endRevalidation(_ tag: String) { _ = revalidating.withLock { $0.remove(tag) } }
 
     init(config: UpstreamConfiguration, group: EventLoopGroup, pool: BlockingPool, deadlineNanos: UInt64) {
         self.config = config

@@ -177,6 +177,38 @@ final class UpstreamLimitsIntegrationTests: IntegrationTestCase {
         for blob in blobs { XCTAssertEqual(upstream.count(method: "GET", path: blob.path), 1) }
     }
 
+    func testAnExpiredTagIsRevalidatedOnceHoweverManyAskMeanwhile() throws {
+        let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
+        let digest = "sha256:" + sha256Hex(manifest)
+        let upstream = try startFakeUpstream()
+        let path = "/v2/test/app/manifests/v1"
+        upstream.route(path) { w in
+            var head = ResponseHead(status: 200)
+            head.headers.add("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+            head.headers.add("Docker-Content-Digest", digest)
+            guard w.request.method == .head else { return w.respond(head, body: manifest) }
+            // A slow revalidation: every request below arrives while it is in flight.
+            _ = w.loop.schedule(afterNanos: 500_000_000) {
+                w.start(head, contentLength: UInt64(manifest.count))
+                w.end()
+            }
+        }
+        let berth = try startBerth(upstream: upstream.url, arguments: ["--tag-ttl", "0s"])
+        XCTAssertEqual(try get(berth, path).body, manifest)
+        // The tag is recorded off the loop: wait until it is answered from the cache (after one slow revalidation).
+        XCTAssertTrue(waitUntil(10) { (try? self.get(berth, path))?.headers["cache-status"]?.contains("hit") == true })
+        let headsBefore = upstream.count(method: "HEAD", path: path)
+        let lock = NSLock()
+        var statuses: [Int] = []
+        DispatchQueue.concurrentPerform(iterations: 8) { _ in
+            let r = try? get(berth, path)
+            lock.withLock { statuses.append(r?.body == manifest ? r?.status ?? 0 : 0) }
+        }
+        XCTAssertEqual(statuses, Array(repeating: 200, count: 8))
+        XCTAssertLessThanOrEqual(upstream.count(method: "HEAD", path: path) - headsBefore, 1,
+                                 "one HEAD for 8 requests of an expired tag; the others were answered from the cache")
+    }
+
     func testASpentQuotaIsWaitedOutBeforeA429() throws {
         let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
         let digest = "sha256:" + sha256Hex(manifest)

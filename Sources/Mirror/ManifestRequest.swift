@@ -63,6 +63,10 @@ final class ManifestRequest: RepositoryHandler {
             }
             // One revalidation per tag at a time; requests meanwhile get the cached
             // answer at once (nginx's `proxy_cache_use_stale updating`).
+            // The upstream is held off (429 back-off, breaker): stale at once, no request built.
+            if upstream.breaker.isOpen(now: w.loop.now) {
+                return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit; fwd=stale; detail=upstream-unavailable")
+            }
             let inFlight = "\(key):\(tag)"
             guard ctx.registry.beginRevalidation(inFlight) else { return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit; detail=revalidating") }
             revalidate(tag, rec) { [ctx] in ctx.registry.endRevalidation(inFlight) }

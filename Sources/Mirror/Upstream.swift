@@ -232,6 +232,9 @@ final class CircuitBreaker: @unchecked Sendable {  // all state behind `state`
         self.maxBackoffNanos = maxBackoffNanos
     }
 
+    /// Whether requests are being held off now (cheap: no error built).
+    func isOpen(now: UInt64) -> Bool { now < state.withLock { $0.until } }
+
     /// The error to answer with instead of asking the upstream, nil when it may be asked.
     func refusal(now: UInt64) -> UpstreamError? {
         let (until, reason, limited) = state.withLock { $0 }

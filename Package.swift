@@ -2,6 +2,7 @@
 import PackageDescription
 
 // Module graph (one-way): Reactor → TLS → HTTP1 → Mirror (using OCI and BlobStore) → BerthApp → berth.
+// Archive (tar, gzip over CZlib) is a leaf beside OCI: only BerthApp's import/export use it.
 // Swift 5 language mode: the reactor owns its threading model (one loop per
 // thread, explicit hand-offs), documented next to each type, instead of
 // annotating every loop-bound class for the Swift 6 checker.
@@ -36,12 +37,14 @@ let package = Package(
         .target(name: "TLS", dependencies: ["COpenSSL", "Reactor"], swiftSettings: settings),
         .target(name: "HTTP1", dependencies: ["Reactor", "TLS"], swiftSettings: settings),
         .target(name: "OCI", swiftSettings: settings),
+        // Tar and gzip as pure stream logic (zlib only): `berth import`/`export` read and write through it.
+        .target(name: "Archive", dependencies: ["CZlib"], swiftSettings: settings),
         .target(name: "BlobStore", dependencies: ["Reactor", "OCI", "COpenSSL"], swiftSettings: settings),
         .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor", "CCrypt"], swiftSettings: settings),
         .target(
             name: "BerthApp",
             dependencies: [
-                "Reactor", "TLS", "HTTP1", "Mirror", "BlobStore",
+                "Reactor", "TLS", "HTTP1", "Mirror", "BlobStore", "Archive",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -61,6 +64,7 @@ let package = Package(
         .testTarget(name: "TLSTests", dependencies: ["TestSupport", "TLS", "Reactor"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS"]),
         .testTarget(name: "OCITests", dependencies: ["OCI"]),
+        .testTarget(name: "ArchiveTests", dependencies: ["Archive"]),
         // Mirror logic as values, without sockets: routing.
         .testTarget(name: "MirrorTests", dependencies: ["Mirror", "OCI", "BlobStore"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),

@@ -70,7 +70,7 @@ let package = Package(
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),
         .testTarget(name: "BerthAppTests", dependencies: ["TestSupport", "BerthApp", "Mirror", "HTTP1", "Reactor", "TLS", "BlobStore", "OCI"]),
         .testTarget(name: "MirrorIntegrationTests", dependencies: [
-            "TestSupport", "HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI",
+            "TestSupport", "HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI", "Archive",
             .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         // Cache lifecycle end to end: the built `berth` binary against Debian's docker-registry,

@@ -20,6 +20,8 @@ let package = Package(
         .library(name: "BlobStore", targets: ["BlobStore", "OCI", "Reactor"]),
         // For Fuzz/ (the config loader target).
         .library(name: "BerthApp", targets: ["BerthApp"]),
+        // For Fuzz/ (the archive target).
+        .library(name: "Archive", targets: ["Archive"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),

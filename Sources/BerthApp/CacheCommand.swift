@@ -84,6 +84,13 @@ public enum CacheCommand {
         default: break
         }
         let dir = config.cache.dir
+        // Import is how an air-gapped machine's cache starts: it may create the directory.
+        if case .importArchive = operation, (try? Posix.stat(path: dir)) == nil {
+            do { try CacheLock.makeDirectory(dir) } catch {
+                FileOut.stderr("berth: cannot create the cache directory \(dir): \(error)\n")
+                return 1
+            }
+        }
         guard let st = try? Posix.stat(path: dir), (st.st_mode & S_IFMT) == S_IFDIR else {
             FileOut.stderr("berth: no cache directory at \(dir) (set --cache-dir or cache.dir)\n")
             return 2

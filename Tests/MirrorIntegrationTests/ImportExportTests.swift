@@ -81,6 +81,12 @@ final class ImportExportTests: IntegrationTestCase {
         online.stop()
         registry.stop()
 
+        // Directly into a cache directory that does not exist yet (a new air-gapped machine).
+        let fresh = "\(workDir!)/new-machine/cache"
+        let direct = try berth(["import", bundle, "--cache-dir", fresh])
+        XCTAssertEqual(direct.status, 0, direct.stderr)
+        XCTAssertTrue(direct.stdout.contains(image.digest), direct.stdout)
+
         // Import into an empty cache served offline: through its admin socket, then served at once.
         let offline = try startBerth(upstream: registry.url, arguments: ["--offline"])
         let i = try berth(["import", bundle, "--cache-dir", offline.cacheDir])

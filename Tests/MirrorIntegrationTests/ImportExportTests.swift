@@ -114,6 +114,27 @@ final class ImportExportTests: IntegrationTestCase {
         assertLayout(try pull(b, "renamed/app:7"), image: image)
     }
 
+    func testAnIndexIsExportedWithEveryCachedPlatformAndServedOfflineAfterImport() throws {
+        let registry = try startRegistry()
+        let index = try builder.pushIndex(to: registry, repository: "team/multi", tag: "v3")
+        let online = try startBerth(upstream: registry.url)
+        assertLayout(try pull(online, "team/multi:v3", all: true), index: index)
+        let bundle = "\(workDir!)/multi.tar"
+        let e = try berth(["export", "team/multi:v3", "-o", bundle, "--cache-dir", online.cacheDir])
+        XCTAssertEqual(e.status, 0, e.stderr)
+        XCTAssertTrue(e.stdout.contains("\(1 + index.children.reduce(0) { $0 + 1 + $1.blobs.count }) blobs"), e.stdout)
+        let read = "\(workDir!)/skopeo-read-all"
+        try Skopeo.copy("oci-archive:\(bundle):team/multi:v3", "dir:\(read)", extra: ["--all"], in: workDir)
+        assertLayout(read, index: index)
+        online.stop()
+        registry.stop()
+
+        let offline = try startBerth(upstream: registry.url, arguments: ["--offline"])
+        let i = try berth(["import", bundle, "--cache-dir", offline.cacheDir])
+        XCTAssertEqual(i.status, 0, i.stderr)
+        assertLayout(try pull(offline, "team/multi:v3", all: true), index: index)
+    }
+
     func testHostileArchivesAreRefusedAndLeaveTheCacheUnchanged() throws {
         let registry = try startRegistry()
         _ = try pushOCIImage(to: registry, repository: "team/ok", tag: "v1", layerSizes: [50_000])

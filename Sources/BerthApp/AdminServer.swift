@@ -20,7 +20,7 @@ import OCI
 /// POST /gc?grace=SECONDS      (CacheReport.GC)
 /// POST /verify                chunked NDJSON: {"progress":…} lines, then {"result":…}
 /// POST /import?path=ABS[&as=IMAGE]                 import an archive or layout (ImageImporter.Report)
-/// POST /export?output=ABS&image=IMAGE[&image=…]    write an OCI layout tar (ImageExporter.Report)
+/// POST /export?output=ABS&image=IMAGE[&image=…][&pulled_since=SECONDS]   write an OCI layout tar (ImageExporter.Report)
 /// ```
 /// `path` and `output` are read and written by the server's user: the
 /// socket is 0600, so only that user can ask.
@@ -141,10 +141,17 @@ final class AdminServer {
         case (.post, "/export"):
             guard let output = param("output"), output.hasPrefix("/") else { return fail(w, 400, "export needs ?output=ABSOLUTE_PATH") }
             let images = params("image").compactMap(ImageReference.init)
-            guard !images.isEmpty, images.count == params("image").count else { return fail(w, 400, "export needs ?image=[UPSTREAM/]REPO[:TAG|@DIGEST], repeatable") }
+            let since = param("pulled_since").map { Int64($0) }
+            if case .some(.none) = since { return fail(w, 400, "pulled_since is in seconds") }
+            guard !images.isEmpty || since != nil, images.count == params("image").count else {
+                return fail(w, 400, "export needs ?image=[UPSTREAM/]REPO[:TAG|@DIGEST] (repeatable) or ?pulled_since=SECONDS")
+            }
             log("admin: exporting \(images.map(\.description).joined(separator: ", ")) to \(output)")
             work(w) { [store, key] in
-                do { return .ok(CacheReport.json(try ImageExporter(store: store, key: key).run(images: images, output: output))) } catch {
+                do {
+                    let r = try ImageExporter(store: store, key: key).run(images: images, pulledSince: since.flatMap { $0 }, output: output)
+                    return .ok(CacheReport.json(r))
+                } catch {
                     return .failure(422, "export: \(error)")
                 }
             }

@@ -26,8 +26,8 @@ public enum CacheCommand {
         case gc(graceSeconds: Double)
         /// `berth import PATH [--as IMAGE]` (PATH absolute).
         case importArchive(path: String, as: String?)
-        /// `berth export IMAGE... -o FILE` (FILE absolute).
-        case export(images: [String], output: String)
+        /// `berth export IMAGE... [--pulled-since SECONDS] -o FILE` (FILE absolute).
+        case export(images: [String], output: String, pulledSince: Double?)
     }
 
     public struct Options {
@@ -68,9 +68,9 @@ public enum CacheCommand {
                 FileOut.stderr("berth: --as \"\(name)\" is not an image such as docker.io/library/alpine:3.20\n")
                 return 2
             }
-        case .export(let images, let output):
-            guard !images.isEmpty else {
-                FileOut.stderr("berth: export needs at least one image\n")
+        case .export(let images, let output, let since):
+            guard !images.isEmpty || since != nil else {
+                FileOut.stderr("berth: export needs at least one image, or --pulled-since\n")
                 return 2
             }
             for i in images where ImageReference(i) == nil {
@@ -124,8 +124,9 @@ public enum CacheCommand {
         case .verify: request = ("POST", "/verify")
         case .importArchive(let path, let name):
             request = ("POST", "/import?path=" + percentEncoded(path) + (name.map { "&as=" + percentEncoded($0) } ?? ""))
-        case .export(let images, let output):
-            request = ("POST", "/export?output=" + percentEncoded(output) + images.map { "&image=" + percentEncoded($0) }.joined())
+        case .export(let images, let output, let since):
+            request = ("POST", "/export?output=" + percentEncoded(output) + images.map { "&image=" + percentEncoded($0) }.joined()
+                       + (since.map { "&pulled_since=\(Int64($0))" } ?? ""))
         }
         let tty = isatty(1) == 1
         var lastProgress = false
@@ -269,9 +270,10 @@ public enum CacheCommand {
                 FileOut.stderr("berth: import \(path): \(error)\n")
                 return 1
             }
-        case .export(let images, let path):
+        case .export(let images, let path, let since):
             do {
-                let report = try ImageExporter(store: store, key: config.indexKey).run(images: images.compactMap(ImageReference.init), output: path)
+                let report = try ImageExporter(store: store, key: config.indexKey)
+                    .run(images: images.compactMap(ImageReference.init), pulledSince: since.map { Int64($0) }, output: path)
                 return output(report, json: json) { CacheReport.text($0) }
             } catch {
                 FileOut.stderr("berth: export: \(error)\n")

@@ -46,8 +46,18 @@ final class ImageExporter {
         self.key = key
     }
 
-    func run(images: [ImageReference], output: String) throws -> Report {
+    /// Exports `images`, plus with `pulledSince` every cached tag whose
+    /// manifest was used within that many seconds (named by its index key).
+    func run(images requested: [ImageReference], pulledSince: Int64? = nil, output: String) throws -> Report {
         let started = Date()
+        var images = requested
+        if let since = pulledSince {
+            let cutoff = Int64(time(nil)) - since
+            for t in store.index.allTags() where (store.index.lastUse(of: t.record.digest) ?? 0) >= cutoff {
+                if let r = ImageReference("\(t.repository):\(t.tag)"), !images.contains(r) { images.append(r) }
+            }
+            guard !images.isEmpty else { throw Failure(description: "no cached tag was pulled in the last \(since) s") }
+        }
         var entries: [[String: Any]] = []
         var digests: [Digest] = []
         var seen: Set<Digest> = []

@@ -309,10 +309,20 @@ struct Export: ParsableCommand {
         abstract: "Write cached images as an OCI image layout in a tar (.tar) or a gzip tar (.tar.gz), readable by skopeo (oci-archive:FILE:REPO:TAG) and berth import.",
         discussion: "Each tag is named [UPSTREAM/]REPO:TAG in index.json; every cached platform of an index is included. Exit codes: 0 written; 1 not cached or failed; 2 usage error."
     )
-    @Argument(help: "[UPSTREAM/]REPO[:TAG|@DIGEST], one or more.") var images: [String]
+    @Argument(help: "[UPSTREAM/]REPO[:TAG|@DIGEST], one or more (or none with --pulled-since).") var images: [String] = []
+    @Option(name: .customLong("pulled-since"), help: "Also every cached tag whose image was used this recently, e.g. 7d, 12h.") var pulledSince: String?
     @Option(name: .shortAndLong, help: "The bundle to write: FILE.tar or FILE.tar.gz.") var output: String
     @OptionGroup var common: CacheOptions
-    func run() throws { try runCache(.export(images: images, output: absolutePath(output)), common) }
+    func run() throws {
+        var since: Double?
+        if let pulledSince {
+            do { since = try BerthConfig.parseDuration(pulledSince, key: "--pulled-since") } catch {
+                FileOut.stderr("berth: \(error)\n")
+                throw ExitCode(2)
+            }
+        }
+        try runCache(.export(images: images, output: absolutePath(output), pulledSince: since), common)
+    }
 }
 
 // `berth cache` and `berth client-config` usage errors exit 2 like configuration errors (ArgumentParser would say 64).

@@ -112,6 +112,15 @@ final class ImportExportTests: IntegrationTestCase {
         XCTAssertEqual(r.status, 0, r.stderr)
         assertLayout(try pull(b, "team/src:v2"), image: image)
         assertLayout(try pull(b, "renamed/app:7"), image: image)
+
+        // --pulled-since through the server: every tag used within the hour, each named in index.json.
+        let recent = "\(workDir!)/recent.tar"
+        let e = try berth(["export", "--pulled-since", "1h", "-o", recent, "--cache-dir", b.cacheDir])
+        XCTAssertEqual(e.status, 0, e.stderr)
+        XCTAssertTrue(e.stdout.contains("team/src:v2") && e.stdout.contains("renamed/app:7"), e.stdout)
+        let again = try berth(["import", recent, "--cache-dir", "\(workDir!)/other-cache"])
+        XCTAssertEqual(again.status, 0, again.stderr)
+        XCTAssertTrue(again.stdout.contains("team/src:v2") && again.stdout.contains("renamed/app:7"), again.stdout)
     }
 
     func testAnIndexIsExportedWithEveryCachedPlatformAndServedOfflineAfterImport() throws {

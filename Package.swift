@@ -3,6 +3,7 @@ import PackageDescription
 
 // Module graph (one-way): Reactor → TLS → HTTP1 → Mirror (using OCI and BlobStore) → BerthApp → berth;
 // Bench (over HTTP1, OCI, Mirror's token flow) → berth.
+// Archive (tar, gzip over CZlib) is a leaf beside OCI: only BerthApp's import/export use it.
 // Swift 5 language mode: the reactor owns its threading model (one loop per
 // thread, explicit hand-offs), documented next to each type, instead of
 // annotating every loop-bound class for the Swift 6 checker.
@@ -20,6 +21,8 @@ let package = Package(
         .library(name: "BlobStore", targets: ["BlobStore", "OCI", "Reactor"]),
         // For Fuzz/ (the config loader target).
         .library(name: "BerthApp", targets: ["BerthApp"]),
+        // For Fuzz/ (the archive target).
+        .library(name: "Archive", targets: ["Archive"]),
     ],
     dependencies: [
         .package(url: "https://github.com/apple/swift-argument-parser", from: "1.8.2"),
@@ -39,6 +42,8 @@ let package = Package(
         .target(name: "TLS", dependencies: ["COpenSSL", "Reactor"], swiftSettings: settings),
         .target(name: "HTTP1", dependencies: ["Reactor", "TLS"], swiftSettings: settings),
         .target(name: "OCI", swiftSettings: settings),
+        // Tar and gzip as pure stream logic (zlib only): `berth import`/`export` read and write through it.
+        .target(name: "Archive", dependencies: ["CZlib"], swiftSettings: settings),
         .target(name: "BlobStore", dependencies: ["Reactor", "OCI", "COpenSSL"], swiftSettings: settings),
         .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor", "CCrypt"], swiftSettings: settings),
         // `berth bench`: pulls like containerd against any /v2/ endpoint and reports percentiles.
@@ -53,7 +58,7 @@ let package = Package(
         .target(
             name: "BerthApp",
             dependencies: [
-                "Reactor", "TLS", "HTTP1", "Mirror", "BlobStore",
+                "Reactor", "TLS", "HTTP1", "Mirror", "BlobStore", "Archive",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -74,12 +79,13 @@ let package = Package(
         .testTarget(name: "HTTP1Tests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS"]),
         .testTarget(name: "OCITests", dependencies: ["OCI"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench", "OCI"]),
+        .testTarget(name: "ArchiveTests", dependencies: ["Archive"]),
         // Mirror logic as values, without sockets: routing.
         .testTarget(name: "MirrorTests", dependencies: ["Mirror", "OCI", "BlobStore"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),
         .testTarget(name: "BerthAppTests", dependencies: ["TestSupport", "BerthApp", "Mirror", "HTTP1", "Reactor", "TLS", "BlobStore", "OCI"]),
         .testTarget(name: "MirrorIntegrationTests", dependencies: [
-            "TestSupport", "HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI",
+            "TestSupport", "HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI", "Archive",
             .product(name: "PropertyBased", package: "swift-property-based"),
         ]),
         // Cache lifecycle end to end: the built `berth` binary against Debian's docker-registry,

@@ -14,6 +14,7 @@ let package = Package(
                 .product(name: "HTTP1", package: "Berth"),
                 .product(name: "BlobStore", package: "Berth"),  // brings OCI
                 .product(name: "BerthApp", package: "Berth"),
+                .product(name: "Archive", package: "Berth"),
             ]
         ),
     ],

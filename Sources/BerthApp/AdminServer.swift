@@ -19,7 +19,11 @@ import OCI
 /// POST /rm?target=REF|DIGEST  (CacheReport.Removal)
 /// POST /gc?grace=SECONDS      (CacheReport.GC)
 /// POST /verify                chunked NDJSON: {"progress":…} lines, then {"result":…}
+/// POST /import?path=ABS[&as=IMAGE]                 import an archive or layout (ImageImporter.Report)
+/// POST /export?output=ABS&image=IMAGE[&image=…][&pulled_since=SECONDS]   write an OCI layout tar (ImageExporter.Report)
 /// ```
+/// `path` and `output` are read and written by the server's user: the
+/// socket is 0600, so only that user can ask.
 /// Errors: a status ≥ 400 with `{"error": "…"}`.
 ///
 /// Each request's work blocks (manifest reads, unlink, hashing), so it runs
@@ -32,9 +36,13 @@ final class AdminServer {
     let http: HTTPServer
     let path: String
     let log: (String) -> Void
+    /// The cache-index key of an image argument (from the server's upstream configuration).
+    let key: (ImageReference) throws -> String
 
-    init(store: BlobStore, pinner: Pinner?, group: EventLoopGroup, pool: BlockingPool, log: @escaping (String) -> Void) throws {
+    init(store: BlobStore, pinner: Pinner?, group: EventLoopGroup, pool: BlockingPool,
+         key: @escaping (ImageReference) throws -> String, log: @escaping (String) -> Void) throws {
         self.store = store
+        self.key = key
         self.pinner = pinner
         self.group = group
         self.log = log
@@ -64,13 +72,13 @@ final class AdminServer {
         let q = target.firstIndex(of: "?")
         let route = q.map { String(target[..<$0]) } ?? target
         let query = q.map { String(target[target.index(after: $0)...]) } ?? ""
-        func param(_ key: String) -> String? {
-            for pair in query.split(separator: "&") {
+        func params(_ key: String) -> [String] {
+            query.split(separator: "&").compactMap { pair in
                 let kv = pair.split(separator: "=", maxSplits: 1, omittingEmptySubsequences: false)
-                if kv[0] == key { return percentDecoded(kv.count > 1 ? String(kv[1]) : "") }
+                return kv[0] == key ? percentDecoded(kv.count > 1 ? String(kv[1]) : "") : nil
             }
-            return nil
         }
+        func param(_ key: String) -> String? { params(key).first }
         let method = w.request.method
         switch (method, route) {
         case (.get, "/usage"):
@@ -115,7 +123,39 @@ final class AdminServer {
             work(w) { [store] in .ok(CacheReport.json(CacheReport.gc(store.collectGarbage(grace: Int64(grace))))) }
         case (.post, "/verify"):
             verify(w)
-        case (_, "/usage"), (_, "/ls"), (_, "/pin"), (_, "/unpin"), (_, "/rm"), (_, "/gc"), (_, "/verify"):
+        case (.post, "/import"):
+            guard let path = param("path"), path.hasPrefix("/") else { return fail(w, 400, "import needs ?path=ABSOLUTE_PATH") }
+            let name = param("as").flatMap(ImageReference.init)
+            if param("as") != nil && name == nil { return fail(w, 400, "as= is not an image such as docker.io/library/alpine:3.20") }
+            log("admin: importing \(path)")
+            work(w) { [store, key, log] in
+                do {
+                    let r = try ImageImporter(store: store, key: key).run(path: path, as: name)
+                    log("admin: imported \(path): \(r.images.map { "\($0.names.joined(separator: ",")) → \($0.digest)" }.joined(separator: "; "))")
+                    return .ok(CacheReport.json(r))
+                } catch {
+                    log("admin: import \(path) refused: \(error)")
+                    return .failure(422, "import \(path): \(error)")
+                }
+            }
+        case (.post, "/export"):
+            guard let output = param("output"), output.hasPrefix("/") else { return fail(w, 400, "export needs ?output=ABSOLUTE_PATH") }
+            let images = params("image").compactMap(ImageReference.init)
+            let since = param("pulled_since").map { Int64($0) }
+            if case .some(.none) = since { return fail(w, 400, "pulled_since is in seconds") }
+            guard !images.isEmpty || since != nil, images.count == params("image").count else {
+                return fail(w, 400, "export needs ?image=[UPSTREAM/]REPO[:TAG|@DIGEST] (repeatable) or ?pulled_since=SECONDS")
+            }
+            log("admin: exporting \(images.map(\.description).joined(separator: ", ")) to \(output)")
+            work(w) { [store, key] in
+                do {
+                    let r = try ImageExporter(store: store, key: key).run(images: images, pulledSince: since.flatMap { $0 }, output: output)
+                    return .ok(CacheReport.json(r))
+                } catch {
+                    return .failure(422, "export: \(error)")
+                }
+            }
+        case (_, "/usage"), (_, "/ls"), (_, "/pin"), (_, "/unpin"), (_, "/rm"), (_, "/gc"), (_, "/verify"), (_, "/import"), (_, "/export"):
             fail(w, 405, "\(method.name) is not served on \(route)")
         default:
             fail(w, 404, "no admin route \(route)")

@@ -67,7 +67,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         http = HTTPServer(configuration: sc, group: group, pool: pool, logger: logSink, handler: mirror.handle)
         try http.start()
         let pinner = http.boundAddresses().first.map { Pinner(store: store!, pool: pool, address: $0) }
-        admin = try AdminServer(store: store!, pinner: pinner, group: group, pool: pool) { [logger] in logger.info("\($0)") }
+        admin = try AdminServer(store: store!, pinner: pinner, group: group, pool: pool, key: config.indexKey) { [logger] in logger.info("\($0)") }
         if handleSignals {
             let loop = group.loops[0]
             signals = try SignalSource(loop: loop) { [weak self] signo in self?.signal(signo) }

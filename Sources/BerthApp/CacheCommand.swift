@@ -24,6 +24,10 @@ public enum CacheCommand {
         case ls, du, verify
         case pin(String), unpin(String), rm(String)
         case gc(graceSeconds: Double)
+        /// `berth import PATH [--as IMAGE]` (PATH absolute).
+        case importArchive(path: String, as: String?)
+        /// `berth export IMAGE... [--pulled-since SECONDS] -o FILE` (FILE absolute).
+        case export(images: [String], output: String, pulledSince: Double?)
     }
 
     public struct Options {
@@ -59,9 +63,34 @@ public enum CacheCommand {
                 FileOut.stderr("berth: \"\(s)\" is neither an image reference nor a digest (sha256:…)\n")
                 return 2
             }
+        case .importArchive(_, let name?):
+            guard let image = ImageReference(name), case .tag = image.reference else {
+                FileOut.stderr("berth: --as \"\(name)\" is not an image such as docker.io/library/alpine:3.20\n")
+                return 2
+            }
+        case .export(let images, let output, let since):
+            guard !images.isEmpty || since != nil else {
+                FileOut.stderr("berth: export needs at least one image, or --pulled-since\n")
+                return 2
+            }
+            for i in images where ImageReference(i) == nil {
+                FileOut.stderr("berth: \"\(i)\" is not an image reference such as library/alpine:3.20 or repo@sha256:…\n")
+                return 2
+            }
+            guard output.hasSuffix(".tar") || output.hasSuffix(".tar.gz") || output.hasSuffix(".tgz") else {
+                FileOut.stderr("berth: -o \(output): the bundle is a .tar or a .tar.gz\n")
+                return 2
+            }
         default: break
         }
         let dir = config.cache.dir
+        // Import is how an air-gapped machine's cache starts: it may create the directory.
+        if case .importArchive = operation, (try? Posix.stat(path: dir)) == nil {
+            do { try CacheLock.makeDirectory(dir) } catch {
+                FileOut.stderr("berth: cannot create the cache directory \(dir): \(error)\n")
+                return 1
+            }
+        }
         guard let st = try? Posix.stat(path: dir), (st.st_mode & S_IFMT) == S_IFDIR else {
             FileOut.stderr("berth: no cache directory at \(dir) (set --cache-dir or cache.dir)\n")
             return 2
@@ -93,12 +122,22 @@ public enum CacheCommand {
         case .rm(let t): request = ("POST", "/rm?target=" + percentEncoded(t))
         case .gc(let g): request = ("POST", "/gc?grace=\(Int64(g))")
         case .verify: request = ("POST", "/verify")
+        case .importArchive(let path, let name):
+            request = ("POST", "/import?path=" + percentEncoded(path) + (name.map { "&as=" + percentEncoded($0) } ?? ""))
+        case .export(let images, let output, let since):
+            request = ("POST", "/export?output=" + percentEncoded(output) + images.map { "&image=" + percentEncoded($0) }.joined()
+                       + (since.map { "&pulled_since=\(Int64($0))" } ?? ""))
         }
         let tty = isatty(1) == 1
         var lastProgress = false
         let response: AdminClient.Response
         do {
-            response = try client.send(request.0, request.1, timeoutSeconds: op == .verify ? 24 * 3600 : 900) { line in
+            let long: Bool
+            switch op {
+            case .verify, .importArchive, .export: long = true
+            default: long = false
+            }
+            response = try client.send(request.0, request.1, timeoutSeconds: long ? 24 * 3600 : 900) { line in
                 // Streamed verification: progress lines on a terminal only.
                 guard op == .verify, !json, tty, let l = try? CacheReport.decode(CacheReport.VerifyLine.self, line), let p = l.progress else { return }
                 print(CacheReport.progressLine(p), terminator: "")
@@ -126,6 +165,10 @@ public enum CacheCommand {
             case .unpin: return output(try CacheReport.decode(CacheReport.Pin.self, response.body), json: json) { CacheReport.text($0, verb: "unpinned") }
             case .rm: return output(try CacheReport.decode(CacheReport.Removal.self, response.body), json: json) { "removed \($0.removed) (\(CacheReport.size($0.bytes)))\n" }
             case .gc: return output(try CacheReport.decode(CacheReport.GC.self, response.body), json: json) { CacheReport.text($0) }
+            case .importArchive:
+                return output(try CacheReport.decode(ImageImporter.Report.self, response.body), json: json) { CacheReport.text($0) }
+            case .export:
+                return output(try CacheReport.decode(ImageExporter.Report.self, response.body), json: json) { CacheReport.text($0) }
             case .verify:
                 let lines = response.body.split(separator: 0x0a)
                 guard let last = lines.last, let result = try CacheReport.decode(CacheReport.VerifyLine.self, Array(last)).result else {
@@ -164,7 +207,7 @@ public enum CacheCommand {
         }
         let mutates: Bool
         switch op {
-        case .ls, .du: mutates = false
+        case .ls, .du, .export: mutates = false
         default: mutates = true
         }
         var clean = store.index.wasCleanlyClosed
@@ -219,6 +262,23 @@ public enum CacheCommand {
             if tty { print("") }
             _ = output(CacheReport.verify(result), json: json) { CacheReport.text($0) }
             return result.mismatches.isEmpty ? 0 : 1
+        case .importArchive(let path, let name):
+            do {
+                let report = try ImageImporter(store: store, key: config.indexKey).run(path: path, as: name.flatMap(ImageReference.init))
+                return output(report, json: json) { CacheReport.text($0) }
+            } catch {
+                FileOut.stderr("berth: import \(path): \(error)\n")
+                return 1
+            }
+        case .export(let images, let path, let since):
+            do {
+                let report = try ImageExporter(store: store, key: config.indexKey)
+                    .run(images: images.compactMap(ImageReference.init), pulledSince: since.map { Int64($0) }, output: path)
+                return output(report, json: json) { CacheReport.text($0) }
+            } catch {
+                FileOut.stderr("berth: export: \(error)\n")
+                return 1
+            }
         }
     }
 

@@ -216,6 +216,25 @@ public enum CacheReport {
         "\(verb) \(p.image) → \(p.manifest): \(p.covered.count) digests, \(p.cached) cached (\(size(p.bytes)))\n"
     }
 
+    static func text(_ r: ImageImporter.Report) -> String {
+        var out = ""
+        for i in r.images {
+            out += "imported \(i.names.joined(separator: ", ")) → \(i.digest) (\(i.blobs) digests, \(size(i.bytes)))\n"
+            if i.built {
+                out += "  a classic docker save has no registry manifest: Berth built an OCI manifest from its config and layers; its digest \(i.digest) is new\n"
+            }
+        }
+        out += "\(r.added) new blobs (\(size(r.addedBytes))) from \(size(r.archiveBytes)) read in \(format1(r.seconds)) s"
+        if r.seconds > 0 { out += " (\(format1(Double(r.archiveBytes) / 1_048_576 / r.seconds)) MiB/s)" }
+        return out + "\n"
+    }
+
+    static func text(_ r: ImageExporter.Report) -> String {
+        var out = "exported \(r.images.joined(separator: ", ")) to \(r.output): \(r.blobs) blobs (\(size(r.bytes))), file \(size(r.fileBytes)) in \(format1(r.seconds)) s"
+        if r.seconds > 0 { out += " (\(format1(Double(r.bytes) / 1_048_576 / r.seconds)) MiB/s)" }
+        return out + "\n"
+    }
+
     static func progressLine(_ p: VerifyProgressLine) -> String {
         "\rverifying: \(p.checked)/\(p.total) blobs, \(size(p.bytes)) of \(size(p.totalBytes)), \(p.mismatches) mismatches"
     }

@@ -167,7 +167,13 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
 
     /// A new temp file for filling `digest`, open for reading and writing.
     public func makeTempFile(for digest: Digest) throws -> (path: String, file: FileDescriptor) {
-        let path = "\(root)/tmp/\(digest.hex).\(getpid()).\(tempSerial.wrappingAdd(1, ordering: .relaxed).newValue).partial"
+        try makeTempFile(label: digest.hex)
+    }
+
+    /// A new temp file for content whose digest is not known yet (an archive
+    /// member being imported), open for reading and writing.
+    public func makeTempFile(label: String) throws -> (path: String, file: FileDescriptor) {
+        let path = "\(root)/tmp/\(label).\(getpid()).\(tempSerial.wrappingAdd(1, ordering: .relaxed).newValue).partial"
         let fd = try Posix.open(path: path, flags: O_RDWR | O_CREAT | O_EXCL, mode: 0o644)
         return (path, FileDescriptor(takingOwnershipOf: fd))
     }

@@ -1,4 +1,5 @@
 import ArgumentParser
+import Foundation
 import BerthApp
 import Reactor
 #if canImport(Glibc)
@@ -9,7 +10,7 @@ struct Berth: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "berth",
         abstract: "A pull-through caching container-registry mirror.",
-        subcommands: [Serve.self, Cache.self, ClientConfigCommand.self, BenchCommand.self],
+        subcommands: [Serve.self, Cache.self, ClientConfigCommand.self, Import.self, Export.self, BenchCommand.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -304,8 +305,53 @@ extension Cache {
     }
 }
 
-// `berth cache`, `berth client-config` and `berth bench` usage errors exit 2 like configuration errors (ArgumentParser would say 64).
-if ["cache", "client-config", "bench"].contains(CommandLine.arguments.dropFirst().first) {
+// MARK: berth import, berth export
+
+/// An absolute form of `path` (the server may run in another directory).
+func absolutePath(_ path: String) -> String {
+    path.hasPrefix("/") ? path : FileManager.default.currentDirectoryPath + "/" + path
+}
+
+struct Import: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Load images from a docker save archive or an OCI image layout (a tar, a directory, either tar gzip-compressed) into the cache.",
+        discussion: """
+        Every blob is verified against its digest before it enters the cache; a bad archive (unsafe paths, wrong digests, \
+        truncation) is refused and leaves the cache as it was. Tags come from org.opencontainers.image.ref.name or RepoTags, \
+        or from --as. A classic docker save image gets an OCI manifest built from its config and layers: its digest is new.
+        Goes through the running berth serve (admin.sock) when one holds the cache; then it serves the images at once.
+        Exit codes: 0 imported; 1 refused or failed; 2 usage or configuration error.
+        """
+    )
+    @Argument(help: "The archive (.tar, .tar.gz) or OCI layout directory.") var path: String
+    @Option(name: .customLong("as"), help: "Name the image [UPSTREAM/]REPO:TAG (when the archive has no name, or to rename).") var name: String?
+    @OptionGroup var common: CacheOptions
+    func run() throws { try runCache(.importArchive(path: absolutePath(path), as: name), common) }
+}
+
+struct Export: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Write cached images as an OCI image layout in a tar (.tar) or a gzip tar (.tar.gz), readable by skopeo (oci-archive:FILE:REPO:TAG) and berth import.",
+        discussion: "Each tag is named [UPSTREAM/]REPO:TAG in index.json; every cached platform of an index is included. Exit codes: 0 written; 1 not cached or failed; 2 usage error."
+    )
+    @Argument(help: "[UPSTREAM/]REPO[:TAG|@DIGEST], one or more (or none with --pulled-since).") var images: [String] = []
+    @Option(name: .customLong("pulled-since"), help: "Also every cached tag whose image was used this recently, e.g. 7d, 12h.") var pulledSince: String?
+    @Option(name: .shortAndLong, help: "The bundle to write: FILE.tar or FILE.tar.gz.") var output: String
+    @OptionGroup var common: CacheOptions
+    func run() throws {
+        var since: Double?
+        if let pulledSince {
+            do { since = try BerthConfig.parseDuration(pulledSince, key: "--pulled-since") } catch {
+                FileOut.stderr("berth: \(error)\n")
+                throw ExitCode(2)
+            }
+        }
+        try runCache(.export(images: images, output: absolutePath(output), pulledSince: since), common)
+    }
+}
+
+// `berth cache`, `client-config`, `import`, `export` and `bench` usage errors exit 2 like configuration errors (ArgumentParser would say 64).
+if ["cache", "client-config", "import", "export", "bench"].contains(CommandLine.arguments.dropFirst().first) {
     do {
         var command = try Berth.parseAsRoot()
         try command.run()

@@ -149,4 +149,5 @@ let fuzzTargets: [String: (UnsafeRawBufferPointer) -> Void] = [
     "auth": fuzzAuth,
     "manifest": fuzzManifest,
     "config": fuzzConfig,
+    "archive": fuzzArchive,
 ]

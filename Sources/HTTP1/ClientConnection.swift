@@ -67,13 +67,14 @@ final class ClientConnection: Selectable {
             if n == 0 { throw HTTPClientError(.connectFailed, "proxy closed the connection before answering CONNECT \(origin.authority)") }
             tunnelReply += chunk[..<n]
             if let end = Self.headEnd(tunnelReply) {
-                // A proxy sends nothing of the origin's before the client speaks.
-                guard end == tunnelReply.count else { throw HTTPClientError(.connectFailed, "proxy sent bytes after its CONNECT answer") }
                 let statusLine = String(decoding: tunnelReply.prefix { $0 != 0x0d }, as: UTF8.self)
                 let parts = statusLine.split(separator: " ", maxSplits: 2)
+                // A refusal may come with a body (an error page): only its status line matters.
                 guard parts.count >= 2, parts[0].hasPrefix("HTTP/1."), let status = Int(parts[1]), (200..<300).contains(status) else {
                     throw HTTPClientError(.connectFailed, "proxy refused CONNECT \(origin.authority): \(statusLine.prefix(200))")
                 }
+                // A tunnel carries nothing of the origin's before the client speaks.
+                guard end == tunnelReply.count else { throw HTTPClientError(.connectFailed, "proxy sent bytes after its CONNECT answer") }
                 tunnelReply = []
                 state = .ready
                 return try startTLSIfNeeded()

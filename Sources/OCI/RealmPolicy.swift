@@ -73,7 +73,9 @@ public enum RealmPolicy {
             return h
         }
         if h.hasSuffix(".") { h.removeLast() }
-        guard !h.isEmpty else { return nil }
+        // One trailing dot is the absolute form of a name; an empty label anywhere else
+        // (`a..b`, `.a`, `a..`) is no name, and must not be normalized twice into one.
+        guard !h.isEmpty, !h.hasPrefix("."), !h.hasSuffix("."), !h.contains("..") else { return nil }
         let isIPv6 = h.utf8.contains(UInt8(ascii: ":"))
         for b in h.utf8 {
             switch b {

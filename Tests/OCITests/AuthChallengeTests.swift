@@ -138,6 +138,19 @@ final class RealmPolicyTests: XCTestCase {
         }
     }
 
+    /// Found by Fuzz/ `auth`: `2registry.example.com..` lost one dot in the realm parser and
+    /// another in the domain check, and passed as example.com while the client would dial the
+    /// two-dot name. An empty label anywhere but one trailing dot is no host name.
+    func testEmptyLabelsAreNoHostName() {
+        for realm in ["https://2registry.example.com..:9/token", "https://auth.docker.io../token", "https://auth..docker.io/token",
+                      "https://.docker.io/token", "https://..docker.io/token"] {
+            XCTAssertFalse(allows(realm, "registry-1.docker.io"), realm)
+        }
+        XCTAssertTrue(allows("https://auth.docker.io./token", "registry-1.docker.io"), "one trailing dot is the absolute name")
+        XCTAssertNil(RealmPolicy.registrableDomain("a..docker.io"))
+        XCTAssertFalse(RealmPolicy.allowsRedirect(toHost: "cdn..docker.io", upstreamHost: "registry-1.docker.io"))
+    }
+
     func testRegistrableDomain() {
         XCTAssertEqual(RealmPolicy.registrableDomain("registry-1.docker.io"), "docker.io")
         XCTAssertEqual(RealmPolicy.registrableDomain("auth.docker.io"), "docker.io")

@@ -101,6 +101,21 @@ final class AdminServer {
                     self.fail(w, 502, "\(image): \(e)")
                 }
             }
+        case (.post, "/preload"):
+            guard let text = param("image"), let image = ImageReference(text) else { return fail(w, 400, "preload needs ?image=[UPSTREAM/]REPO[:TAG|@DIGEST]") }
+            guard let pinner else { return fail(w, 503, "the server has no plain listener to warm through") }
+            log("admin: preloading \(image)")
+            pinner.warm(image, pin: false, on: w.loop) { [store, log] r in
+                switch r {
+                case .success(let warm):
+                    log("admin: preloaded \(image) → \(warm.manifest) (\(warm.covered.count) digests, \(warm.blobBytes) blob bytes fetched)")
+                    let loaded = CacheIndex.PinnedImage(manifest: warm.manifest, covered: warm.covered, pinnedAt: 0)
+                    self.respond(w, 200, CacheReport.json(CacheReport.pin(store, image: image.description, loaded)))
+                case .failure(let e):
+                    log("admin: preloading \(image) failed: \(e)")
+                    self.fail(w, 502, "\(image): \(e)")
+                }
+            }
         case (.post, "/unpin"):
             guard let text = param("image"), let image = ImageReference(text) else { return fail(w, 400, "unpin needs ?image=REPO[:TAG|@DIGEST]") }
             work(w) { [store] in
@@ -155,7 +170,7 @@ final class AdminServer {
                     return .failure(422, "export: \(error)")
                 }
             }
-        case (_, "/usage"), (_, "/ls"), (_, "/pin"), (_, "/unpin"), (_, "/rm"), (_, "/gc"), (_, "/verify"), (_, "/import"), (_, "/export"):
+        case (_, "/usage"), (_, "/ls"), (_, "/pin"), (_, "/preload"), (_, "/unpin"), (_, "/rm"), (_, "/gc"), (_, "/verify"), (_, "/import"), (_, "/export"):
             fail(w, 405, "\(method.name) is not served on \(route)")
         default:
             fail(w, 404, "no admin route \(route)")

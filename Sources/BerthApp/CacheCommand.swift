@@ -28,6 +28,10 @@ public enum CacheCommand {
         case importArchive(path: String, as: String?)
         /// `berth export IMAGE... [--pulled-since SECONDS] -o FILE` (FILE absolute).
         case export(images: [String], output: String, pulledSince: Double?)
+        /// `berth preload IMAGE... [--pin]`: each image pulled through the running server.
+        case preload(images: [String], pin: Bool)
+        /// One image of a preload.
+        case preloadImage(String)
     }
 
     public struct Options {
@@ -53,7 +57,16 @@ public enum CacheCommand {
             return 2
         }
         switch operation {
-        case .pin(let s), .unpin(let s):
+        case .preload(let images, _):
+            guard !images.isEmpty else {
+                FileOut.stderr("berth: preload needs at least one image (arguments or -f LIST)\n")
+                return 2
+            }
+            for i in images where ImageReference(i) == nil {
+                FileOut.stderr("berth: \"\(i)\" is not an image reference such as library/alpine:3.20 or ghcr.io/org/app@sha256:…\n")
+                return 2
+            }
+        case .pin(let s), .unpin(let s), .preloadImage(let s):
             guard ImageReference(s) != nil else {
                 FileOut.stderr("berth: \"\(s)\" is not an image reference such as library/alpine:3.20 or repo@sha256:…\n")
                 return 2
@@ -102,8 +115,19 @@ public enum CacheCommand {
         }
         switch attempt {
         case .held(let pid):
-            return viaServer(operation, dir: dir, pid: pid, json: options.json)
+            guard case .preload(let images, let pin) = operation else { return viaServer(operation, dir: dir, pid: pid, json: options.json) }
+            // One image at a time (each warms its blobs with the server's own bound); a failure does not stop the rest.
+            let failed = images.filter { viaServer(pin ? .pin($0) : .preloadImage($0), dir: dir, pid: pid, json: options.json) != 0 }
+            if !options.json { print("preload: \(images.count - failed.count) of \(images.count) images loaded\(failed.isEmpty ? "" : "; failed: " + failed.joined(separator: ", "))") }
+            return failed.isEmpty ? 0 : 1
         case .acquired(let lock):
+            switch operation {
+            case .preload, .preloadImage:
+                // Fetching needs the server's upstreams, credentials, verification and single-flight fills.
+                FileOut.stderr("berth: preload goes through a running berth serve on \(dir): start one (it pulls with its upstreams and verification)\n")
+                return 1
+            default: break
+            }
             defer { withExtendedLifetime(lock) {} }
             return direct(operation, config: config, json: options.json)
         }
@@ -118,6 +142,8 @@ public enum CacheCommand {
         case .ls: request = ("GET", "/ls")
         case .du: request = ("GET", "/usage")
         case .pin(let i): request = ("POST", "/pin?image=" + percentEncoded(i))
+        case .preloadImage(let i): request = ("POST", "/preload?image=" + percentEncoded(i))
+        case .preload: preconditionFailure("preload is sent one image at a time")
         case .unpin(let i): request = ("POST", "/unpin?image=" + percentEncoded(i))
         case .rm(let t): request = ("POST", "/rm?target=" + percentEncoded(t))
         case .gc(let g): request = ("POST", "/gc?grace=\(Int64(g))")
@@ -134,7 +160,7 @@ public enum CacheCommand {
         do {
             let long: Bool
             switch op {
-            case .verify, .importArchive, .export: long = true
+            case .verify, .importArchive, .export, .preloadImage, .pin: long = true
             default: long = false
             }
             response = try client.send(request.0, request.1, timeoutSeconds: long ? 24 * 3600 : 900) { line in
@@ -162,6 +188,8 @@ public enum CacheCommand {
                     CacheReport.text($0, directory: dir, serverRunning: true)
                 }
             case .pin: return output(try CacheReport.decode(CacheReport.Pin.self, response.body), json: json) { CacheReport.text($0, verb: "pinned") }
+            case .preloadImage, .preload:
+                return output(try CacheReport.decode(CacheReport.Pin.self, response.body), json: json) { CacheReport.text($0, verb: "preloaded") }
             case .unpin: return output(try CacheReport.decode(CacheReport.Pin.self, response.body), json: json) { CacheReport.text($0, verb: "unpinned") }
             case .rm: return output(try CacheReport.decode(CacheReport.Removal.self, response.body), json: json) { "removed \($0.removed) (\(CacheReport.size($0.bytes)))\n" }
             case .gc: return output(try CacheReport.decode(CacheReport.GC.self, response.body), json: json) { CacheReport.text($0) }
@@ -279,6 +307,8 @@ public enum CacheCommand {
                 FileOut.stderr("berth: export: \(error)\n")
                 return 1
             }
+        case .preload, .preloadImage:
+            return 1  // refused in `run` before the files are opened
         }
     }
 

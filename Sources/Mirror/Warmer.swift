@@ -216,6 +216,13 @@ public final class Pinner: @unchecked Sendable {  // `clients` behind a lock; ea
 
     /// Warms and pins `image`; `completion` runs on `loop`.
     public func pin(_ image: ImageReference, on loop: EventLoop, completion: @escaping (Result<WarmResult, WarmError>) -> Void) {
+        warm(image, pin: true, on: loop, completion: completion)
+    }
+
+    /// Warms `image` (every platform) through Berth, pinning it when `pin`
+    /// (`berth preload [--pin]`); `completion` runs on `loop` once its blobs are in the store.
+    public func warm(_ image: ImageReference, pin: Bool, on loop: EventLoop,
+                     completion: @escaping (Result<WarmResult, WarmError>) -> Void) {
         loop.execute { [self] in
             let client = clients.withLock { c in
                 if let existing = c[ObjectIdentifier(loop)] { return existing }
@@ -225,22 +232,24 @@ public final class Pinner: @unchecked Sendable {  // `clients` behind a lock; ea
             }
             let warmer = Warmer(client: client, address: address)
             var early: [Digest] = []
-            warmer.onDiscovered = { [store] _, digests in
-                early = digests
-                store.index.setPinned(digests.filter { !store.index.isPinned($0) }, true)
+            if pin {
+                warmer.onDiscovered = { [store] _, digests in
+                    early = digests
+                    store.index.setPinned(digests.filter { !store.index.isPinned($0) }, true)
+                }
             }
             warmer.warm(image) { [store] result in
                 _ = warmer  // kept alive until the warm ends
                 switch result {
                 case .success(let r):
-                    store.index.pinImage(image.description, .init(manifest: r.manifest, covered: r.covered, pinnedAt: unixNow()))
+                    if pin { store.index.pinImage(image.description, .init(manifest: r.manifest, covered: r.covered, pinnedAt: unixNow())) }
                     // The last answers end before their fills are renamed into the store: wait (bounded) for the commits.
                     Self.awaitCached(r.covered, store: store, loop: loop, deadline: Clock.monotonicNanos() + 10_000_000_000) {
-                        store.checkPinnedBudget()
+                        if pin { store.checkPinnedBudget() }
                         completion(result)
                     }
                 case .failure:
-                    store.index.releasePins(early)
+                    if pin { store.index.releasePins(early) }
                     completion(result)
                 }
             }

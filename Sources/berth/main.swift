@@ -10,7 +10,7 @@ struct Berth: ParsableCommand {
     static let configuration = CommandConfiguration(
         commandName: "berth",
         abstract: "A pull-through caching container-registry mirror.",
-        subcommands: [Serve.self, Cache.self, ClientConfigCommand.self, Import.self, Export.self, BenchCommand.self],
+        subcommands: [Serve.self, Cache.self, ClientConfigCommand.self, Preload.self, Import.self, Export.self, BenchCommand.self],
         defaultSubcommand: Serve.self
     )
 }
@@ -305,7 +305,34 @@ extension Cache {
     }
 }
 
-// MARK: berth import, berth export
+// MARK: berth preload, berth import, berth export
+
+struct Preload: ParsableCommand {
+    static let configuration = CommandConfiguration(
+        abstract: "Pull images into the cache through the running berth serve: every platform, verified like any pull.",
+        discussion: """
+        Each image goes through the server's own path (its upstreams, credentials, verification, budget and single-flight \
+        fills), one image at a time; a rerun fetches only what is missing. A failed image does not stop the others.
+        Exit codes: 0 all loaded; 1 any failed, or no server runs on the cache; 2 usage or configuration error.
+        """
+    )
+    @Argument(help: "[UPSTREAM/]REPO[:TAG|@DIGEST], one or more.") var images: [String] = []
+    @Option(name: .customShort("f"), help: "A file listing images, one per line (# comments, blank lines ignored).") var list: String?
+    @Flag(help: "Pin what is loaded (as berth cache pin).") var pin = false
+    @OptionGroup var common: CacheOptions
+    func run() throws {
+        var all = images
+        if let list {
+            guard let text = readFile(list) else {
+                FileOut.stderr("berth: cannot read \(list)\n")
+                throw ExitCode(2)
+            }
+            all += text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
+                .filter { !$0.isEmpty && !$0.hasPrefix("#") }
+        }
+        try runCache(.preload(images: all, pin: pin), common)
+    }
+}
 
 /// An absolute form of `path` (the server may run in another directory).
 func absolutePath(_ path: String) -> String {
@@ -350,8 +377,8 @@ struct Export: ParsableCommand {
     }
 }
 
-// `berth cache`, `client-config`, `import`, `export` and `bench` usage errors exit 2 like configuration errors (ArgumentParser would say 64).
-if ["cache", "client-config", "import", "export", "bench"].contains(CommandLine.arguments.dropFirst().first) {
+// `berth cache`, `client-config`, `preload`, `import`, `export` and `bench` usage errors exit 2 like configuration errors (ArgumentParser would say 64).
+if ["cache", "client-config", "preload", "import", "export", "bench"].contains(CommandLine.arguments.dropFirst().first) {
     do {
         var command = try Berth.parseAsRoot()
         try command.run()

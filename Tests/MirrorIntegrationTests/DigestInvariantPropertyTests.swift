@@ -191,6 +191,10 @@ final class DigestInvariantHarness {
             return out
         }
         mark("clients done")
+        // The player decides a kill on the upstream's loop thread; a client may have its answer first
+        // (a 502 for a huge declared length goes out while that thread is preempted just before the
+        // kill): once the attempt has started, wait (bounded) for that decision before reading it.
+        if case .duringAttempt(let attempt, _) = s.kill, player.attemptCount > attempt { _ = waitUntil(2) { player.didKill } }
         var killed = player.didKill
         if let delayKill { killed = await delayKill.value || killed }
         if s.kill == .afterClients, let pid {

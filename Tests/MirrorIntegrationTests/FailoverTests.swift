@@ -44,18 +44,12 @@ final class FailoverTests: IntegrationTestCase {
 
 /// The circuit breaker: an upstream that hangs costs one timeout per window, not one per request.
 final class CircuitBreakerTests: IntegrationTestCase {
-    private let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
+    private let manifest = FakeUpstream.smallManifest
     private let path = "/v2/test/app/manifests/v1"
 
     /// A Berth (tag TTL 0, manifest timeout 1 s) whose upstream served `manifest` as test/app:v1, now cached.
     private func berthWithCachedTag(_ upstream: FakeUpstream) throws -> BerthProcess {
-        let digest = "sha256:" + sha256Hex(manifest)
-        upstream.route(path) { [manifest] w in
-            var head = ResponseHead(status: 200)
-            head.headers.add("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            head.headers.add("Docker-Content-Digest", digest)
-            w.respond(head, body: manifest)
-        }
+        upstream.route(path) { [manifest] w in w.respond(FakeUpstream.manifestHead(manifest), body: manifest) }
         let config = "\(workDir!)/berth.yaml"
         try "upstreams:\n  - name: hung.test\n    url: \"\(upstream.url)\"\n    manifest_timeout: 1s\n".write(toFile: config, atomically: true, encoding: .utf8)
         let berth = try startBerth(upstream: "", arguments: ["--config", config, "--tag-ttl", "0s"])
@@ -178,14 +172,11 @@ final class UpstreamLimitsIntegrationTests: IntegrationTestCase {
     }
 
     func testAnExpiredTagIsRevalidatedOnceHoweverManyAskMeanwhile() throws {
-        let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
-        let digest = "sha256:" + sha256Hex(manifest)
+        let manifest = FakeUpstream.smallManifest
         let upstream = try startFakeUpstream()
         let path = "/v2/test/app/manifests/v1"
         upstream.route(path) { w in
-            var head = ResponseHead(status: 200)
-            head.headers.add("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            head.headers.add("Docker-Content-Digest", digest)
+            let head = FakeUpstream.manifestHead(manifest)
             guard w.request.method == .head else { return w.respond(head, body: manifest) }
             // A slow revalidation: every request below arrives while it is in flight.
             _ = w.loop.schedule(afterNanos: 500_000_000) {
@@ -210,14 +201,11 @@ final class UpstreamLimitsIntegrationTests: IntegrationTestCase {
     }
 
     func testASpentQuotaIsWaitedOutBeforeA429() throws {
-        let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
-        let digest = "sha256:" + sha256Hex(manifest)
+        let manifest = FakeUpstream.smallManifest
         let upstream = try startFakeUpstream()
         let path = "/v2/library/alpine/manifests/3.20"
         upstream.route(path) { w in
-            var head = ResponseHead(status: 200)
-            head.headers.add("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            head.headers.add("Docker-Content-Digest", digest)
+            var head = FakeUpstream.manifestHead(manifest)
             head.headers.add("ratelimit-limit", "100;w=21600")
             head.headers.add("ratelimit-remaining", "0;w=21600")   // Docker Hub: this was the last one
             w.respond(head, body: manifest)

@@ -63,6 +63,19 @@ final class FakeUpstream {
         w.respond(head, body: Array((path == "/v2/" ? "{}" : #"{"errors":[{"code":"NOT_FOUND","message":"fake upstream"}]}"#).utf8))
     }
 
+    // MARK: a small manifest
+
+    /// An OCI manifest with an empty config and no layers: enough for tag tests.
+    static let smallManifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
+
+    /// The head of a 200 serving `manifest` as an OCI manifest, with its digest.
+    static func manifestHead(_ manifest: [UInt8]) -> ResponseHead {
+        var head = ResponseHead(status: 200)
+        head.headers.add("Content-Type", "application/vnd.oci.image.manifest.v1+json")
+        head.headers.add("Docker-Content-Digest", "sha256:" + sha256Hex(manifest))
+        return head
+    }
+
     // MARK: canned faults
 
     /// 200 with `bytes` as the body whatever digest was asked for.

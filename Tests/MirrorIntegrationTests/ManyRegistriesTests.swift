@@ -26,14 +26,9 @@ final class ManyRegistriesTests: IntegrationTestCase {
         let imageB = try builder.pushImage(to: guarded, repository: "team/api", tag: "v1", layerSizes: [400_000, 20_000],
                                            tarLayers: true, credentials: "puller:\(password)", authorization: push)
         let limited = try startFakeUpstream()
-        let manifest = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","config":{"mediaType":"application/vnd.oci.image.config.v1+json","digest":"sha256:44136fa355b3678a1146ad16f7e8649e94fb4fc21fe77e8310c060f61caaff8a","size":2},"layers":[]}"#.utf8)
+        let manifest = FakeUpstream.smallManifest
         let limitedPath = "/v2/tool/manifests/v1"
-        limited.route(limitedPath) { w in
-            var head = ResponseHead(status: 200)
-            head.headers.add("Content-Type", "application/vnd.oci.image.manifest.v1+json")
-            head.headers.add("Docker-Content-Digest", "sha256:" + sha256Hex(manifest))
-            w.respond(head, body: manifest)
-        }
+        limited.route(limitedPath) { w in w.respond(FakeUpstream.manifestHead(manifest), body: manifest) }
 
         let dir = workDir!
         try htpasswd.write(toFile: "\(dir)/htpasswd", atomically: true, encoding: .utf8)

@@ -14,6 +14,7 @@ import OCI
 /// ```
 /// GET  /usage                 budget and usage (CacheReport.Usage)
 /// GET  /ls                    tags and pinned images (CacheReport.Listing)
+/// GET  /history?image=REPO[:TAG]   what the tag(s) named (CacheReport.History)
 /// POST /pin?image=REF         warm through Berth, then pin (CacheReport.Pin)
 /// POST /unpin?image=REF       (CacheReport.Pin of the pin removed)
 /// POST /rm?target=REF|DIGEST  (CacheReport.Removal)
@@ -85,6 +86,15 @@ final class AdminServer {
             work(w) { [store] in .ok(CacheReport.json(CacheReport.usage(store))) }
         case (.get, "/ls"):
             work(w) { [store] in .ok(CacheReport.json(CacheReport.listing(store))) }
+        case (.get, "/history"):
+            guard let text = param("image") else { return fail(w, 400, "history needs ?image=[UPSTREAM/]REPO[:TAG]") }
+            work(w) { [store, key] in
+                do { return .ok(CacheReport.json(try CacheReport.history(store, of: text, key: key))) } catch let e as CacheReport.Failure {
+                    return .failure(404, e.error)
+                } catch {
+                    return .failure(400, "\(error)")
+                }
+            }
         case (.post, "/pin"):
             guard let text = param("image"), let image = ImageReference(text) else { return fail(w, 400, "pin needs ?image=REPO[:TAG|@DIGEST]") }
             guard let pinner else { return fail(w, 503, "the server has no plain listener to warm through") }
@@ -170,7 +180,7 @@ final class AdminServer {
                     return .failure(422, "export: \(error)")
                 }
             }
-        case (_, "/usage"), (_, "/ls"), (_, "/pin"), (_, "/preload"), (_, "/unpin"), (_, "/rm"), (_, "/gc"), (_, "/verify"), (_, "/import"), (_, "/export"):
+        case (_, "/usage"), (_, "/ls"), (_, "/history"), (_, "/pin"), (_, "/preload"), (_, "/unpin"), (_, "/rm"), (_, "/gc"), (_, "/verify"), (_, "/import"), (_, "/export"):
             fail(w, 405, "\(method.name) is not served on \(route)")
         default:
             fail(w, 404, "no admin route \(route)")

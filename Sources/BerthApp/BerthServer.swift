@@ -139,7 +139,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         mc.pullRules = PullRules(config.auth.rules)
         mc.tagTTLNanos = UInt64(config.cache.tagTTL * 1e9)
         let budget = config.makeBudget()
-        let store = try BlobStore(root: config.cache.dir, pool: pool, budget: budget)
+        let store = try BlobStore(root: config.cache.dir, pool: pool, budget: budget, keepHistory: config.cache.keepHistory)
         store.log = { [logger] in logger.warning("\($0)") }
         store.index.log = store.log
         self.store = store

@@ -5,7 +5,7 @@ import Reactor
 import BlobStore
 import OCI
 
-/// `berth cache <ls|du|pin|unpin|rm|gc|verify>`.
+/// `berth cache <ls|du|history|pin|unpin|rm|gc|verify>`.
 ///
 /// When `berth serve` runs on the cache directory (it holds `berth.lock`),
 /// the command goes to its admin socket, so the server's in-memory index
@@ -23,6 +23,8 @@ public enum CacheCommand {
     public enum Operation: Equatable {
         case ls, du, verify
         case pin(String), unpin(String), rm(String)
+        /// `berth cache history [UPSTREAM/]REPO[:TAG]`.
+        case history(String)
         case gc(graceSeconds: Double)
         /// `berth import PATH [--as IMAGE]` (PATH absolute).
         case importArchive(path: String, as: String?)
@@ -141,6 +143,7 @@ public enum CacheCommand {
         switch op {
         case .ls: request = ("GET", "/ls")
         case .du: request = ("GET", "/usage")
+        case .history(let i): request = ("GET", "/history?image=" + percentEncoded(i))
         case .pin(let i): request = ("POST", "/pin?image=" + percentEncoded(i))
         case .preloadImage(let i): request = ("POST", "/preload?image=" + percentEncoded(i))
         case .preload: preconditionFailure("preload is sent one image at a time")
@@ -183,6 +186,7 @@ public enum CacheCommand {
         do {
             switch op {
             case .ls: return output(try CacheReport.decode(CacheReport.Listing.self, response.body), json: json) { CacheReport.text($0) }
+            case .history: return output(try CacheReport.decode(CacheReport.History.self, response.body), json: json) { CacheReport.text($0) }
             case .du:
                 return output(try CacheReport.decode(CacheReport.Usage.self, response.body), json: json) {
                     CacheReport.text($0, directory: dir, serverRunning: true)
@@ -224,7 +228,7 @@ public enum CacheCommand {
         let pool = BlockingPool(threads: 1)
         defer { pool.shutdown() }
         let store: BlobStore
-        do { store = try BlobStore(root: config.cache.dir, pool: pool, budget: config.makeBudget()) } catch {
+        do { store = try BlobStore(root: config.cache.dir, pool: pool, budget: config.makeBudget(), keepHistory: config.cache.keepHistory) } catch {
             FileOut.stderr("berth: cannot open the cache at \(config.cache.dir): \(error)\n")
             return 1
         }
@@ -235,7 +239,7 @@ public enum CacheCommand {
         }
         let mutates: Bool
         switch op {
-        case .ls, .du, .export: mutates = false
+        case .ls, .du, .export, .history: mutates = false
         default: mutates = true
         }
         var clean = store.index.wasCleanlyClosed
@@ -252,6 +256,13 @@ public enum CacheCommand {
         }
         switch op {
         case .ls: return output(CacheReport.listing(store), json: json) { CacheReport.text($0) }
+        case .history(let text):
+            do {
+                return output(try CacheReport.history(store, of: text, key: config.indexKey), json: json) { CacheReport.text($0) }
+            } catch {
+                FileOut.stderr("berth: \(error)\n")
+                return 1
+            }
         case .du:
             return output(CacheReport.usage(store), json: json) { CacheReport.text($0, directory: config.cache.dir, serverRunning: false) }
         case .pin(let text):

@@ -16,6 +16,8 @@ public enum CacheReport {
         public var blobs: UInt64
         public var count: Int
         public var pinned: UInt64
+        /// Blobs tag history keeps out of eviction (`cache.keep_history`), not also pinned.
+        public var kept: UInt64
         public var reserved: UInt64
         public var index: UInt64
         public var quarantine: UInt64
@@ -84,6 +86,33 @@ public enum CacheReport {
         public var mismatches: Int
     }
 
+    /// `berth cache history IMAGE`: what each tag named, newest first.
+    public struct History: Codable, Equatable {
+        public struct Mapping: Codable, Equatable {
+            public var digest: String
+            /// Unix seconds: when the upstream first and last gave this digest for the tag.
+            public var firstSeen: Int64
+            public var lastSeen: Int64
+            /// The tag names it now.
+            public var current: Bool
+            /// Kept out of eviction by `cache.keep_history`.
+            public var kept: Bool
+            /// Digests the image covers, and how many of them are cached.
+            public var cached: Int
+            public var covered: Int
+        }
+
+        public struct Tag: Codable, Equatable {
+            public var repository: String
+            public var tag: String
+            public var mappings: [Mapping]
+        }
+
+        public var image: String
+        public var keepHistory: Int
+        public var tags: [Tag]
+    }
+
     public struct Failure: Codable, Error, CustomStringConvertible {
         public var error: String
         public var description: String { error }
@@ -96,9 +125,33 @@ public enum CacheReport {
         let u = store.index.usage
         let b = store.budget
         return Usage(budget: b.maxBytes, highWatermark: UInt64(Double(b.maxBytes) * b.high), lowWatermark: UInt64(Double(b.maxBytes) * b.low),
-                     blobs: u.blobs, count: u.count, pinned: u.pinned, reserved: u.reserved, index: u.journal,
+                     blobs: u.blobs, count: u.count, pinned: u.pinned, kept: u.kept, reserved: u.reserved, index: u.journal,
                      quarantine: u.quarantine, total: u.total, pinnedImages: store.index.pinnedImages().count,
                      pinnedOverBudget: store.isPinnedOverBudget)
+    }
+
+    /// The history of `text`, `[UPSTREAM/]REPO[:TAG]`: one tag, or every tag of the repository.
+    static func history(_ store: BlobStore, of text: String, key: (ImageReference) throws -> String) throws -> History {
+        guard let image = ImageReference(text) else {
+            throw Failure("\"\(text)\" is not a repository or a tag such as library/alpine or library/alpine:3.20")
+        }
+        let last = text.split(separator: "/").last ?? ""
+        if last.contains("@") { throw Failure("history is kept per tag: name a repository or REPO:TAG, not a digest") }
+        let repository = try key(image)
+        var tags: [String]
+        if last.contains(":"), case .tag(let t) = image.reference { tags = [t] } else { tags = store.index.historyTags(of: repository) }
+        tags = tags.filter { !store.index.history(repository, $0).isEmpty }
+        guard !tags.isEmpty else { throw Failure("no history for \(text) (\(repository)): Berth has not served it") }
+        let kept = store.keptManifests()
+        return History(image: text, keepHistory: store.keepHistory, tags: tags.map { tag in
+            let current = store.index.tag(repository, tag)?.digest
+            return History.Tag(repository: repository, tag: tag, mappings: store.index.history(repository, tag).reversed().map { e in
+                let c = store.coverage(of: e.digest)
+                return History.Mapping(digest: e.digest.description, firstSeen: e.firstSeen, lastSeen: e.lastSeen,
+                                       current: e.digest == current, kept: kept.contains(e.digest),
+                                       cached: c.covered.count - c.missing.count, covered: c.covered.count)
+            })
+        })
     }
 
     static func listing(_ store: BlobStore) -> Listing {
@@ -184,6 +237,7 @@ public enum CacheReport {
             ["used", "\(size(u.total)) (\(u.total) bytes), \(pct(u.total)) of the budget"],
             ["  blobs", "\(size(u.blobs)) (\(u.blobs) bytes) in \(u.count) blobs"],
             ["  pinned", "\(size(u.pinned)) (\(u.pinned) bytes) of the blobs, \(u.pinnedImages) pinned images"],
+            ["  history", "\(size(u.kept)) (\(u.kept) bytes) of the blobs, kept for tags the upstream moved (cache.keep_history)"],
             ["  reserved", "\(size(u.reserved)) (\(u.reserved) bytes) for fills in progress"],
             ["  index", "\(size(u.index)) (\(u.index) bytes)"],
             ["  quarantine", "\(size(u.quarantine)) (\(u.quarantine) bytes)"],
@@ -192,6 +246,17 @@ public enum CacheReport {
             rows.append(["warning", "pinned content exceeds the low watermark: eviction cannot bring the cache under it"])
         }
         return table(rows, header: false)
+    }
+
+    static func text(_ h: History) -> String {
+        var rows = [["REPOSITORY", "TAG", "DIGEST", "FIRST SEEN", "LAST SEEN", "BLOBS", ""]]
+        for t in h.tags {
+            for m in t.mappings {
+                rows.append([t.repository, t.tag, m.digest, time(m.firstSeen), time(m.lastSeen), "\(m.cached)/\(m.covered)",
+                             [m.current ? "current" : nil, m.kept ? "kept" : nil].compactMap { $0 }.joined(separator: ", ")])
+            }
+        }
+        return table(rows)
     }
 
     static func text(_ v: Verify) -> String {

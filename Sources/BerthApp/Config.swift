@@ -117,6 +117,9 @@ public struct BerthConfig: Equatable, Sendable {
         public var lowWatermark = 80
         /// Images never evicted (`repo:tag` or `repo@digest`), pinned at start.
         public var pinned: [String] = []
+        /// For a tag the upstream moved, the images of its last this-many
+        /// digests stay out of eviction (0 = none), so a rollback pulls by digest.
+        public var keepHistory = 3
     }
 
     /// Limits on client connections, for both listeners.
@@ -201,6 +204,7 @@ public struct BerthConfig: Equatable, Sendable {
                     case "max_size": c.cache.maxSize = try string(cv, key: "cache.max_size")
                     case "high_watermark": c.cache.highWatermark = try int(cv, key: "cache.high_watermark")
                     case "low_watermark": c.cache.lowWatermark = try int(cv, key: "cache.low_watermark")
+                    case "keep_history": c.cache.keepHistory = try int(cv, key: "cache.keep_history")
                     case "pinned":
                         c.cache.pinned = try strings(cv, key: "cache.pinned", of: "images")
                     default: throw ConfigError(key: "cache.\(ck)", "unknown key")
@@ -284,6 +288,10 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_CACHE_LOW_WATERMARK"] {
             guard let n = Int(v) else { throw ConfigError(key: "cache.low_watermark", "BERTH_CACHE_LOW_WATERMARK=\(v) is not a whole number") }
             cache.lowWatermark = n
+        }
+        if let v = env["BERTH_CACHE_KEEP_HISTORY"] {
+            guard let n = Int(v) else { throw ConfigError(key: "cache.keep_history", "BERTH_CACHE_KEEP_HISTORY=\(v) is not a whole number") }
+            cache.keepHistory = n
         }
         if let v = env["BERTH_CACHE_TAG_TTL"] { cache.tagTTL = try Self.duration(v, key: "cache.tag_ttl") }
         try validate()
@@ -397,6 +405,9 @@ public struct BerthConfig: Equatable, Sendable {
         }
         for image in cache.pinned where ImageReference(image) == nil {
             throw ConfigError(key: "cache.pinned", "\"\(image)\" is not an image reference such as library/alpine:3.20 or repo@sha256:…")
+        }
+        guard (0...CacheIndex.historyLimit).contains(cache.keepHistory) else {
+            throw ConfigError(key: "cache.keep_history", "must be between 0 and \(CacheIndex.historyLimit) (got \(cache.keepHistory))")
         }
         guard cache.tagTTL >= 0 else { throw ConfigError(key: "cache.tag_ttl", "must not be negative") }
         guard Self.logLevels.contains(log.level) else {

@@ -415,7 +415,7 @@ final class ImageImporter {
             for (k, ref) in names {
                 store.index.link(k, all)
                 if case .tag(let tag) = ref.reference {
-                    store.index.setTag(k, tag, .init(digest: image.manifest, mediaType: image.mediaType, confirmedAt: now))
+                    store.recordTag(k, tag, .init(digest: image.manifest, mediaType: image.mediaType, confirmedAt: now))
                 }
             }
             let bytes = all.reduce(UInt64(0)) { $0 + (store.index.size(of: $1) ?? 0) }

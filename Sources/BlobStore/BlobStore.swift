@@ -31,14 +31,21 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
     private let evicting = Atomic<Bool>(false)
     /// True while pinned bytes alone exceed the low watermark (logged once per change).
     private let pinnedOverLow = Atomic<Bool>(false)
+    /// For every tag the upstream has moved, the blobs of its last this-many
+    /// digests stay out of eviction (`cache.keep_history`; 0 keeps none).
+    public let keepHistory: Int
+    /// What each cached manifest references (children and blobs); manifests never change.
+    let references = Mutex<[Digest: [Digest]]>([:])
+    let keptRefreshQueued = Atomic<Bool>(false)
     /// Called (from any thread) with a line for the log.
     public var log: (String) -> Void = { _ in }
 
     /// Opens (creating if needed) the cache at `root`, removes leftover temp
     /// files, and loads the index. Blocking: call at startup.
-    public init(root: String, pool: BlockingPool, budget: Budget? = nil) throws {
+    public init(root: String, pool: BlockingPool, budget: Budget? = nil, keepHistory: Int = 3) throws {
         self.root = root
         self.pool = pool
+        self.keepHistory = max(0, keepHistory)
         for dir in [root, root + "/blobs", root + "/blobs/sha256", root + "/tmp"] {
             try Posix.mkdirIfMissing(path: dir)
         }
@@ -46,6 +53,7 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
         index = try CacheIndex(path: root + "/index.log", pool: pool)
         self.budget = budget ?? Budget.defaultBudget(for: root)
         index.setQuarantineBytes(quarantinedFiles().reduce(0) { $0 + $1.size })
+        refreshKept()
     }
 
     /// True when pinned content alone exceeds the low watermark: eviction
@@ -200,6 +208,7 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
             try bytes.withUnsafeBytes { try Posix.writeAll(fd: file.fd, $0) }
             try commit(tempPath: path, file: file, digest: digest)
             published(digest, size: size, reserved: size)
+            scheduleKeptRefresh()  // a child manifest can extend what a kept image covers
         } catch {
             _ = try? Posix.unlink(path: path)
             release(size)

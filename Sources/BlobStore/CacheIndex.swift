@@ -18,7 +18,9 @@ import Synchronization
 /// at a clean stop (which ends the file with a `C` record).
 ///
 /// Records: `B digest size lastUse`, `X digest` (evicted), `P digest 0|1`,
-/// `T repo tag digest mediaType confirmedAt`, `M digest mediaType`,
+/// `T repo tag digest mediaType confirmedAt`, `t repo tag` (untagged),
+/// `H repo tag digest firstSeen lastSeen` (a tag's earlier mapping, in snapshots),
+/// `h repo tag` (history forgotten), `M digest mediaType`,
 /// `L repo digest`, `I image manifest pinnedAt covered,…` (a pinned image),
 /// `i image` (unpinned), `C time` (clean stop).
 ///
@@ -45,10 +47,23 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         }
     }
 
+    /// A digest a tag has named: when the upstream first and last gave it.
+    public struct HistoryEntry: Equatable, Sendable {
+        public var digest: Digest
+        /// Unix seconds.
+        public var firstSeen: Int64
+        public var lastSeen: Int64
+    }
+
+    /// Digests remembered per tag; the oldest go first beyond this.
+    public static let historyLimit = 64
+
     /// Bytes under the cache directory, as the budget counts them.
     public struct Usage: Equatable, Sendable {
         public var blobs: UInt64
         public var pinned: UInt64
+        /// Blobs kept for tag history (`cache.keep_history`) and not pinned.
+        public var kept: UInt64 = 0
         public var reserved: UInt64
         public var count: Int
         /// The index file itself.
@@ -77,6 +92,10 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         var lru = LRUList()
         var reserved: UInt64 = 0
         var tags: [String: [String: TagRecord]] = [:]
+        /// Per repository and tag, the digests it named, least recently seen first.
+        var history: [String: [String: [HistoryEntry]]] = [:]
+        /// Blobs held out of eviction for tag history; derived, never journaled.
+        var kept: Set<Digest> = []
         var mediaTypes: [Digest: String] = [:]
         var links: Set<Link> = []
         var pins: Set<Digest> = []
@@ -164,7 +183,7 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
 
     public var usage: Usage {
         state.withLock {
-            Usage(blobs: $0.lru.bytes, pinned: $0.lru.pinnedBytes, reserved: $0.reserved, count: $0.lru.count,
+            Usage(blobs: $0.lru.bytes, pinned: $0.lru.pinnedBytes, kept: $0.lru.keptBytes, reserved: $0.reserved, count: $0.lru.count,
                   journal: $0.journalBytes + UInt64($0.pending.count), quarantine: $0.quarantine)
         }
     }
@@ -189,6 +208,7 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         journal("B\t\(digest)\t\(size)\t\(now)\n") { s in
             s.lru.insert(digest, size: size, lastUse: now)
             if s.pins.contains(digest) { s.lru.setPinned(digest, true) }
+            if s.kept.contains(digest) { s.lru.setKept(digest, true) }
         }
     }
 
@@ -233,6 +253,19 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     public func isPinned(_ digest: Digest) -> Bool { state.withLock { $0.pins.contains(digest) } }
 
     public var pinnedDigests: Set<Digest> { state.withLock { $0.pins } }
+
+    // MARK: kept for history
+
+    /// Replaces the set of blobs held out of eviction for tag history. Memory only.
+    public func setKept(_ digests: Set<Digest>) {
+        state.withLock { s in
+            for d in s.kept where !digests.contains(d) { s.lru.setKept(d, false) }
+            for d in digests where !s.kept.contains(d) { s.lru.setKept(d, true) }
+            s.kept = digests
+        }
+    }
+
+    public var keptDigests: Set<Digest> { state.withLock { $0.kept } }
 
     /// Pins `image` (a reference as the user wrote it, normalised): every
     /// covered digest is pinned (the manifest included). Re-pinning an image
@@ -326,10 +359,54 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         state.withLock { $0.links.contains(Link(repository: repository, digest: digest)) }
     }
 
-    public func setTag(_ repository: String, _ tag: String, _ record: TagRecord) {
+    /// Maps a tag (and adds the digest to its history); returns the record it replaced.
+    @discardableResult
+    public func setTag(_ repository: String, _ tag: String, _ record: TagRecord) -> TagRecord? {
+        var old: TagRecord?
         journal("T\t\(repository)\t\(tag)\t\(record.digest)\t\(clean(record.mediaType))\t\(record.confirmedAt)\n") {
-            $0.tags[repository, default: [:]][tag] = record
+            old = $0.tags[repository]?[tag]
+            Self.setTag(&$0, repository, tag, record)
         }
+        return old
+    }
+
+    private static func setTag(_ s: inout State, _ repository: String, _ tag: String, _ record: TagRecord) {
+        s.tags[repository, default: [:]][tag] = record
+        var list = s.history[repository]?[tag] ?? []
+        if let i = list.lastIndex(where: { $0.digest == record.digest }) {
+            var e = list.remove(at: i)
+            e.lastSeen = max(e.lastSeen, record.confirmedAt)
+            list.append(e)
+        } else {
+            list.append(HistoryEntry(digest: record.digest, firstSeen: record.confirmedAt, lastSeen: record.confirmedAt))
+            if list.count > historyLimit { list.removeFirst(list.count - historyLimit) }
+        }
+        s.history[repository, default: [:]][tag] = list
+    }
+
+    /// The digests `tag` has named, least recently seen first (the current one last).
+    public func history(_ repository: String, _ tag: String) -> [HistoryEntry] {
+        state.withLock { $0.history[repository]?[tag] ?? [] }
+    }
+
+    /// Tags of `repository` with a history, sorted.
+    public func historyTags(of repository: String) -> [String] {
+        state.withLock { ($0.history[repository].map { Array($0.keys) } ?? []).sorted() }
+    }
+
+    /// Every tag's history: (repository, tag, entries), in no order.
+    public func allHistory() -> [(repository: String, tag: String, entries: [HistoryEntry])] {
+        state.withLock { s in s.history.flatMap { repo, tags in tags.map { (repo, $0.key, $0.value) } } }
+    }
+
+    /// Forgets what `tag` named before (`berth cache rm` of the tag).
+    public func forgetHistory(_ repository: String, _ tag: String) {
+        journal("h\t\(repository)\t\(tag)\n") { s in Self.forgetHistory(&s, repository, tag) }
+    }
+
+    private static func forgetHistory(_ s: inout State, _ repository: String, _ tag: String) {
+        s.history[repository]?[tag] = nil
+        if s.history[repository]?.isEmpty == true { s.history[repository] = nil }
     }
 
     public func removeTag(_ repository: String, _ tag: String) {
@@ -495,6 +572,12 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         for (image, p) in s.pinnedImages {
             out += "I\t\(image)\t\(p.manifest)\t\(p.pinnedAt)\t\(p.covered.map(\.description).joined(separator: ","))\n"
         }
+        for (repo, tags) in s.history {
+            for (tag, entries) in tags {
+                for e in entries { out += "H\t\(repo)\t\(tag)\t\(e.digest)\t\(e.firstSeen)\t\(e.lastSeen)\n" }
+            }
+        }
+        // After the history: replaying a tag's record only confirms its last entry.
         for (repo, tags) in s.tags {
             for (tag, r) in tags { out += "T\t\(repo)\t\(tag)\t\(r.digest)\t\(r.mediaType)\t\(r.confirmedAt)\n" }
         }
@@ -571,8 +654,19 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
                 }
             case (UInt8(ascii: "T"), 6):
                 if let d = digest(line, f[3]), let t = signedNumber(line, f[5]) {
-                    s.tags[text(line, f[1]), default: [:]][text(line, f[2])] = TagRecord(digest: d, mediaType: text(line, f[4]), confirmedAt: t)
+                    setTag(&s, text(line, f[1]), text(line, f[2]), TagRecord(digest: d, mediaType: text(line, f[4]), confirmedAt: t))
                 }
+            case (UInt8(ascii: "H"), 6):
+                if let d = digest(line, f[3]), let first = signedNumber(line, f[4]), let last = signedNumber(line, f[5]) {
+                    let (repo, tag) = (text(line, f[1]), text(line, f[2]))
+                    var list = s.history[repo]?[tag] ?? []
+                    list.removeAll { $0.digest == d }
+                    list.append(HistoryEntry(digest: d, firstSeen: first, lastSeen: last))
+                    if list.count > historyLimit { list.removeFirst(list.count - historyLimit) }
+                    s.history[repo, default: [:]][tag] = list
+                }
+            case (UInt8(ascii: "h"), 3):
+                forgetHistory(&s, text(line, f[1]), text(line, f[2]))
             case (UInt8(ascii: "t"), 3):
                 s.tags[text(line, f[1])]?[text(line, f[2])] = nil
             case (UInt8(ascii: "M"), 3):

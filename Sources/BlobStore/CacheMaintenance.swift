@@ -208,8 +208,8 @@ extension BlobStore {
         return size ?? onDisk
     }
 
-    /// Removes a tag mapping (the blobs stay until gc or eviction). Refused
-    /// while the image is pinned.
+    /// Removes a tag mapping and its history (the blobs stay until gc or
+    /// eviction). Refused while the image is pinned.
     @discardableResult
     public func removeTag(_ name: String, _ tag: String) throws -> (repository: String, digest: Digest) {
         guard let (repo, rec) = resolveTag(name, tag) else { throw RemoveError(description: "\(name):\(tag) is not cached") }
@@ -219,12 +219,15 @@ extension BlobStore {
         }
         if let p = pinned.first { throw RemoveError(description: "\(p.image) is pinned: unpin first") }
         index.removeTag(repo, tag)
+        index.forgetHistory(repo, tag)
+        scheduleKeptRefresh()
         return (repo, rec.digest)
     }
 
     // MARK: gc
 
-    /// Removes blobs no cached manifest references (tag targets and pins stay)
+    /// Removes blobs no cached manifest references (tag targets, pins and
+    /// what tag history keeps stay)
     /// that were not used within `grace` seconds, and quarantined files older
     /// than `grace`.
     public func collectGarbage(grace: Int64, now: Int64 = Int64(time(nil))) -> GCResult {
@@ -235,6 +238,7 @@ extension BlobStore {
         }
         var roots = index.pinnedDigests
         for t in index.allTags() { roots.insert(t.record.digest) }
+        roots.formUnion(keptManifests())  // what they reference stays through `references`
         let chosen = GCSelection.select(blobs: all.map { ($0.digest, $0.lastUse) }, references: references,
                                         roots: roots, now: now, grace: grace)
         var r = GCResult()

@@ -2,8 +2,8 @@ import OCI
 
 /// The cached blobs in recency order: O(1) insert, touch, remove and
 /// least-recent lookup. Nodes live in one array and link by index, so a touch
-/// moves two integers and allocates nothing. Pinned blobs are kept out of the
-/// list: eviction never walks past them.
+/// moves two integers and allocates nothing. Held blobs (pinned, or kept for
+/// a tag's history) are kept out of the list: eviction never walks past them.
 ///
 /// A value type; `CacheIndex` keeps it behind its lock.
 struct LRUList {
@@ -13,6 +13,9 @@ struct LRUList {
         /// Unix seconds of the last use.
         var lastUse: Int64
         var pinned = false
+        /// Kept out of eviction for a tag's history (`cache.keep_history`).
+        var kept = false
+        var isHeld: Bool { pinned || kept }
         var prev: Int32 = -1
         var next: Int32 = -1
     }
@@ -25,6 +28,8 @@ struct LRUList {
     /// Bytes of every blob, pinned ones included.
     private(set) var bytes: UInt64 = 0
     private(set) var pinnedBytes: UInt64 = 0
+    /// Bytes of kept blobs that are not also pinned.
+    private(set) var keptBytes: UInt64 = 0
 
     var count: Int { slots.count }
 
@@ -43,7 +48,7 @@ struct LRUList {
         if let i = slots[d] {
             let old = nodes[Int(i)].size
             bytes = bytes - old + size
-            if nodes[Int(i)].pinned { pinnedBytes = pinnedBytes - old + size }
+            if nodes[Int(i)].pinned { pinnedBytes = pinnedBytes - old + size } else if nodes[Int(i)].kept { keptBytes = keptBytes - old + size }
             nodes[Int(i)].size = size
             touch(d, at: lastUse)
             return
@@ -67,7 +72,7 @@ struct LRUList {
     mutating func touch(_ d: Digest, at now: Int64) -> Bool {
         guard let i = slots[d] else { return false }
         nodes[Int(i)].lastUse = now
-        if !nodes[Int(i)].pinned && head != i {
+        if !nodes[Int(i)].isHeld && head != i {
             unlink(i)
             linkAtHead(i)
         }
@@ -78,25 +83,38 @@ struct LRUList {
     mutating func remove(_ d: Digest) -> Node? {
         guard let i = slots.removeValue(forKey: d) else { return nil }
         let n = nodes[Int(i)]
-        if !n.pinned { unlink(i) } else { pinnedBytes -= n.size }
+        if n.pinned { pinnedBytes -= n.size } else if n.kept { keptBytes -= n.size } else { unlink(i) }
         bytes -= n.size
         freeSlots.append(i)
         return n
     }
 
     mutating func setPinned(_ d: Digest, _ pinned: Bool) {
-        guard let i = slots[d], nodes[Int(i)].pinned != pinned else { return }
-        if pinned {
-            unlink(i)
-            pinnedBytes += nodes[Int(i)].size
-        } else {
-            pinnedBytes -= nodes[Int(i)].size
-            linkAtHead(i)
-        }
-        nodes[Int(i)].pinned = pinned
+        guard let i = slots[d] else { return }
+        hold(i) { $0.pinned = pinned }
     }
 
-    /// Least recently used unpinned blobs, oldest first, until `bytes` of them
+    mutating func setKept(_ d: Digest, _ kept: Bool) {
+        guard let i = slots[d] else { return }
+        hold(i) { $0.kept = kept }
+    }
+
+    /// Changes a node's pin or kept flag, moving it out of or back into the
+    /// list and between the byte counts.
+    private mutating func hold(_ i: Int32, _ change: (inout Node) -> Void) {
+        let before = nodes[Int(i)]
+        change(&nodes[Int(i)])
+        let after = nodes[Int(i)]
+        func count(_ n: Node, _ sign: Bool) {
+            if n.pinned { pinnedBytes = sign ? pinnedBytes + n.size : pinnedBytes - n.size }
+            else if n.kept { keptBytes = sign ? keptBytes + n.size : keptBytes - n.size }
+        }
+        count(before, false)
+        count(after, true)
+        if before.isHeld && !after.isHeld { linkAtHead(i) } else if !before.isHeld && after.isHeld { unlink(i) }
+    }
+
+    /// Least recently used blobs not held, oldest first, until `bytes` of them
     /// are collected (or the list ends).
     func oldest(totalling wanted: UInt64) -> [Node] {
         var out: [Node] = []
@@ -110,9 +128,9 @@ struct LRUList {
         return out
     }
 
-    /// Every blob, least recent first (pinned ones first of all).
+    /// Every blob, least recent first (held ones first of all).
     func allOldestFirst() -> [Node] {
-        var out = slots.values.map { nodes[Int($0)] }.filter(\.pinned)
+        var out = slots.values.map { nodes[Int($0)] }.filter(\.isHeld)
         var i = tail
         while i >= 0 {
             out.append(nodes[Int(i)])

@@ -196,8 +196,10 @@ final class ManifestRequest: RepositoryHandler {
                 try store.store(body, as: computed)
                 store.index.setMediaType(computed, summary.mediaType)
                 store.index.link(key, [computed] + children)
-                if case .tag(let tag) = reference {
-                    store.index.setTag(key, tag, .init(digest: computed, mediaType: summary.mediaType, confirmedAt: unixNow()))
+                if case .tag(let tag) = reference,
+                   let old = store.recordTag(key, tag, .init(digest: computed, mediaType: summary.mediaType, confirmedAt: unixNow())),
+                   old.digest != computed {
+                    log(.info, "upstream moved \(key):\(tag) from \(old.digest) to \(computed)")
                 }
             } catch {
                 log(.error, "cannot store manifest \(computed): \(error)")

@@ -213,7 +213,7 @@ struct Cache: ParsableCommand {
     static let configuration = CommandConfiguration(
         abstract: "Inspect and manage the cache. Talks to the running berth serve (admin.sock) when one holds the cache's berth.lock; otherwise acts on the files directly.",
         discussion: "Exit codes: 0 done; 1 verification found mismatches or the operation failed; 2 usage or configuration error.",
-        subcommands: [List.self, Usage.self, Pin.self, Unpin.self, Remove.self, GC.self, Verify.self]
+        subcommands: [List.self, Usage.self, History.self, Pin.self, Unpin.self, Remove.self, GC.self, Verify.self]
     )
 }
 
@@ -250,6 +250,16 @@ extension Cache {
         static let configuration = CommandConfiguration(commandName: "du", abstract: "Usage against the budget: blobs, pinned, reserved, index, quarantine.")
         @OptionGroup var common: CacheOptions
         func run() throws { try runCache(.du, common) }
+    }
+
+    struct History: ParsableCommand {
+        static let configuration = CommandConfiguration(
+            abstract: "Every digest a tag has named, newest first, with when the upstream first and last gave it.",
+            discussion: "A tag the upstream moved keeps the images of its last cache.keep_history digests cached: pull one by digest to roll back."
+        )
+        @Argument(help: "[UPSTREAM/]REPO[:TAG]; without a tag, every tag of the repository") var image: String
+        @OptionGroup var common: CacheOptions
+        func run() throws { try runCache(.history(image), common) }
     }
 
     struct Pin: ParsableCommand {

@@ -21,11 +21,6 @@ final class BudgetTests: XCTestCase {
         try? FileManager.default.removeItem(atPath: dir)
     }
 
-    private func blob(_ seed: Int, size: Int) -> ([UInt8], Digest) {
-        let bytes = (0..<size).map { UInt8(truncatingIfNeeded: $0 &* 131 &+ seed &* 7919) }
-        return (bytes, Digest(algorithm: .sha256, hex: SHA256Hasher.hex(bytes))!)
-    }
-
     private func settle(_ store: BlobStore) {
         // Eviction and unlinks run on the pool: wait until it has drained.
         let e = expectation(description: "pool")

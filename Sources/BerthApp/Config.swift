@@ -160,7 +160,7 @@ public struct BerthConfig: Equatable, Sendable {
         var c = BerthConfig()
         let root: Any?
         let node: Node?
-        do { node = try Yams.compose(yaml: yaml) } catch { throw ConfigError(key: "(file)", "not valid YAML: \(error)") }
+        do { node = try Yams.compose(yaml: yaml, .default, plainConstructor) } catch { throw ConfigError(key: "(file)", "not valid YAML: \(error)") }
         // Yams traps on a mapping key that is not a scalar (`? [a]: b`; found by Fuzz/ `config`).
         if let node { try refuseComplexKeys(node) }
         root = node?.any
@@ -492,6 +492,21 @@ public struct BerthConfig: Equatable, Sendable {
             throw ConfigError(key: key, "\(name)=\(v) is not true or false")
         }
         return b
+    }
+
+    /// Yams' default types less YAML 1.1's base-60 integers (Yams traps on one
+    /// that overflows; found by Fuzz/ `config`), binary and timestamps: an
+    /// integer is decimal or 0x hex, and anything else stays text.
+    private static var plainConstructor: Constructor {
+        var scalars = Constructor.defaultScalarMap
+        scalars[.int] = { s -> Any? in
+            let t = s.string
+            if t.hasPrefix("0x") { return Int(t.dropFirst(2), radix: 16) }
+            return Int(t)
+        }
+        scalars[.binary] = nil
+        scalars[.timestamp] = nil
+        return Constructor(scalars)
     }
 
     private static func int(_ v: Any, key: String) throws -> Int {

@@ -101,6 +101,17 @@ final class BerthConfigTests: XCTestCase {
         assertRefused("- ? [a]\n  : b\n", key: "(file)")
     }
 
+    /// Found by Fuzz/ `config`: Yams reads `6999999999999074147:47:31` as a YAML 1.1 base-60
+    /// integer and traps on the overflow. Numbers are decimal (or 0x hex) here; others are text.
+    func testSexagesimalAndOverflowingNumbersAreRefusedNotACrash() throws {
+        assertRefused("server:\n  max_connections_per_client: 6999999999999074147:47:31\n", key: "server.max_connections_per_client")
+        assertRefused("server:\n  max_connections_per_client: 99999999999999999999999\n", key: "server.max_connections_per_client")
+        assertRefused("server:\n  max_connections_per_client: 1:30\n", key: "server.max_connections_per_client")
+        XCTAssertEqual(try BerthConfig.parse(yaml: "server:\n  max_connections_per_client: 0x10\n").server.maxConnectionsPerClient, 16)
+        assertRefused("server:\n  max_connections_per_client: -3\n", key: "server.max_connections_per_client")
+        XCTAssertEqual(try BerthConfig.parse(yaml: "cache:\n  dir: 2001-12-14\n").cache.dir, "2001-12-14", "no timestamp type either")
+    }
+
     /// Found by Fuzz/ `config`: a bare "-66" parsed as a duration of -66 s; as nanoseconds
     /// (`UInt64(seconds * 1e9)`) that, "inf" or "nan" traps at start.
     func testDurationsAreFiniteAndNotNegative() throws {

@@ -99,6 +99,57 @@ final class ImportExportTests: IntegrationTestCase {
         XCTAssertEqual(offline.partialFiles(), [])
     }
 
+    /// Issue 10's "Done when": a list preloaded on a connected machine, exported, carried over and
+    /// imported on a machine with no upstream, pulled by skopeo, podman and containerd from Berth offline.
+    func testPreloadedExportedImportedAndServedOfflineToSkopeoPodmanAndContainerd() throws {
+        for tool in ["podman", "containerd", "ctr", "skopeo"] where Subprocess.resolve(tool) == nil {
+            throw XCTSkip("\(tool) is not installed (scripts/deps.sh TEST_PACKAGES)")
+        }
+        let registry = try startRegistry()
+        let oci = try pushOCIImage(to: registry, repository: "site/api", tag: "v1", layerSizes: [300_000, 40_000])
+        let docker = try builder.pushImage(to: registry, repository: "site/web", tag: "v2", layerSizes: [200_000], tarLayers: true)
+        let dir = workDir!
+        let configPath = "\(dir)/berth.yaml"
+        try "upstream:\n  url: \"\(registry.url)\"\n".write(toFile: configPath, atomically: true, encoding: .utf8)
+
+        // The connected machine: preload the site's list through the server, export it.
+        let connected = try startBerth(upstream: "", arguments: ["--config", configPath])
+        let list = "\(dir)/site-images.txt"
+        try "site/api:v1\nsite/web:v2\n".write(toFile: list, atomically: true, encoding: .utf8)
+        let preload = try berth(["preload", "-f", list, "--cache-dir", connected.cacheDir])
+        XCTAssertEqual(preload.status, 0, preload.stdout + preload.stderr)
+        let bundle = "\(dir)/site.tar.gz"
+        let export = try berth(["export", "site/api:v1", "site/web:v2", "-o", bundle, "--cache-dir", connected.cacheDir])
+        XCTAssertEqual(export.status, 0, export.stderr)
+        connected.stop()
+        registry.stop()
+
+        // The air-gapped machine: import into a new cache, serve it offline.
+        let cache = "\(dir)/air-gapped/cache"
+        let imported = try berth(["import", bundle, "--cache-dir", cache])
+        XCTAssertEqual(imported.status, 0, imported.stderr)
+        let offline = try startBerth(upstream: "", arguments: ["--config", configPath, "--cache-dir", cache, "--offline"])
+        assertLayout(try pull(offline, "site/api:v1"), image: oci)
+        assertLayout(try pull(offline, "site/web:v2"), image: docker)
+
+        let registriesConf = "\(dir)/registries.conf"
+        try clientConfig("podman", config: configPath, endpoint: offline).write(toFile: registriesConf, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try podmanPull("\(registry.hostPort)/site/api:v1", registriesConf: registriesConf), oci.digest)
+        XCTAssertEqual(try podmanPull("\(registry.hostPort)/site/web:v2", registriesConf: registriesConf), docker.digest)
+
+        let hostsDir = "\(dir)/certs.d"
+        XCTAssertEqual(try writeHostsFiles(try clientConfig("containerd", config: configPath, endpoint: offline), under: hostsDir), [registry.hostPort])
+        let ctr = try startContainerd()
+        for reference in ["site/api:v1", "site/web:v2"] {
+            let fetch = try Subprocess.run(ctr + ["content", "fetch", "--hosts-dir", hostsDir, "\(registry.hostPort)/\(reference)"],
+                                           in: dir, timeout: 120, check: false)
+            XCTAssertEqual(fetch.status, 0, fetch.stdout + fetch.stderr)
+        }
+        let held = try Subprocess.run(ctr + ["content", "ls", "-q"], in: dir, timeout: 30).stdout
+        for d in [oci.digest, docker.digest] + oci.blobs + docker.blobs { XCTAssertTrue(held.contains(d), "containerd holds \(d): \(held)") }
+        XCTAssertFalse(offline.log.contains("unreachable"), "nothing was dialled")
+    }
+
     func testOCIArchiveFromSkopeoImportedWithAndWithoutAs() throws {
         let registry = try startRegistry()
         let image = try pushOCIImage(to: registry, repository: "team/src", tag: "v2", layerSizes: [100_000])

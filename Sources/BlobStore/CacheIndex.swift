@@ -20,7 +20,8 @@ import Synchronization
 /// Records: `B digest size lastUse`, `X digest` (evicted), `P digest 0|1`,
 /// `T repo tag digest mediaType confirmedAt`, `t repo tag` (untagged),
 /// `H repo tag digest firstSeen lastSeen` (a tag's earlier mapping, in snapshots),
-/// `h repo tag` (history forgotten), `M digest mediaType`,
+/// `h repo tag` (history forgotten), `R repo subject digest` (a manifest whose
+/// `subject` is that digest), `M digest mediaType`,
 /// `L repo digest`, `I image manifest pinnedAt covered,…` (a pinned image),
 /// `i image` (unpinned), `C time` (clean stop).
 ///
@@ -94,6 +95,8 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         var tags: [String: [String: TagRecord]] = [:]
         /// Per repository and tag, the digests it named, least recently seen first.
         var history: [String: [String: [HistoryEntry]]] = [:]
+        /// Per repository and subject digest, the cached manifests that name it as their `subject`.
+        var referrers: [String: [Digest: Set<Digest>]] = [:]
         /// Blobs held out of eviction for tag history; derived, never journaled.
         var kept: Set<Digest> = []
         var mediaTypes: [Digest: String] = [:]
@@ -421,6 +424,19 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         journal("M\t\(digest)\t\(clean(mediaType))\n") { $0.mediaTypes[digest] = mediaType }
     }
 
+    /// Records that `manifest`, in `repository`, names `subject` as its subject (referrers API).
+    public func addReferrer(_ repository: String, subject: Digest, _ manifest: Digest) {
+        journal { s in
+            s.referrers[repository, default: [:]][subject, default: []].insert(manifest).inserted
+                ? "R\t\(repository)\t\(subject)\t\(manifest)\n" : ""
+        }
+    }
+
+    /// The manifests known to name `subject` in `repository` (they may have been evicted since), sorted.
+    public func referrers(_ repository: String, of subject: Digest) -> [Digest] {
+        state.withLock { ($0.referrers[repository]?[subject]).map(Array.init) ?? [] }.sorted { $0.description < $1.description }
+    }
+
     /// Records that `repository` contains each of `digests`.
     public func link(_ repository: String, _ digests: [Digest]) {
         var lines = ""
@@ -581,6 +597,12 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         for (repo, tags) in s.tags {
             for (tag, r) in tags { out += "T\t\(repo)\t\(tag)\t\(r.digest)\t\(r.mediaType)\t\(r.confirmedAt)\n" }
         }
+        for (repo, subjects) in s.referrers {
+            for (subject, manifests) in subjects {
+                // Evicted referrers are forgotten here; a new pull records them again.
+                for m in manifests where s.lru.contains(m) { out += "R\t\(repo)\t\(subject)\t\(m)\n" }
+            }
+        }
         for (d, t) in s.mediaTypes { out += "M\t\(d)\t\(t)\n" }
         for l in s.links { out += "L\t\(l.repository)\t\(l.digest)\n" }
         if clean { out += "C\t\(time(nil))\n" }
@@ -664,6 +686,10 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
                     list.append(HistoryEntry(digest: d, firstSeen: first, lastSeen: last))
                     if list.count > historyLimit { list.removeFirst(list.count - historyLimit) }
                     s.history[repo, default: [:]][tag] = list
+                }
+            case (UInt8(ascii: "R"), 4):
+                if let subject = digest(line, f[2]), let m = digest(line, f[3]) {
+                    s.referrers[text(line, f[1]), default: [:]][subject, default: []].insert(m)
                 }
             case (UInt8(ascii: "h"), 3):
                 forgetHistory(&s, text(line, f[1]), text(line, f[2]))

@@ -72,8 +72,9 @@ final class TagsRequest: RepositoryHandler {
     }
 }
 
-/// `GET /v2/<name>/referrers/<digest>`: forwarded; an upstream without the
-/// referrers API (404) yields an empty index, as the spec allows.
+/// `GET /v2/<name>/referrers/<digest>`: the upstream's answer when it has
+/// the referrers API; else (404, offline, unreachable, failing) the index
+/// built from cached manifests whose `subject` is that digest.
 final class ReferrersRequest: RepositoryHandler {
     let ctx: RequestContext
     let digest: Digest
@@ -85,33 +86,59 @@ final class ReferrersRequest: RepositoryHandler {
         self.query = query
     }
 
+    private var artifactType: String? { queryValue(query, "artifactType") }
+
     func run() {
-        if ctx.config.isOffline { return w.respond(emptyIndexHead(), body: Self.emptyIndex) }
+        if ctx.config.isOffline { return fromCache(cacheStatus: "hit; detail=offline") }
         var path = "/v2/\(repo)/referrers/\(digest)"
-        if let t = queryValue(query, "artifactType") { path += "?artifactType=\(t)" }
+        if let t = artifactType { path += "?artifactType=\(t)" }
         ctx.upstream.fetch(.get, path, repository: repo, headTimeout: ctx.config.manifestHeadTimeoutNanos,
                                            maxBytes: mirror.config.maxManifestBytes) { [self] result in
-            var head = emptyIndexHead()
             switch result {
             case .success(let (up, body)) where up.status == 200:
+                var head = indexHead(cacheStatus: "fwd=miss")
                 if let f = up.headers["OCI-Filters-Applied"] { head.headers.add("OCI-Filters-Applied", f) }
                 w.respond(head, body: body)
             case .success(let (up, _)) where up.status == 404:
-                w.respond(head, body: Self.emptyIndex)
+                fromCache(cacheStatus: "hit; detail=no-upstream-api")
+            case .success(let (up, _)) where up.status == 429 || up.status >= 500:
+                fromCache(cacheStatus: "hit; fwd=stale; detail=upstream-error")
             case .success(let (up, _)):
                 mirror.error(w, .from(status: up.status, headers: up.headers, notFound: .manifestUnknown, what: "referrers of \(digest)"))
+            case .failure(let e) where e.allowsStale:
+                fromCache(cacheStatus: "hit; fwd=stale; detail=upstream-error")
             case .failure(let e):
                 mirror.error(w, e)
             }
         }
     }
 
+    /// The index of cached manifests naming the digest, read on the pool.
+    private func fromCache(cacheStatus: String) {
+        var head = indexHead(cacheStatus: cacheStatus)
+        if artifactType != nil { head.headers.add("OCI-Filters-Applied", "artifactType") }
+        let known = index.referrers(key, of: digest)
+        if known.isEmpty { return w.respond(head, body: Self.emptyIndex) }
+        let (store, memo, max, index, subject, type, w) = (mirror.store, mirror.manifests, mirror.config.maxManifestBytes, index, digest, artifactType, w)
+        mirror.pool.submit {
+            let candidates = known.compactMap { d -> ReferrersIndex.Candidate? in
+                guard let mediaType = index.mediaType(of: d),
+                      let bytes = memo.get(d) ?? (try? store.read(d, maxBytes: max)) ?? nil,
+                      SHA256Hasher.hex(bytes) == d.hex else { return nil }
+                return ReferrersIndex.Candidate(digest: d, mediaType: mediaType, bytes: bytes)
+            }
+            let body = ReferrersIndex.encode(candidates, subject: subject, artifactType: type)
+            w.loop.execute { w.respond(head, body: body) }
+        }
+    }
+
     static let emptyIndex = Array(#"{"schemaVersion":2,"mediaType":"application/vnd.oci.image.index.v1+json","manifests":[]}"#.utf8)
 
-    private func emptyIndexHead() -> ResponseHead {
+    private func indexHead(cacheStatus: String) -> ResponseHead {
         var head = ResponseHead(status: 200)
         head.headers.add("Content-Type", MediaType.ociIndex)
         head.headers.add("Docker-Distribution-API-Version", "registry/2.0")
+        head.headers.add("Cache-Status", "Berth; " + cacheStatus)
         return head
     }
 }

@@ -196,6 +196,7 @@ final class ManifestRequest: RepositoryHandler {
                 try store.store(body, as: computed)
                 store.index.setMediaType(computed, summary.mediaType)
                 store.index.link(key, [computed] + children)
+                if let subject = summary.subject { store.index.addReferrer(key, subject: subject.digest, computed) }
                 if case .tag(let tag) = reference,
                    let old = store.recordTag(key, tag, .init(digest: computed, mediaType: summary.mediaType, confirmedAt: unixNow())),
                    old.digest != computed {

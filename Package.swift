@@ -67,7 +67,7 @@ let package = Package(
         .executableTarget(
             name: "berth",
             dependencies: [
-                "BerthApp", "Bench", "Reactor",
+                "BerthApp", "Bench", "Reactor", "OCI",
                 .product(name: "ArgumentParser", package: "swift-argument-parser"),
             ],
             swiftSettings: settings

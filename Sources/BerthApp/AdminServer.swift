@@ -16,6 +16,7 @@ import OCI
 /// GET  /ls                    tags and pinned images (CacheReport.Listing)
 /// GET  /history?image=REPO[:TAG]   what the tag(s) named (CacheReport.History)
 /// POST /pin?image=REF         warm through Berth, then pin (CacheReport.Pin)
+/// POST /preload?image=REF[&platform=P,…][&pin=1]   chunked NDJSON: {"progress":…} lines, then {"result":…} or {"error":…}
 /// POST /unpin?image=REF       (CacheReport.Pin of the pin removed)
 /// POST /rm?target=REF|DIGEST  (CacheReport.Removal)
 /// POST /gc?grace=SECONDS      (CacheReport.GC)
@@ -114,18 +115,10 @@ final class AdminServer {
         case (.post, "/preload"):
             guard let text = param("image"), let image = ImageReference(text) else { return fail(w, 400, "preload needs ?image=[UPSTREAM/]REPO[:TAG|@DIGEST]") }
             guard let pinner else { return fail(w, 503, "the server has no plain listener to warm through") }
-            log("admin: preloading \(image)")
-            pinner.warm(image, pin: false, on: w.loop) { [store, log] r in
-                switch r {
-                case .success(let warm):
-                    log("admin: preloaded \(image) → \(warm.manifest) (\(warm.covered.count) digests, \(warm.blobBytes) blob bytes fetched)")
-                    let loaded = CacheIndex.PinnedImage(manifest: warm.manifest, covered: warm.covered, pinnedAt: 0)
-                    self.respond(w, 200, CacheReport.json(CacheReport.pin(store, image: image.description, loaded)))
-                case .failure(let e):
-                    log("admin: preloading \(image) failed: \(e)")
-                    self.fail(w, 502, "\(image): \(e)")
-                }
-            }
+            let names = (param("platform") ?? "").split(separator: ",").map(String.init)
+            let platforms = names.compactMap(Platform.init)
+            guard platforms.count == names.count else { return fail(w, 400, "platform \(names.joined(separator: ",")): expected os/architecture[/variant], e.g. linux/amd64") }
+            preload(w, image, pin: param("pin") == "1", platforms: platforms, pinner: pinner)
         case (.post, "/unpin"):
             guard let text = param("image"), let image = ImageReference(text) else { return fail(w, 400, "unpin needs ?image=REPO[:TAG|@DIGEST]") }
             work(w) { [store] in
@@ -214,7 +207,10 @@ final class AdminServer {
         let t = OSThread(name: "berth-admin") { [store, log] in
             let result = store.verifyAll(progressInterval: 0.5) { p in
                 let line = CacheReport.json(CacheReport.VerifyLine(progress: CacheReport.progress(p), result: nil)) + [0x0a]
-                w.loop.execute { line.withUnsafeBytes { _ = w.write($0) } }
+                w.loop.execute {
+                    line.withUnsafeBytes { _ = w.write($0) }
+                    w.flush()
+                }
             }
             log("admin: verified \(result.checked) blobs, \(result.mismatches.count) mismatches")
             let line = CacheReport.json(CacheReport.VerifyLine(progress: nil, result: CacheReport.verify(result))) + [0x0a]
@@ -224,6 +220,41 @@ final class AdminServer {
             }
         }
         t.detach()
+    }
+
+    /// Warms (and with `pin` pins) one image, streaming NDJSON: a
+    /// `{"progress":…}` line every 250 ms, then `{"result":…}` or `{"error":…}`.
+    private func preload(_ w: ResponseWriter, _ image: ImageReference, pin: Bool, platforms: [Platform], pinner: Pinner) {
+        var head = ResponseHead(status: 200)
+        head.headers.add("Content-Type", "application/x-ndjson")
+        w.start(head, contentLength: nil)
+        func send(_ line: CacheReport.PreloadLine) {
+            (CacheReport.json(line) + [0x0a]).withUnsafeBytes { _ = w.write($0) }
+            w.flush()
+        }
+        let what = platforms.isEmpty ? "\(image)" : "\(image) (\(platforms.map(\.description).joined(separator: ", ")))"
+        log("admin: preloading \(what)\(pin ? ", pinning" : "")")
+        var finished = false
+        let handle = pinner.warm(image, pin: pin, platforms: platforms, on: w.loop) { [store, log] r in
+            finished = true
+            switch r {
+            case .success(let warm):
+                log("admin: preloaded \(what) → \(warm.manifest) (\(warm.covered.count) digests, \(warm.blobBytes) blob bytes fetched)")
+                let pinned = pin ? store.index.pinnedImage(image.description) : nil
+                let loaded = pinned ?? CacheIndex.PinnedImage(manifest: warm.manifest, covered: warm.covered, pinnedAt: 0)
+                send(.init(result: CacheReport.pin(store, image: image.description, loaded)))
+            case .failure(let e):
+                log("admin: preloading \(what) failed: \(e)")
+                send(.init(error: "\(image): \(e)"))
+            }
+            w.end()
+        }
+        func tick() {
+            guard !finished else { return }
+            send(.init(progress: handle.progress))
+            w.loop.schedule(afterNanos: 250_000_000, tick)
+        }
+        w.loop.schedule(afterNanos: 250_000_000, tick)
     }
 
     private func respond(_ w: ResponseWriter, _ status: Int, _ body: [UInt8]) {

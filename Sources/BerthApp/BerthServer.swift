@@ -74,7 +74,10 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         }
         group.start()
         scheduleSnapshots()
-        if let pinner { pinConfigured(pinner) }
+        if let pinner {
+            pinConfigured(pinner)
+            preloadConfigured(pinner)
+        }
         logger.info("berth listening", metadata: [
             "http": "\(http.boundAddresses().map(\.description).joined(separator: ","))",
             "https": "\(config.tls.listen)",
@@ -198,6 +201,40 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
                     logger.error("cannot pin \(image) (cache.pinned): \(e)")
                 }
             }
+        }
+    }
+
+    /// Warms `preload.images` in the background, two at a time, as `berth preload`
+    /// does: startup never waits; each result is logged, then a summary.
+    private func preloadConfigured(_ pinner: Pinner) {
+        let images = config.preload.images.compactMap(ImageReference.init)  // validated with the configuration
+        guard !images.isEmpty else { return }
+        let platforms = config.preload.platforms.compactMap(Platform.init)
+        final class Progress { var next = 0, loaded = 0, failed: [String] = [] }  // on `loop` only
+        let progress = Progress(), loop = group.next(), logger = logger
+        func lane() {
+            guard progress.next < images.count else { return }
+            let image = images[progress.next]
+            progress.next += 1
+            pinner.warm(image, pin: false, platforms: platforms, on: loop) { r in
+                switch r {
+                case .success(let w):
+                    progress.loaded += 1
+                    logger.info("preloaded \(image)", metadata: ["manifest": "\(w.manifest)", "digests": "\(w.covered.count)", "blob_bytes": "\(w.blobBytes)"])
+                case .failure(let e):
+                    progress.failed.append(image.description)
+                    logger.error("cannot preload \(image) (preload.images): \(e)")
+                }
+                if progress.loaded + progress.failed.count == images.count {
+                    let failed = progress.failed.isEmpty ? "" : "; failed: " + progress.failed.joined(separator: ", ")
+                    logger.info("preload: \(progress.loaded) of \(images.count) images loaded\(failed)")
+                }
+                lane()
+            }
+        }
+        loop.execute {
+            lane()
+            lane()
         }
     }
 

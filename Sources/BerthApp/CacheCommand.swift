@@ -30,10 +30,8 @@ public enum CacheCommand {
         case importArchive(path: String, as: String?)
         /// `berth export IMAGE... [--pulled-since SECONDS] -o FILE` (FILE absolute).
         case export(images: [String], output: String, pulledSince: Double?)
-        /// `berth preload IMAGE... [--pin]`: each image pulled through the running server.
-        case preload(images: [String], pin: Bool)
-        /// One image of a preload.
-        case preloadImage(String)
+        /// `berth preload IMAGE... [--platform P,...] [--pin] [--parallel N]`: each image pulled through the running server.
+        case preload(images: [String], pin: Bool, platforms: [String], parallel: Int)
     }
 
     public struct Options {
@@ -59,7 +57,15 @@ public enum CacheCommand {
             return 2
         }
         switch operation {
-        case .preload(let images, _):
+        case .preload(let images, _, let platforms, let parallel):
+            for p in platforms where Platform(p) == nil {
+                FileOut.stderr("berth: --platform \(p): expected os/architecture[/variant], e.g. linux/amd64\n")
+                return 2
+            }
+            guard parallel >= 1 else {
+                FileOut.stderr("berth: --parallel must be at least 1\n")
+                return 2
+            }
             guard !images.isEmpty else {
                 FileOut.stderr("berth: preload needs at least one image (arguments or -f LIST)\n")
                 return 2
@@ -68,7 +74,7 @@ public enum CacheCommand {
                 FileOut.stderr("berth: \"\(i)\" is not an image reference such as library/alpine:3.20 or ghcr.io/org/app@sha256:…\n")
                 return 2
             }
-        case .pin(let s), .unpin(let s), .preloadImage(let s):
+        case .pin(let s), .unpin(let s):
             guard ImageReference(s) != nil else {
                 FileOut.stderr("berth: \"\(s)\" is not an image reference such as library/alpine:3.20 or repo@sha256:…\n")
                 return 2
@@ -117,14 +123,14 @@ public enum CacheCommand {
         }
         switch attempt {
         case .held(let pid):
-            guard case .preload(let images, let pin) = operation else { return viaServer(operation, dir: dir, pid: pid, json: options.json) }
-            // One image at a time (each warms its blobs with the server's own bound); a failure does not stop the rest.
-            let failed = images.filter { viaServer(pin ? .pin($0) : .preloadImage($0), dir: dir, pid: pid, json: options.json) != 0 }
-            if !options.json { print("preload: \(images.count - failed.count) of \(images.count) images loaded\(failed.isEmpty ? "" : "; failed: " + failed.joined(separator: ", "))") }
-            return failed.isEmpty ? 0 : 1
+            guard case .preload(let images, let pin, let platforms, let parallel) = operation else {
+                return viaServer(operation, dir: dir, pid: pid, json: options.json)
+            }
+            return PreloadClient(admin: AdminClient(path: dir + "/admin.sock"), pin: pin, platforms: platforms, json: options.json)
+                .run(images, parallel: parallel)
         case .acquired(let lock):
             switch operation {
-            case .preload, .preloadImage:
+            case .preload:
                 // Fetching needs the server's upstreams, credentials, verification and single-flight fills.
                 FileOut.stderr("berth: preload goes through a running berth serve on \(dir): start one (it pulls with its upstreams and verification)\n")
                 return 1
@@ -145,8 +151,7 @@ public enum CacheCommand {
         case .du: request = ("GET", "/usage")
         case .history(let i): request = ("GET", "/history?image=" + percentEncoded(i))
         case .pin(let i): request = ("POST", "/pin?image=" + percentEncoded(i))
-        case .preloadImage(let i): request = ("POST", "/preload?image=" + percentEncoded(i))
-        case .preload: preconditionFailure("preload is sent one image at a time")
+        case .preload: preconditionFailure("preload streams through PreloadClient")
         case .unpin(let i): request = ("POST", "/unpin?image=" + percentEncoded(i))
         case .rm(let t): request = ("POST", "/rm?target=" + percentEncoded(t))
         case .gc(let g): request = ("POST", "/gc?grace=\(Int64(g))")
@@ -163,7 +168,7 @@ public enum CacheCommand {
         do {
             let long: Bool
             switch op {
-            case .verify, .importArchive, .export, .preloadImage, .pin: long = true
+            case .verify, .importArchive, .export, .pin: long = true
             default: long = false
             }
             response = try client.send(request.0, request.1, timeoutSeconds: long ? 24 * 3600 : 900) { line in
@@ -192,8 +197,7 @@ public enum CacheCommand {
                     CacheReport.text($0, directory: dir, serverRunning: true)
                 }
             case .pin: return output(try CacheReport.decode(CacheReport.Pin.self, response.body), json: json) { CacheReport.text($0, verb: "pinned") }
-            case .preloadImage, .preload:
-                return output(try CacheReport.decode(CacheReport.Pin.self, response.body), json: json) { CacheReport.text($0, verb: "preloaded") }
+            case .preload: return 1
             case .unpin: return output(try CacheReport.decode(CacheReport.Pin.self, response.body), json: json) { CacheReport.text($0, verb: "unpinned") }
             case .rm: return output(try CacheReport.decode(CacheReport.Removal.self, response.body), json: json) { "removed \($0.removed) (\(CacheReport.size($0.bytes)))\n" }
             case .gc: return output(try CacheReport.decode(CacheReport.GC.self, response.body), json: json) { CacheReport.text($0) }
@@ -318,7 +322,7 @@ public enum CacheCommand {
                 FileOut.stderr("berth: export: \(error)\n")
                 return 1
             }
-        case .preload, .preloadImage:
+        case .preload:
             return 1  // refused in `run` before the files are opened
         }
     }

@@ -3,6 +3,7 @@ import Glibc
 #endif
 import FoundationEssentials
 import BlobStore
+import Mirror
 import OCI
 
 /// What `berth cache` commands report, as the admin socket sends it (JSON)
@@ -111,6 +112,18 @@ public enum CacheReport {
         public var image: String
         public var keepHistory: Int
         public var tags: [Tag]
+    }
+
+    /// One line of the server's `/preload` stream.
+    public struct PreloadLine: Codable, Equatable {
+        public var progress: WarmProgress?
+        public var result: Pin?
+        public var error: String?
+        public init(progress: WarmProgress? = nil, result: Pin? = nil, error: String? = nil) {
+            self.progress = progress
+            self.result = result
+            self.error = error
+        }
     }
 
     public struct Failure: Codable, Error, CustomStringConvertible {

@@ -26,6 +26,14 @@ public struct BerthConfig: Equatable, Sendable {
     public var upstreams: [UpstreamSection] = []
     public var cache = CacheSection()
     public var auth = AuthSection()
+    public var preload = PreloadSection()
+
+    /// Images warmed into the cache in the background at start, as `berth preload` does.
+    public struct PreloadSection: Equatable, Sendable {
+        public var images: [String] = []
+        /// Only these platforms of an index (`linux/amd64`); empty = every platform.
+        public var platforms: [String] = []
+    }
 
     /// Client authentication: off while `htpasswd` is empty.
     public struct AuthSection: Equatable, Sendable {
@@ -221,6 +229,14 @@ public struct BerthConfig: Equatable, Sendable {
                     default: throw ConfigError(key: "auth.\(ak)", "unknown key")
                     }
                 }
+            case "preload":
+                for (pk, pv) in try table(v, key: "preload") {
+                    switch pk {
+                    case "images": c.preload.images = try strings(pv, key: "preload.images", of: "images")
+                    case "platforms": c.preload.platforms = try strings(pv, key: "preload.platforms", of: "platforms")
+                    default: throw ConfigError(key: "preload.\(pk)", "unknown key")
+                    }
+                }
             case "log":
                 for (lk, lv) in try table(v, key: "log") {
                     switch lk {
@@ -402,6 +418,12 @@ public struct BerthConfig: Equatable, Sendable {
         }
         guard (1...100).contains(cache.highWatermark), (0..<cache.highWatermark).contains(cache.lowWatermark) else {
             throw ConfigError(key: "cache.low_watermark", "watermarks must satisfy 0 ≤ low < high ≤ 100 (got \(cache.lowWatermark) and \(cache.highWatermark))")
+        }
+        for image in preload.images where ImageReference(image) == nil {
+            throw ConfigError(key: "preload.images", "\"\(image)\" is not an image reference such as library/alpine:3.20 or ghcr.io/org/app@sha256:…")
+        }
+        for p in preload.platforms where Platform(p) == nil {
+            throw ConfigError(key: "preload.platforms", "\"\(p)\" is not a platform such as linux/amd64 or linux/arm64/v8")
         }
         for image in cache.pinned where ImageReference(image) == nil {
             throw ConfigError(key: "cache.pinned", "\"\(image)\" is not an image reference such as library/alpine:3.20 or repo@sha256:…")

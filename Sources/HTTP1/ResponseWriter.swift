@@ -93,6 +93,13 @@ public final class ResponseWriter {
         return c.queueBody(bytes, chunked: chunked)
     }
 
+    /// Sends what `write` queued now: small writes otherwise wait until 64 KiB
+    /// gather or the response ends (a progress line must not).
+    public func flush() {
+        guard case .streaming = phase, let c = connection else { return }
+        c.flushQueued()
+    }
+
     /// Appends `range` of `file` to a streamed body (zero-copy on plain
     /// connections). Consecutive ranges of one file join into one pending
     /// send, so a reader following a growing file just calls this as bytes

@@ -307,6 +307,8 @@ final class ServerConnection: Selectable {
         return false
     }
 
+    func flushQueued() { flushOutput() }
+
     func queueFile(_ fd: FileDescriptor, range: Range<UInt64>) {
         appendFile(fd, range)
         flushOutput()

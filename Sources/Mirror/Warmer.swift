@@ -19,6 +19,16 @@ public struct WarmResult: Equatable, Sendable {
     public var blobBytes: UInt64
 }
 
+/// How far a warm has got.
+public struct WarmProgress: Equatable, Sendable, Codable {
+    public var blobs = 0
+    public var blobsDone = 0
+    /// Blob bytes the manifests declare, and those received so far.
+    public var bytes: UInt64 = 0
+    public var bytesDone: UInt64 = 0
+    public init() {}
+}
+
 /// Why warming an image failed.
 public struct WarmError: Error, Equatable, CustomStringConvertible {
     public let description: String
@@ -42,6 +52,11 @@ public final class Warmer {
     public var concurrency = 3
     /// Response-head and idle limits for Berth's answers (a cold blob waits on the upstream).
     public var headTimeoutNanos: UInt64 = 60_000_000_000
+    /// For an index, only the child manifests of these platforms (each as
+    /// containerd picks it); empty = every platform.
+    public var platforms: [Platform] = []
+    /// What the warm has reached, for progress reports (loop thread).
+    public private(set) var progress = WarmProgress()
     /// Called with every digest an image covers once its manifests are read,
     /// before blobs are fetched (pins set here protect blobs as they land).
     public var onDiscovered: ((ImageReference, [Digest]) -> Void)?
@@ -72,7 +87,21 @@ public final class Warmer {
         fetchManifest(image, image.reference) { [self] top in
             switch top {
             case .failure(let e): completion(.failure(e))
-            case .success(let (digest, summary)):
+            case .success(let (digest, summary, body)):
+                var chosen = summary.manifests[...]
+                if summary.isIndex && !platforms.isEmpty {
+                    guard let index = try? IndexPlatforms.parse(body) else {
+                        return completion(.failure(WarmError("\(image): the index's platforms cannot be read")))
+                    }
+                    var picked: [Descriptor] = []
+                    for p in platforms {
+                        guard let d = index.select(p) else {
+                            return completion(.failure(WarmError("\(image): the index has no \(p) manifest")))
+                        }
+                        if !picked.contains(d) { picked.append(d) }
+                    }
+                    chosen = picked[...]
+                }
                 var covered = [digest]
                 var seen: Set<Digest> = [digest]
                 var summaries: [ManifestSummary] = [summary]
@@ -82,7 +111,7 @@ public final class Warmer {
                     fetchManifest(image, .digest(child.digest)) { r in
                         switch r {
                         case .failure(let e): completion(.failure(WarmError("\(image): child manifest \(child.digest): \(e)")))
-                        case .success(let (_, s)):
+                        case .success(let (_, s, _)):
                             summaries.append(s)
                             children(rest.dropFirst())
                         }
@@ -96,6 +125,8 @@ public final class Warmer {
                             list.append(b)
                         }
                     }
+                    progress.blobs = list.count
+                    progress.bytes = list.reduce(0) { $0 + UInt64($1.size) }
                     onDiscovered?(image, covered)
                     fetchBlobs(image, list) { r in
                         switch r {
@@ -106,7 +137,7 @@ public final class Warmer {
                         }
                     }
                 }
-                children(summary.manifests[...])
+                children(chosen)
             }
         }
     }
@@ -119,7 +150,7 @@ public final class Warmer {
     private func namespace(_ image: ImageReference) -> String { image.registry.map { "?ns=" + $0 } ?? "" }
 
     private func fetchManifest(_ image: ImageReference, _ reference: Reference,
-                               _ done: @escaping (Result<(Digest, ManifestSummary), WarmError>) -> Void) {
+                               _ done: @escaping (Result<(Digest, ManifestSummary, [UInt8]), WarmError>) -> Void) {
         let name = image.qualifiedName
         var req = ClientRequest(method: .get, url: url("/v2/\(image.name)/manifests/\(reference)\(namespace(image))"))
         req.headers.add("Accept", MediaType.defaultAccept)
@@ -137,7 +168,7 @@ public final class Warmer {
                     return done(.failure(WarmError("manifest \(name)@\(wanted) hashes to \(digest)")))
                 }
                 do {
-                    done(.success((digest, try ManifestSummary.parse(body, contentType: head.headers["Content-Type"]))))
+                    done(.success((digest, try ManifestSummary.parse(body, contentType: head.headers["Content-Type"]), body)))
                 } catch {
                     done(.failure(WarmError("manifest \(name):\(reference): \(error)")))
                 }
@@ -157,8 +188,9 @@ public final class Warmer {
                 inFlight += 1
                 var req = ClientRequest(method: .get, url: url("/v2/\(image.name)/blobs/\(d.digest)\(namespace(image))"))
                 req.headTimeoutNanos = headTimeoutNanos
-                let sink = DiscardingDelegate { status, bytes, error in
+                let sink = DiscardingDelegate(received: { [self] in progress.bytesDone += UInt64($0) }) { [self] status, bytes, error in
                     inFlight -= 1
+                    progress.blobsDone += 1
                     if let error {
                         failure = failure ?? WarmError("\(image): blob \(d.digest): \(error)")
                     } else if status != 200 {
@@ -184,14 +216,19 @@ public final class Warmer {
 private final class DiscardingDelegate: ClientResponseDelegate {
     private var status = 0
     private var bytes: UInt64 = 0
+    private let received: (Int) -> Void
     private let done: (Int, UInt64, HTTPClientError?) -> Void
 
-    init(done: @escaping (Int, UInt64, HTTPClientError?) -> Void) { self.done = done }
+    init(received: @escaping (Int) -> Void, done: @escaping (Int, UInt64, HTTPClientError?) -> Void) {
+        self.received = received
+        self.done = done
+    }
 
     func didReceiveHead(_ head: ResponseHead, url: HTTPURL, task: ClientTask) { status = head.status }
 
     func didReceiveBody(_ bytes: UnsafeRawBufferPointer, task: ClientTask) -> Bool {
         self.bytes += UInt64(bytes.count)
+        received(bytes.count)
         return true
     }
 
@@ -219,10 +256,18 @@ public final class Pinner: @unchecked Sendable {  // `clients` behind a lock; ea
         warm(image, pin: true, on: loop, completion: completion)
     }
 
+    /// A running warm's progress, read on its loop.
+    public final class WarmHandle {
+        var warmer: Warmer?
+        public var progress: WarmProgress { warmer?.progress ?? WarmProgress() }
+    }
+
     /// Warms `image` (every platform) through Berth, pinning it when `pin`
     /// (`berth preload [--pin]`); `completion` runs on `loop` once its blobs are in the store.
-    public func warm(_ image: ImageReference, pin: Bool, on loop: EventLoop,
-                     completion: @escaping (Result<WarmResult, WarmError>) -> Void) {
+    @discardableResult
+    public func warm(_ image: ImageReference, pin: Bool, platforms: [Platform] = [], on loop: EventLoop,
+                     completion: @escaping (Result<WarmResult, WarmError>) -> Void) -> WarmHandle {
+        let handle = WarmHandle()
         loop.execute { [self] in
             let client = clients.withLock { c in
                 if let existing = c[ObjectIdentifier(loop)] { return existing }
@@ -231,6 +276,8 @@ public final class Pinner: @unchecked Sendable {  // `clients` behind a lock; ea
                 return made
             }
             let warmer = Warmer(client: client, address: address)
+            warmer.platforms = platforms
+            handle.warmer = warmer
             var early: [Digest] = []
             if pin {
                 warmer.onDiscovered = { [store] _, digests in
@@ -254,6 +301,7 @@ public final class Pinner: @unchecked Sendable {  // `clients` behind a lock; ea
                 }
             }
         }
+        return handle
     }
 
     private static func awaitCached(_ digests: [Digest], store: BlobStore, loop: EventLoop, deadline: UInt64, _ done: @escaping () -> Void) {

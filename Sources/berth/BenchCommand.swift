@@ -1,5 +1,6 @@
 import ArgumentParser
 import Bench
+import OCI
 import BerthApp
 import Reactor
 #if canImport(Glibc)

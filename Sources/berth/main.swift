@@ -322,13 +322,16 @@ struct Preload: ParsableCommand {
         abstract: "Pull images into the cache through the running berth serve: every platform, verified like any pull.",
         discussion: """
         Each image goes through the server's own path (its upstreams, credentials, verification, budget and single-flight \
-        fills), one image at a time; a rerun fetches only what is missing. A failed image does not stop the others.
+        fills), --parallel images at a time; a rerun fetches only what is missing. A failed image does not stop the others. \
+        On a terminal a progress line shows images, blobs, bytes and rate.
         Exit codes: 0 all loaded; 1 any failed, or no server runs on the cache; 2 usage or configuration error.
         """
     )
     @Argument(help: "[UPSTREAM/]REPO[:TAG|@DIGEST], one or more.") var images: [String] = []
     @Option(name: .customShort("f"), help: "A file listing images, one per line (# comments, blank lines ignored).") var list: String?
     @Flag(help: "Pin what is loaded (as berth cache pin).") var pin = false
+    @Option(help: "Only these platforms of an index, e.g. linux/amd64,linux/arm64 (default: every platform).") var platform: String?
+    @Option(help: "Images loaded at once.") var parallel = 2
     @OptionGroup var common: CacheOptions
     func run() throws {
         var all = images
@@ -340,7 +343,8 @@ struct Preload: ParsableCommand {
             all += text.split(whereSeparator: \.isNewline).map { $0.trimmingCharacters(in: .whitespaces) }
                 .filter { !$0.isEmpty && !$0.hasPrefix("#") }
         }
-        try runCache(.preload(images: all, pin: pin), common)
+        let platforms = (platform ?? "").split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }
+        try runCache(.preload(images: all, pin: pin, platforms: platforms, parallel: parallel), common)
     }
 }
 

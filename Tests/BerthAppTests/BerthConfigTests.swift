@@ -90,6 +90,15 @@ final class BerthConfigTests: XCTestCase {
         assertRefused("tls: yes\n", key: "tls")
     }
 
+    func testPreloadSection() throws {
+        let c = try BerthConfig.parse(yaml: "preload:\n  images: [library/alpine:3.20, ghcr.io/org/app@sha256:\(String(repeating: "a", count: 64))]\n  platforms: [linux/arm64/v8]\n")
+        XCTAssertEqual(c.preload.images.count, 2)
+        XCTAssertEqual(c.preload.platforms, ["linux/arm64/v8"])
+        assertRefused("preload:\n  images: [\"Not An Image\"]\n", key: "preload.images")
+        assertRefused("preload:\n  platforms: [arm64]\n", key: "preload.platforms")
+        assertRefused("preload:\n  image: [a]\n", key: "preload.image")
+    }
+
     func testInvalidYAML() {
         assertRefused("listen: [unclosed\n", key: "(file)")
     }

@@ -223,6 +223,8 @@ final class ImageImporter {
         /// Child manifests with their media types (an index's cached platforms).
         var children: [(Digest, String)]
         var blobs: [Digest]
+        /// The manifest's `subject` (it is listed as a referrer of that digest).
+        var subject: Digest? = nil
     }
 
     /// The digest of the member `name`, following links (a bounded number of hops).
@@ -319,7 +321,8 @@ final class ImageImporter {
         do { summary = try ManifestSummary.parse(bytes, contentType: declaredType) } catch {
             throw Failure(description: "manifest \(d): \(error)")
         }
-        var image = PlannedImage(names: [], manifest: d, mediaType: summary.mediaType, built: nil, children: [], blobs: [])
+        var image = PlannedImage(names: [], manifest: d, mediaType: summary.mediaType, built: nil, children: [], blobs: [],
+                                 subject: summary.subject?.digest)
         var summaries = [summary]
         for child in summary.manifests {
             // An export holds the platforms that were cached: a missing one is skipped, not an error.
@@ -414,6 +417,7 @@ final class ImageImporter {
             let all = [image.manifest] + image.children.map(\.0) + image.blobs
             for (k, ref) in names {
                 store.index.link(k, all)
+                if let subject = image.subject { store.index.addReferrer(k, subject: subject, image.manifest) }
                 if case .tag(let tag) = ref.reference {
                     store.recordTag(k, tag, .init(digest: image.manifest, mediaType: image.mediaType, confirmedAt: now))
                 }

@@ -150,6 +150,28 @@ final class ImportExportTests: IntegrationTestCase {
         XCTAssertFalse(offline.log.contains("unreachable"), "nothing was dialled")
     }
 
+    /// An SBOM exported with its image is listed as the image's referrer on the air-gapped side.
+    func testAnImportedArtifactIsListedAsAReferrerOffline() throws {
+        let registry = try startRegistry()
+        let image = try pushOCIImage(to: registry, repository: "team/app", tag: "v1", layerSizes: [50_000])
+        let sbom = try builder.pushArtifact(to: registry, repository: "team/app", tag: "v1-sbom", subject: image)
+        let online = try startBerth(upstream: registry.url)
+        for tag in ["v1", "v1-sbom"] { XCTAssertEqual(try berth(["preload", "team/app:\(tag)", "--cache-dir", online.cacheDir]).status, 0) }
+        let bundle = "\(workDir!)/with-sbom.tar"
+        XCTAssertEqual(try berth(["export", "team/app:v1", "team/app:v1-sbom", "-o", bundle, "--cache-dir", online.cacheDir]).status, 0)
+        online.stop()
+        registry.stop()
+
+        let offline = try startBerth(upstream: registry.url, arguments: ["--offline"])
+        XCTAssertEqual(try berth(["import", bundle, "--cache-dir", offline.cacheDir]).status, 0)
+        let refs = try get(offline, "/v2/team/app/referrers/\(image.digest)")
+        XCTAssertEqual(refs.status, 200, refs.bodyText)
+        let entries = try XCTUnwrap(jsonObject(refs.body)?["manifests"] as? [[String: Any]], refs.bodyText)
+        XCTAssertEqual(entries.compactMap { $0["digest"] as? String }, [sbom.digest], refs.bodyText)
+        XCTAssertEqual((entries.first?["annotations"] as? [String: String])?["org.opencontainers.image.created"], "2026-01-01T00:00:00Z")
+        XCTAssertEqual(try get(offline, "/v2/team/app/manifests/v1-sbom", headers: ["Accept: \(ImageBuilder.ociManifest)"]).body, sbom.manifest)
+    }
+
     func testOCIArchiveFromSkopeoImportedWithAndWithoutAs() throws {
         let registry = try startRegistry()
         let image = try pushOCIImage(to: registry, repository: "team/src", tag: "v2", layerSizes: [100_000])

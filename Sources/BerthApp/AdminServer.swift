@@ -21,8 +21,8 @@ import OCI
 /// POST /rm?target=REF|DIGEST  (CacheReport.Removal)
 /// POST /gc?grace=SECONDS      (CacheReport.GC)
 /// POST /verify                chunked NDJSON: {"progress":…} lines, then {"result":…}
-/// POST /import?path=ABS[&as=IMAGE]                 import an archive or layout (ImageImporter.Report)
-/// POST /export?output=ABS&image=IMAGE[&image=…][&pulled_since=SECONDS]   write an OCI layout tar (ImageExporter.Report)
+/// POST /import?path=ABS[&as=IMAGE]                 import an archive or layout: NDJSON {"progress":…} lines, then {"result": ImageImporter.Report} or {"error":…}
+/// POST /export?output=ABS&image=IMAGE[&image=…][&pulled_since=SECONDS]   write an OCI layout tar: NDJSON as import (ImageExporter.Report)
 /// ```
 /// `path` and `output` are read and written by the server's user: the
 /// socket is 0600, so only that user can ask.
@@ -146,14 +146,16 @@ final class AdminServer {
             let name = param("as").flatMap(ImageReference.init)
             if param("as") != nil && name == nil { return fail(w, 400, "as= is not an image such as docker.io/library/alpine:3.20") }
             log("admin: importing \(path)")
-            work(w) { [store, key, log] in
+            transfer(w) { [store, key, log] progress in
                 do {
-                    let r = try ImageImporter(store: store, key: key).run(path: path, as: name)
+                    let importer = ImageImporter(store: store, key: key)
+                    importer.onProgress = progress
+                    let r = try importer.run(path: path, as: name)
                     log("admin: imported \(path): \(r.images.map { "\($0.names.joined(separator: ",")) → \($0.digest)" }.joined(separator: "; "))")
-                    return .ok(CacheReport.json(r))
+                    return .success(CacheReport.json(r))
                 } catch {
                     log("admin: import \(path) refused: \(error)")
-                    return .failure(422, "import \(path): \(error)")
+                    return .failure(CacheReport.Failure("import \(path): \(error)"))
                 }
             }
         case (.post, "/export"):
@@ -165,12 +167,13 @@ final class AdminServer {
                 return fail(w, 400, "export needs ?image=[UPSTREAM/]REPO[:TAG|@DIGEST] (repeatable) or ?pulled_since=SECONDS")
             }
             log("admin: exporting \(images.map(\.description).joined(separator: ", ")) to \(output)")
-            work(w) { [store, key] in
+            transfer(w) { [store, key] progress in
                 do {
-                    let r = try ImageExporter(store: store, key: key).run(images: images, pulledSince: since.flatMap { $0 }, output: output)
-                    return .ok(CacheReport.json(r))
+                    let exporter = ImageExporter(store: store, key: key)
+                    exporter.onProgress = progress
+                    return .success(CacheReport.json(try exporter.run(images: images, pulledSince: since.flatMap { $0 }, output: output)))
                 } catch {
-                    return .failure(422, "export: \(error)")
+                    return .failure(CacheReport.Failure("export: \(error)"))
                 }
             }
         case (_, "/usage"), (_, "/ls"), (_, "/history"), (_, "/pin"), (_, "/preload"), (_, "/unpin"), (_, "/rm"), (_, "/gc"), (_, "/verify"), (_, "/import"), (_, "/export"):
@@ -197,6 +200,28 @@ final class AdminServer {
             }
         }
         t.detach()
+    }
+
+    /// Runs `body` on a thread of its own, streaming NDJSON: a `{"progress":…}`
+    /// line for each report it makes, then `{"result":…}` or `{"error":…}`.
+    private func transfer(_ w: ResponseWriter,
+                          _ body: @escaping (@escaping (CacheReport.Transfer) -> Void) -> Result<[UInt8], CacheReport.Failure>) {
+        var head = ResponseHead(status: 200)
+        head.headers.add("Content-Type", "application/x-ndjson")
+        w.start(head, contentLength: nil)
+        func send(_ line: [UInt8], end: Bool = false) {
+            w.loop.execute {
+                (line + [0x0a]).withUnsafeBytes { _ = w.write($0) }
+                if end { w.end() } else { w.flush() }
+            }
+        }
+        OSThread(name: "berth-admin") {
+            let outcome = body { p in send(Array(#"{"progress":"#.utf8) + CacheReport.json(p) + [UInt8(ascii: "}")]) }
+            switch outcome {
+            case .success(let report): send(Array(#"{"result":"#.utf8) + report + [UInt8(ascii: "}")], end: true)
+            case .failure(let f): send(CacheReport.json(f), end: true)
+            }
+        }.detach()
     }
 
     private func verify(_ w: ResponseWriter) {

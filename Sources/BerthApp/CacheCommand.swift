@@ -171,10 +171,22 @@ public enum CacheCommand {
             case .verify, .importArchive, .export, .pin: long = true
             default: long = false
             }
+            let started = Clock.monotonicNanos()
             response = try client.send(request.0, request.1, timeoutSeconds: long ? 24 * 3600 : 900) { line in
-                // Streamed verification: progress lines on a terminal only.
-                guard op == .verify, !json, tty, let l = try? CacheReport.decode(CacheReport.VerifyLine.self, line), let p = l.progress else { return }
-                print(CacheReport.progressLine(p), terminator: "")
+                // Streamed verification, import and export: progress lines on a terminal only.
+                guard !json, tty else { return }
+                switch op {
+                case .verify:
+                    guard let l = try? CacheReport.decode(CacheReport.VerifyLine.self, line), let p = l.progress else { return }
+                    print(CacheReport.progressLine(p), terminator: "")
+                case .importArchive, .export:
+                    guard let l = try? CacheReport.decode(CacheReport.TransferLine<CacheReport.Failure>.self, line), let p = l.progress else { return }
+                    var verb = "import"
+                    if case .export = op { verb = "export" }
+                    print(CacheReport.progressLine(verb, p,
+                                                   seconds: Double(Clock.monotonicNanos() - started) / 1e9), terminator: "")
+                default: return
+                }
                 fflush(stdout)
                 lastProgress = true
             }
@@ -202,9 +214,9 @@ public enum CacheCommand {
             case .rm: return output(try CacheReport.decode(CacheReport.Removal.self, response.body), json: json) { "removed \($0.removed) (\(CacheReport.size($0.bytes)))\n" }
             case .gc: return output(try CacheReport.decode(CacheReport.GC.self, response.body), json: json) { CacheReport.text($0) }
             case .importArchive:
-                return output(try CacheReport.decode(ImageImporter.Report.self, response.body), json: json) { CacheReport.text($0) }
+                return try outputStreamed(ImageImporter.Report.self, response.body, json: json) { CacheReport.text($0) }
             case .export:
-                return output(try CacheReport.decode(ImageExporter.Report.self, response.body), json: json) { CacheReport.text($0) }
+                return try outputStreamed(ImageExporter.Report.self, response.body, json: json) { CacheReport.text($0) }
             case .verify:
                 let lines = response.body.split(separator: 0x0a)
                 guard let last = lines.last, let result = try CacheReport.decode(CacheReport.VerifyLine.self, Array(last)).result else {
@@ -218,6 +230,14 @@ public enum CacheCommand {
             FileOut.stderr("berth: unexpected answer from the server: \(error)\n")
             return 1
         }
+    }
+
+    /// The last line of an NDJSON stream: its result printed, or its error (exit 1).
+    private static func outputStreamed<T: Codable>(_ type: T.Type, _ body: [UInt8], json: Bool, _ text: (T) -> String) throws -> Int32 {
+        let last = try CacheReport.decode(CacheReport.TransferLine<T>.self, Array(body.split(separator: 0x0a).last ?? []))
+        if let result = last.result { return output(result, json: json, text) }
+        FileOut.stderr("berth: \(last.error ?? "the server's answer ended without a result")\n")
+        return 1
     }
 
     private static func output<T: Encodable>(_ value: T, json: Bool, _ text: (T) -> String) -> Int32 {
@@ -307,7 +327,10 @@ public enum CacheCommand {
             return result.mismatches.isEmpty ? 0 : 1
         case .importArchive(let path, let name):
             do {
-                let report = try ImageImporter(store: store, key: config.indexKey).run(path: path, as: name.flatMap(ImageReference.init))
+                let importer = ImageImporter(store: store, key: config.indexKey)
+                importer.onProgress = terminalProgress("import", json: json)
+                let report = try importer.run(path: path, as: name.flatMap(ImageReference.init))
+                endProgress(json: json)
                 return output(report, json: json) { CacheReport.text($0) }
             } catch {
                 FileOut.stderr("berth: import \(path): \(error)\n")
@@ -315,8 +338,10 @@ public enum CacheCommand {
             }
         case .export(let images, let path, let since):
             do {
-                let report = try ImageExporter(store: store, key: config.indexKey)
-                    .run(images: images.compactMap(ImageReference.init), pulledSince: since.map { Int64($0) }, output: path)
+                let exporter = ImageExporter(store: store, key: config.indexKey)
+                exporter.onProgress = terminalProgress("export", json: json)
+                let report = try exporter.run(images: images.compactMap(ImageReference.init), pulledSince: since.map { Int64($0) }, output: path)
+                endProgress(json: json)
                 return output(report, json: json) { CacheReport.text($0) }
             } catch {
                 FileOut.stderr("berth: export: \(error)\n")
@@ -325,6 +350,20 @@ public enum CacheCommand {
         case .preload:
             return 1  // refused in `run` before the files are opened
         }
+    }
+
+    /// A progress printer for a terminal (nil otherwise).
+    private static func terminalProgress(_ verb: String, json: Bool) -> ((CacheReport.Transfer) -> Void)? {
+        guard !json, isatty(1) == 1 else { return nil }
+        let started = Clock.monotonicNanos()
+        return { p in
+            print(CacheReport.progressLine(verb, p, seconds: Double(Clock.monotonicNanos() - started) / 1e9), terminator: "")
+            fflush(stdout)
+        }
+    }
+
+    private static func endProgress(json: Bool) {
+        if !json, isatty(1) == 1 { print("\r\u{1b}[K", terminator: "") }
     }
 
     /// `rm IMAGE|DIGEST`: a digest removes that blob (and tags naming it); `repo:tag`

@@ -114,6 +114,19 @@ public enum CacheReport {
         public var tags: [Tag]
     }
 
+    /// How far an import or export has got: archive bytes read, or blob bytes written.
+    public struct Transfer: Codable, Equatable, Sendable {
+        public var done: UInt64
+        public var total: UInt64
+    }
+
+    /// One line of the server's `/import` and `/export` streams.
+    public struct TransferLine<R: Codable>: Codable {
+        public var progress: Transfer?
+        public var result: R?
+        public var error: String?
+    }
+
     /// One line of the server's `/preload` stream.
     public struct PreloadLine: Codable, Equatable {
         public var progress: WarmProgress?
@@ -311,6 +324,11 @@ public enum CacheReport {
         var out = "exported \(r.images.joined(separator: ", ")) to \(r.output): \(r.blobs) blobs (\(size(r.bytes))), file \(size(r.fileBytes)) in \(format1(r.seconds)) s"
         if r.seconds > 0 { out += " (\(format1(Double(r.bytes) / 1_048_576 / r.seconds)) MiB/s)" }
         return out + "\n"
+    }
+
+    static func progressLine(_ verb: String, _ p: Transfer, seconds: Double) -> String {
+        let pct = p.total == 0 ? "" : " (\(p.done * 100 / p.total) %)"
+        return "\r\u{1b}[K\(verb): \(size(p.done)) of \(size(p.total))\(pct), \(size(UInt64(Double(p.done) / max(seconds, 0.001))))/s"
     }
 
     static func progressLine(_ p: VerifyProgressLine) -> String {

@@ -40,6 +40,8 @@ final class ImageExporter {
 
     private let store: BlobStore
     private let key: (ImageReference) throws -> String
+    /// Called with blob bytes written and their total, every 250 ms at most.
+    var onProgress: ((CacheReport.Transfer) -> Void)?
 
     init(store: BlobStore, key: @escaping (ImageReference) throws -> String) {
         self.store = store
@@ -121,6 +123,8 @@ final class ImageExporter {
         try tar.addFile("index.json", Array(index), mtime: now)
         var bytes: UInt64 = 0
         var buffer = [UInt8](repeating: 0, count: 1 << 20)
+        let total = digests.reduce(UInt64(0)) { $0 + (store.index.size(of: $1) ?? 0) }
+        var throttle = Throttle()
         for d in digests {
             guard let f = store.open(d) else { throw Failure(description: "blob \(d) left the cache during the export") }
             let size = try f.size()
@@ -136,9 +140,11 @@ final class ImageExporter {
                 guard n > 0 else { throw Failure(description: "blob \(d) is shorter than its size") }
                 try buffer.withUnsafeBytes { try tar.write(UnsafeRawBufferPointer(rebasing: $0[..<n])) }
                 left -= UInt64(n)
+                if let onProgress, throttle.ready() { onProgress(.init(done: bytes + size - left, total: total)) }
             }
             bytes += size
         }
+        onProgress?(.init(done: bytes, total: total))
         try tar.finish()
         try gzip?.finish()
         try Posix.fsync(fd: fd)

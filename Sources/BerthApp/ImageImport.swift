@@ -76,6 +76,8 @@ final class ImageImporter {
     private var documentBytes = 0
     private var archiveBytes: UInt64 = 0
     private var buffer = [UInt8](repeating: 0, count: 1 << 20)
+    /// Called with archive bytes read and the archive's size, every 250 ms at most (archives, not directories).
+    var onProgress: ((CacheReport.Transfer) -> Void)?
 
     init(store: BlobStore, key: @escaping (ImageReference) throws -> String) {
         self.store = store
@@ -105,6 +107,11 @@ final class ImageImporter {
 
     private func readArchive(_ path: String) throws {
         let file = try FileSource(path: path)
+        if let onProgress {
+            let total = (try? file.size()) ?? 0
+            var throttle = Throttle()
+            file.onRead = { done in if throttle.ready() { onProgress(.init(done: done, total: total)) } }
+        }
         var magic = [UInt8](repeating: 0, count: 2)
         let n = try magic.withUnsafeMutableBytes { try file.readFully(into: $0) }
         let raw = PrefixedSource(prefix: Array(magic[..<n]), base: file)
@@ -121,6 +128,7 @@ final class ImageImporter {
             }
         }
         archiveBytes = file.bytesRead
+        onProgress?(.init(done: file.bytesRead, total: max(file.bytesRead, (try? file.size()) ?? 0)))
     }
 
     private func readDirectory(_ root: String) throws {
@@ -436,6 +444,8 @@ final class FileSource: ByteSource {
     let fd: FileDescriptor
     let path: String
     private(set) var bytesRead: UInt64 = 0
+    /// Called with the bytes read so far after each read.
+    var onRead: ((UInt64) -> Void)?
 
     init(path: String) throws {
         self.path = path
@@ -450,6 +460,7 @@ final class FileSource: ByteSource {
         // A regular file never answers "would block"; EINTR is retried by the wrapper.
         guard case .processed(let n) = try Posix.read(fd: fd.fd, into: buffer) else { return 0 }
         bytesRead += UInt64(n)
+        onRead?(bytesRead)
         return n
     }
 }
@@ -464,5 +475,18 @@ final class FileSink: ByteSink {
     func write(_ bytes: UnsafeRawBufferPointer) throws {
         try Posix.writeAll(fd: fd, bytes)
         bytesWritten += UInt64(bytes.count)
+    }
+}
+
+/// True at most once per `interval` (progress reports).
+struct Throttle {
+    var interval: UInt64 = 250_000_000
+    private var last: UInt64 = 0
+    init() {}
+    mutating func ready() -> Bool {
+        let now = Clock.monotonicNanos()
+        guard now - last >= interval else { return false }
+        last = now
+        return true
     }
 }

@@ -172,6 +172,26 @@ final class ImportExportTests: IntegrationTestCase {
         XCTAssertEqual(try get(offline, "/v2/team/app/manifests/v1-sbom", headers: ["Accept: \(ImageBuilder.ociManifest)"]).body, sbom.manifest)
     }
 
+    /// On a terminal (`script` gives one) export and import draw a progress line, through the server and without one.
+    func testProgressOnATerminal() throws {
+        let registry = try startRegistry()
+        _ = try pushOCIImage(to: registry, repository: "team/tty", tag: "v1", layerSizes: [400_000])
+        let online = try startBerth(upstream: registry.url)
+        XCTAssertEqual(try berth(["preload", "team/tty:v1", "--cache-dir", online.cacheDir]).status, 0)
+        let binary = try XCTUnwrap(BerthProcess.binaryPath)
+        let bundle = "\(workDir!)/tty.tar.gz"
+        func onTerminal(_ command: String) throws -> String {
+            let r = try Subprocess.run(["script", "-qfec", command, "/dev/null"], in: workDir, timeout: 120, check: false)
+            XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+            return r.stdout
+        }
+        let export = try onTerminal("\(binary) export team/tty:v1 -o \(bundle) --cache-dir \(online.cacheDir)")
+        XCTAssertTrue(export.contains("\u{1b}[Kexport: ") && export.contains("(100 %)"), export.debugDescription)
+        online.stop()
+        let imported = try onTerminal("\(binary) import \(bundle) --cache-dir \(workDir!)/tty-cache")
+        XCTAssertTrue(imported.contains("\u{1b}[Kimport: ") && imported.contains("(100 %)"), imported.debugDescription)
+    }
+
     func testOCIArchiveFromSkopeoImportedWithAndWithoutAs() throws {
         let registry = try startRegistry()
         let image = try pushOCIImage(to: registry, repository: "team/src", tag: "v2", layerSizes: [100_000])

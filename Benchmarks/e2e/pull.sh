@@ -46,7 +46,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 wait_http() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; log "no answer from $1"; exit 1; }
 
 # --- upstream: docker-registry ---------------------------------------------------
-UP=$(free_port); BP=$(free_port); DP=$(free_port); NP=$(free_port)
+UP=$(free_port); BP=$(free_port); DP=$(free_port); NP=$(free_port); BQ=$(free_port)
 mkdir -p "$TMP/up"
 cat > "$TMP/up/config.yml" <<YML
 version: 0.1
@@ -116,6 +116,11 @@ case "\$BERTH_BENCH_ENDPOINT" in
     "$BERTH" serve --listen 127.0.0.1:$BP --upstream http://127.0.0.1:$UP --cache-dir "$TMP/berth-cache" --log-level error \
         > "$TMP/berth.log" 2>&1 < /dev/null & echo \$! > "$TMP/berth.pid"
     wait_http http://127.0.0.1:$BP/v2/ ;;
+  http://127.0.0.1:$BQ)   # Berth with manifest-driven prefetch off
+    stop "$TMP/berthq.pid"; rm -rf "$TMP/berthq-cache"
+    BERTH_UPSTREAM_PREFETCH=false "$BERTH" serve --listen 127.0.0.1:$BQ --upstream http://127.0.0.1:$UP --cache-dir "$TMP/berthq-cache" --log-level error \
+        > "$TMP/berthq.log" 2>&1 < /dev/null & echo \$! > "$TMP/berthq.pid"
+    wait_http http://127.0.0.1:$BQ/v2/ ;;
   http://127.0.0.1:$DP)
     stop "$TMP/dist.pid"; rm -rf "$TMP/dist-data"
     env -u REGISTRY_AUTH_FILE docker-registry serve "$TMP/dist.yml" > "$TMP/dist.log" 2>&1 < /dev/null & echo \$! > "$TMP/dist.pid"
@@ -130,28 +135,29 @@ SH
 chmod +x "$TMP/cold.sh"
 
 # --- the run --------------------------------------------------------------------------
-E_UP=http://127.0.0.1:$UP; E_B=http://127.0.0.1:$BP; E_D=http://127.0.0.1:$DP; E_N=http://127.0.0.1:$NP
-log "berth bench: $ROUNDS rounds × (cold + warm) × 4 endpoints, $PULLERS pullers; work dir $TMP"
+E_UP=http://127.0.0.1:$UP; E_B=http://127.0.0.1:$BP; E_D=http://127.0.0.1:$DP; E_N=http://127.0.0.1:$NP; E_BQ=http://127.0.0.1:$BQ
+log "berth bench: $ROUNDS rounds × (cold + warm) × 5 endpoints, $PULLERS pullers; work dir $TMP"
 set +e
 "$BERTH" bench --json --verify --pullers "$PULLERS" --rounds "$ROUNDS" --cold-cmd "$TMP/cold.sh" \
-    "$E_UP" bench/app:v1 --compare "$E_B" "$E_D" "$E_N" > "$TMP/bench.json"
+    "$E_UP" bench/app:v1 --compare "$E_B" "$E_BQ" "$E_D" "$E_N" > "$TMP/bench.json"
 STATUS=$?
 set -e
 [ "$STATUS" = 0 ] || log "berth bench exited $STATUS: some request was not 2xx or did not verify (see the failures column)"
 
 # --- report ------------------------------------------------------------------------------
 mkdir -p "$(dirname "$OUT")"
-python3 - "$TMP/bench.json" "$E_UP" "$E_B" "$E_D" "$E_N" <<PY | tee "$OUT"
+python3 - "$TMP/bench.json" "$E_UP" "$E_B" "$E_D" "$E_N" "$E_BQ" <<PY | tee "$OUT"
 import json, sys
 r = json.load(open(sys.argv[1]))
-names = {sys.argv[2]: "upstream (direct)", sys.argv[3]: "Berth", sys.argv[4]: "Distribution proxy", sys.argv[5]: "nginx proxy_cache"}
+names = {sys.argv[2]: "upstream (direct)", sys.argv[3]: "Berth", sys.argv[4]: "Distribution proxy", sys.argv[5]: "nginx proxy_cache",
+         sys.argv[6]: "Berth, prefetch off"}
 print("# Pull benchmark (berth bench --compare), $(date -u '+%F %H:%M UTC')")
 print()
 print("Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), Debian $(cat /etc/debian_version); "
       "upstream docker-registry $(dpkg-query -W -f='${Version}' docker-registry), nginx $(nginx -v 2>&1 | sed 's/.*\///'), all on loopback. "
       "Image bench/app:v1: $N layers, $TOTAL MiB (${LAYERS_MIB// /, } MiB), Docker schema2.")
 print()
-print(f"\`berth bench --verify --pullers {r['pullers']} --rounds {r['rounds']} --cold-cmd cold.sh UPSTREAM bench/app:v1 --compare BERTH DISTRIBUTION NGINX\`: "
+print(f"\`berth bench --verify --pullers {r['pullers']} --rounds {r['rounds']} --cold-cmd cold.sh UPSTREAM bench/app:v1 --compare BERTH BERTH-NO-PREFETCH DISTRIBUTION NGINX\`: "
       "each round runs, per endpoint in turn, a cold pass (the endpoint restarted on an empty cache) and then a warm pass. "
       "Time to pulled: HEAD by tag → GET manifest → GET config → GET $N layers, 3 at a time, every body hashed. "
       "Medians over the rounds of each pass's p50 (and p99) across the pullers; ratio = p50 / the upstream's, direct.")

@@ -125,6 +125,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             up.maxRequests = u.maxRequests
             up.proxy = u.proxy.isEmpty ? nil : HTTPURL(u.proxy)
             up.isOffline = u.offline || config.offline
+            up.prefetch = u.prefetch
             up.tls = try TLSContext.makeClient(extraCAPath: u.ca.isEmpty ? nil : u.ca,
                                                certificatePath: u.certificate.isEmpty ? nil : u.certificate,
                                                privateKeyPath: u.key.isEmpty ? nil : u.key)

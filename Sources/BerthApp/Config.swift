@@ -95,6 +95,8 @@ public struct BerthConfig: Equatable, Sendable {
         public var offline = false
         /// Requests in flight to this upstream at once; the excess waits its turn. 0: no cap.
         public var maxRequests = 64
+        /// Fetch an image's config and layers as soon as its manifest is fetched on a miss.
+        public var prefetch = true
         /// An HTTP proxy (`http://host:port`) that every connection for this upstream goes through by CONNECT; empty: direct.
         public var proxy = ""
     }
@@ -288,6 +290,7 @@ public struct BerthConfig: Equatable, Sendable {
         for d in Self.upstreamDurations {
             if let v = env["BERTH_UPSTREAM_" + d.key.uppercased()] { try setUpstreamDuration(d.key, v) }
         }
+        if let v = env["BERTH_UPSTREAM_PREFETCH"] { upstream.prefetch = try Self.envBool("BERTH_UPSTREAM_PREFETCH", v, key: "upstream.prefetch") }
         if let v = env["BERTH_UPSTREAM_MAX_REQUESTS"] {
             guard let n = Int(v), n >= 0 else { throw ConfigError(key: "upstream.max_requests", "BERTH_UPSTREAM_MAX_REQUESTS=\(v) is not 0 or a positive number") }
             upstream.maxRequests = n
@@ -341,6 +344,7 @@ public struct BerthConfig: Equatable, Sendable {
                 u[keyPath: upstreamDurations.first { $0.key == uk }!.path] = try duration(uv, key: key)
             case "tag_ttl": u.tagTTL = try duration(uv, key: key)
             case "offline": u.offline = try bool(uv, key: key)
+            case "prefetch": u.prefetch = try bool(uv, key: key)
             case "max_requests":
                 u.maxRequests = try int(uv, key: key)
                 if u.maxRequests < 0 { throw ConfigError(key: key, "expected 0 (no cap) or a positive number") }

@@ -124,6 +124,9 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
         if ended { dropWindow() }
     }
 
+    /// Clients following the fill now.
+    public var readerCount: Int { state.withLock { $0.subscribers.count } }
+
     /// What the fetch does when a relay has no reader left (cancel itself).
     public func setOnAbandoned(_ body: @escaping () -> Void) {
         state.withLock { $0.onAbandoned = body }

@@ -21,7 +21,7 @@ public struct Budget: Equatable, Sendable {
     }
 
     var highBytes: UInt64 { UInt64(Double(maxBytes) * high) }
-    var lowBytes: UInt64 { UInt64(Double(maxBytes) * low) }
+    public var lowBytes: UInt64 { UInt64(Double(maxBytes) * low) }
 
     /// Size of the filesystem holding `path`, in bytes.
     public static func filesystemSize(_ path: String) -> UInt64? {

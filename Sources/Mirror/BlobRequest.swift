@@ -178,6 +178,8 @@ final class BlobFetch: UpstreamDelegate {
     let repo: String
     /// The repository's cache index key.
     let key: String
+    /// Started by `Prefetch`, not for a client: one that cannot be cached is dropped, not relayed.
+    var isPrefetch = false
     private var ok = false
     /// The upstream sent a Content-Length (else the budget is reserved as bytes come).
     private var hasLength = false
@@ -224,6 +226,10 @@ final class BlobFetch: UpstreamDelegate {
             hasLength = true
             if mirror.store.reserve(n) {
                 fill.reserved = n
+            } else if isPrefetch && fill.readerCount == 0 {
+                fill.fail(status: 0, retryAfter: nil, reason: "prefetch dropped: \(n) bytes do not fit in the cache budget")
+                task.cancel()
+                return
             } else {
                 mirror.log(.warning, "blob \(fill.digest) (\(n) bytes) does not fit in the cache budget: streamed uncached")
                 fill.relayOnly()

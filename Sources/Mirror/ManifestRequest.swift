@@ -189,6 +189,9 @@ final class ManifestRequest: RepositoryHandler {
         let out = Mirror.contentHead(status: 200, digest: computed, mediaType: summary.mediaType, cacheStatus: "fwd=miss; stored")
         w.respond(out, body: body)
         mirror.manifests.put(computed, body)
+        if !summary.isIndex && upstream.config.prefetch {
+            Prefetch.start(summary.blobs, of: computed, ctx: ctx, upstream: upstream)
+        }
         let (store, key, reference) = (mirror.store, key, reference)
         let children = summary.blobs.map(\.digest) + summary.manifests.map(\.digest)
         mirror.pool.submit { [log = mirror.log] in

@@ -46,6 +46,9 @@ public struct UpstreamConfiguration: Sendable {
     public var tagTTLNanos: UInt64?
     /// Serve only what is cached (tags never expire); never dial.
     public var isOffline = false
+    /// After an image manifest is fetched on a miss, start fills for its
+    /// config and layers (`prefetch`), so the client's blob requests join them.
+    public var prefetch = true
 
     /// `name` defaults to the URL's host and port (`docker.io` for Docker Hub's hosts), `prefix` to the name where it is a path component.
     public init(url: HTTPURL, name: String? = nil) {

@@ -8,6 +8,8 @@
 #
 #   Benchmarks/e2e/pull.sh [OUTPUT.md]   (default Benchmarks/results/bench-YYYY-MM-DD.md)
 #   ROUNDS=3 PULLERS=2 LAYERS_MIB="30 20 15 10 6 4" env knobs
+#   RTT_MS=40: every endpoint (direct too) reaches the upstream through latency-proxy.py,
+#   which delays each chunk RTT_MS/2 each way (a registry that far away; bandwidth not limited)
 #
 # Time to pulled is what `berth bench` measures on its side: HEAD by tag, GET
 # manifest, GET config, GET layers 3 at a time, every body hashed (--verify).
@@ -56,6 +58,12 @@ http: {addr: 127.0.0.1:$UP}
 YML
 env -u REGISTRY_AUTH_FILE docker-registry serve "$TMP/up/config.yml" > "$TMP/up/log" 2>&1 & UP_PID=$!
 wait_http "http://127.0.0.1:$UP/v2/"
+UPX=$UP   # the upstream as the endpoints reach it
+if [ "${RTT_MS:-0}" != 0 ]; then
+    UPX=$(free_port)
+    python3 "$ROOT/Benchmarks/e2e/latency-proxy.py" "$UPX" "$UP" "$((RTT_MS / 2))" > "$TMP/latency.log" 2>&1 & echo $! > "$TMP/latency.pid"
+    wait_http "http://127.0.0.1:$UPX/v2/"
+fi
 
 log "building and pushing bench/app:v1 (layers of $LAYERS_MIB MiB)"
 IMG=$TMP/img; mkdir -p "$IMG"
@@ -79,7 +87,7 @@ version: 0.1
 log: {level: error, accesslog: {disabled: true}}
 storage: {filesystem: {rootdirectory: $TMP/dist-data}}
 http: {addr: 127.0.0.1:$DP}
-proxy: {remoteurl: "http://127.0.0.1:$UP"}
+proxy: {remoteurl: "http://127.0.0.1:$UPX"}
 YML
 cat > "$TMP/nginx.conf" <<NGX
 $( [ "$(id -u)" = 0 ] && echo "user root;" ) daemon off; worker_processes 2; pid $TMP/ngx/nginx.pid; error_log $TMP/ngx/error.log error;
@@ -91,7 +99,7 @@ http {
   server {
     listen 127.0.0.1:$NP;
     location / {
-      proxy_pass http://127.0.0.1:$UP; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://127.0.0.1:$UPX; proxy_http_version 1.1; proxy_set_header Connection "";
       proxy_cache c; proxy_cache_valid 200 206 1h; proxy_cache_lock on; proxy_cache_lock_timeout 600s; proxy_cache_lock_age 600s;
       proxy_cache_key \$request_method\$uri\$http_accept; proxy_buffering on; proxy_max_temp_file_size 0;
     }
@@ -110,15 +118,15 @@ stop() { # \$1 = pid file
     rm -f "\$1"
 }
 case "\$BERTH_BENCH_ENDPOINT" in
-  http://127.0.0.1:$UP) ;;   # the upstream: nothing to empty
+  http://127.0.0.1:$UPX) ;;   # the upstream: nothing to empty
   http://127.0.0.1:$BP)
     stop "$TMP/berth.pid"; rm -rf "$TMP/berth-cache"
-    "$BERTH" serve --listen 127.0.0.1:$BP --upstream http://127.0.0.1:$UP --cache-dir "$TMP/berth-cache" --log-level error \
+    "$BERTH" serve --listen 127.0.0.1:$BP --upstream http://127.0.0.1:$UPX --cache-dir "$TMP/berth-cache" --log-level error \
         > "$TMP/berth.log" 2>&1 < /dev/null & echo \$! > "$TMP/berth.pid"
     wait_http http://127.0.0.1:$BP/v2/ ;;
   http://127.0.0.1:$BQ)   # Berth with manifest-driven prefetch off
     stop "$TMP/berthq.pid"; rm -rf "$TMP/berthq-cache"
-    BERTH_UPSTREAM_PREFETCH=false "$BERTH" serve --listen 127.0.0.1:$BQ --upstream http://127.0.0.1:$UP --cache-dir "$TMP/berthq-cache" --log-level error \
+    BERTH_UPSTREAM_PREFETCH=false "$BERTH" serve --listen 127.0.0.1:$BQ --upstream http://127.0.0.1:$UPX --cache-dir "$TMP/berthq-cache" --log-level error \
         > "$TMP/berthq.log" 2>&1 < /dev/null & echo \$! > "$TMP/berthq.pid"
     wait_http http://127.0.0.1:$BQ/v2/ ;;
   http://127.0.0.1:$DP)
@@ -135,7 +143,7 @@ SH
 chmod +x "$TMP/cold.sh"
 
 # --- the run --------------------------------------------------------------------------
-E_UP=http://127.0.0.1:$UP; E_B=http://127.0.0.1:$BP; E_D=http://127.0.0.1:$DP; E_N=http://127.0.0.1:$NP; E_BQ=http://127.0.0.1:$BQ
+E_UP=http://127.0.0.1:$UPX; E_B=http://127.0.0.1:$BP; E_D=http://127.0.0.1:$DP; E_N=http://127.0.0.1:$NP; E_BQ=http://127.0.0.1:$BQ
 log "berth bench: $ROUNDS rounds × (cold + warm) × 5 endpoints, $PULLERS pullers; work dir $TMP"
 set +e
 "$BERTH" bench --json --verify --pullers "$PULLERS" --rounds "$ROUNDS" --cold-cmd "$TMP/cold.sh" \
@@ -154,7 +162,7 @@ names = {sys.argv[2]: "upstream (direct)", sys.argv[3]: "Berth", sys.argv[4]: "D
 print("# Pull benchmark (berth bench --compare), $(date -u '+%F %H:%M UTC')")
 print()
 print("Machine: $(nproc) cores, $(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2 | sed 's/^ //'), kernel $(uname -r), Debian $(cat /etc/debian_version); "
-      "upstream docker-registry $(dpkg-query -W -f='${Version}' docker-registry), nginx $(nginx -v 2>&1 | sed 's/.*\///'), all on loopback. "
+      "upstream docker-registry $(dpkg-query -W -f='${Version}' docker-registry), nginx $(nginx -v 2>&1 | sed 's/.*\///'), all on loopback${RTT_MS:+, the upstream behind latency-proxy.py at $RTT_MS ms of round trip}. "
       "Image bench/app:v1: $N layers, $TOTAL MiB (${LAYERS_MIB// /, } MiB), Docker schema2.")
 print()
 print(f"\`berth bench --verify --pullers {r['pullers']} --rounds {r['rounds']} --cold-cmd cold.sh UPSTREAM bench/app:v1 --compare BERTH BERTH-NO-PREFETCH DISTRIBUTION NGINX\`: "

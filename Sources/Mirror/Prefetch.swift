@@ -15,6 +15,9 @@ enum Prefetch {
     /// Starts fills for those of `blobs` not cached or filling; on the request's loop.
     static func start(_ blobs: [Descriptor], of manifest: Digest, ctx: RequestContext, upstream: Upstream) {
         let (mirror, store) = (ctx.mirror, ctx.mirror.store)
+        // The manifest, fetched with this request's access, names them in this repository: linked now,
+        // so the client's blob requests join these fills without a HEAD to check access first.
+        store.index.link(ctx.key, blobs.map(\.digest))
         let used = store.index.usage.total
         var room = store.budget.lowBytes > used ? store.budget.lowBytes - used : 0
         var started = 0

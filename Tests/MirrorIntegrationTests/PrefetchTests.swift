@@ -15,6 +15,7 @@ final class PrefetchTests: IntegrationTestCase {
     func testAManifestMissFetchesItsBlobsAndTheClientJoinsThem() throws {
         let registry = try startRegistry()
         let image = try builder.pushImage(to: registry, repository: "team/app", tag: "v1", layerSizes: [4_000_000, 3_000_000, 1_000_000])
+        let pushHEADs = registry.count(method: "HEAD", pathContains: "/blobs/")  // skopeo's, pushing
         let berth = try startBerth(upstream: registry.url)
         try getManifest(berth, "v1")
         // The client's pull starts at once: its blob GETs join the prefetched fills.
@@ -22,6 +23,35 @@ final class PrefetchTests: IntegrationTestCase {
         XCTAssertTrue(berth.log.contains("prefetching \(image.blobs.count) of \(image.blobs.count) blobs of team/app@\(image.digest)"), berth.log)
         for d in image.blobs {
             XCTAssertEqual(registry.count(method: "GET", pathContains: "/blobs/\(d)"), 1, "one upstream GET of \(d)")
+        }
+        XCTAssertEqual(registry.count(method: "HEAD", pathContains: "/blobs/"), pushHEADs,
+                       "the manifest's blobs are linked as the prefetch starts: no access-check HEAD for a joining client")
+    }
+
+    /// The upstream holds each blob's answer 400 ms: a client GET meeting a prefetch that has no
+    /// head yet joins it at once, without a HEAD to check its access (the manifest named the blob).
+    func testAClientJoiningAPrefetchBeforeItsHeadSendsNoHEAD() throws {
+        let upstream = try startFakeUpstream()
+        let config = Array(#"{"architecture":"amd64","os":"linux"}"#.utf8)
+        let layer = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 11) }
+        let (c, l) = ("sha256:" + sha256Hex(config), "sha256:" + sha256Hex(layer))
+        let manifest = jsonBytes(["schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                  "config": ["mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.count],
+                                  "layers": [["mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l, "size": layer.count]]] as [String: Any])
+        upstream.route("/v2/team/app/manifests/v1") { w in w.respond(FakeUpstream.manifestHead(manifest), body: manifest) }
+        for (d, bytes) in [(c, config), (l, layer)] {
+            upstream.route("/v2/team/app/blobs/\(d)") { w in
+                _ = w.loop.schedule(afterNanos: 400_000_000) { FakeUpstream.serve(bytes, digest: d)(w) }
+            }
+        }
+        let berth = try startBerth(upstream: upstream.url)
+        try getManifest(berth, "v1")
+        for (d, bytes) in [(c, config), (l, layer)] {
+            let r = try get(berth, "/v2/team/app/blobs/\(d)")
+            XCTAssertEqual(r.status, 200, r.bodyText)
+            XCTAssertEqual(r.body, bytes)
+            XCTAssertEqual(upstream.count(method: "GET", path: "/v2/team/app/blobs/\(d)"), 1, "the prefetch's GET, joined")
+            XCTAssertEqual(upstream.count(method: "HEAD", path: "/v2/team/app/blobs/\(d)"), 0, "no access check for \(d)")
         }
     }
 

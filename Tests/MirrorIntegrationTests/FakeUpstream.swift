@@ -76,6 +76,23 @@ final class FakeUpstream {
         return head
     }
 
+    /// A one-layer OCI image of `layerSize` bytes: its manifest, and its config and layer with their digests.
+    struct OneLayerImage {
+        let manifest: [UInt8]
+        let config: (digest: String, bytes: [UInt8])
+        let layer: (digest: String, bytes: [UInt8])
+    }
+
+    static func oneLayerImage(layerSize: Int) -> OneLayerImage {
+        let config = Array(#"{"architecture":"amd64","os":"linux"}"#.utf8)
+        let layer = (0..<layerSize).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 9) }
+        let (c, l) = ("sha256:" + sha256Hex(config), "sha256:" + sha256Hex(layer))
+        let manifest = jsonBytes(["schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
+                                  "config": ["mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.count],
+                                  "layers": [["mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l, "size": layer.count]]] as [String: Any])
+        return OneLayerImage(manifest: manifest, config: (c, config), layer: (l, layer))
+    }
+
     // MARK: canned faults
 
     /// 200 with `bytes` as the body whatever digest was asked for.

@@ -32,12 +32,8 @@ final class PrefetchTests: IntegrationTestCase {
     /// head yet joins it at once, without a HEAD to check its access (the manifest named the blob).
     func testAClientJoiningAPrefetchBeforeItsHeadSendsNoHEAD() throws {
         let upstream = try startFakeUpstream()
-        let config = Array(#"{"architecture":"amd64","os":"linux"}"#.utf8)
-        let layer = (0..<300_000).map { UInt8(truncatingIfNeeded: $0 &* 7 &+ $0 >> 11) }
-        let (c, l) = ("sha256:" + sha256Hex(config), "sha256:" + sha256Hex(layer))
-        let manifest = jsonBytes(["schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                  "config": ["mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.count],
-                                  "layers": [["mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l, "size": layer.count]]] as [String: Any])
+        let image = FakeUpstream.oneLayerImage(layerSize: 300_000)
+        let (manifest, (c, config), (l, layer)) = (image.manifest, image.config, image.layer)
         upstream.route("/v2/team/app/manifests/v1") { w in w.respond(FakeUpstream.manifestHead(manifest), body: manifest) }
         for (d, bytes) in [(c, config), (l, layer)] {
             upstream.route("/v2/team/app/blobs/\(d)") { w in

@@ -65,12 +65,8 @@ final class PreloadTests: IntegrationTestCase {
     /// on a terminal (`script` gives it one) the command redraws a progress line.
     func testProgressWhileALayerIsSlow() throws {
         let upstream = try startFakeUpstream()
-        let config = Array(#"{"architecture":"amd64","os":"linux"}"#.utf8)
-        let layer = (0..<200_000).map { UInt8(truncatingIfNeeded: $0 &* 31 &+ $0 >> 9) }
-        let (c, l) = ("sha256:" + sha256Hex(config), "sha256:" + sha256Hex(layer))
-        let manifest = jsonBytes(["schemaVersion": 2, "mediaType": "application/vnd.oci.image.manifest.v1+json",
-                                  "config": ["mediaType": "application/vnd.oci.image.config.v1+json", "digest": c, "size": config.count],
-                                  "layers": [["mediaType": "application/vnd.oci.image.layer.v1.tar+gzip", "digest": l, "size": layer.count]]] as [String: Any])
+        let image = FakeUpstream.oneLayerImage(layerSize: 200_000)
+        let (manifest, (c, config), (l, layer)) = (image.manifest, image.config, image.layer)
         upstream.route("/v2/test/slow/manifests/v1") { w in w.respond(FakeUpstream.manifestHead(manifest), body: manifest) }
         upstream.route("/v2/test/slow/blobs/\(c)", FakeUpstream.serve(config, digest: c))
         upstream.route("/v2/test/slow/blobs/\(l)", FakeUpstream.stall(layer, after: 100_000, stallNanos: 1_500_000_000, digest: l))

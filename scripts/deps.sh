@@ -18,4 +18,4 @@ install_packages() {
     return $rc
 }
 BUILD_PACKAGES=(pkg-config libssl-dev zlib1g-dev)
-TEST_PACKAGES=(openssl curl nginx-light docker-registry skopeo podman containerd tinyproxy)
+TEST_PACKAGES=(openssl curl nginx-light docker-registry skopeo podman containerd tinyproxy haproxy systemd)

@@ -45,6 +45,8 @@ let package = Package(
         // Tar and gzip as pure stream logic (zlib only): `berth import`/`export` read and write through it.
         .target(name: "Archive", dependencies: ["CZlib"], swiftSettings: settings),
         .target(name: "BlobStore", dependencies: ["Reactor", "OCI", "COpenSSL"], swiftSettings: settings),
+        // Cosign key-based signature verification through OpenSSL's EVP (signature policy).
+        .target(name: "Signatures", dependencies: ["COpenSSL", "OCI"], swiftSettings: settings),
         .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor", "CCrypt"], swiftSettings: settings),
         // `berth bench`: pulls like containerd against any /v2/ endpoint and reports percentiles.
         .target(
@@ -78,6 +80,7 @@ let package = Package(
         .testTarget(name: "TLSTests", dependencies: ["TestSupport", "TLS", "Reactor"]),
         .testTarget(name: "HTTP1Tests", dependencies: ["TestSupport", "HTTP1", "Reactor", "TLS"]),
         .testTarget(name: "OCITests", dependencies: ["OCI"]),
+        .testTarget(name: "SignaturesTests", dependencies: ["Signatures", "OCI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench", "OCI"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive"]),
         // Mirror logic as values, without sockets: routing.

@@ -47,7 +47,7 @@ let package = Package(
         .target(name: "BlobStore", dependencies: ["Reactor", "OCI", "COpenSSL"], swiftSettings: settings),
         // Cosign key-based signature verification through OpenSSL's EVP (signature policy).
         .target(name: "Signatures", dependencies: ["COpenSSL", "OCI"], swiftSettings: settings),
-        .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor", "CCrypt"], swiftSettings: settings),
+        .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor", "CCrypt", "Signatures"], swiftSettings: settings),
         // `berth bench`: pulls like containerd against any /v2/ endpoint and reports percentiles.
         .target(
             name: "Bench",
@@ -60,7 +60,7 @@ let package = Package(
         .target(
             name: "BerthApp",
             dependencies: [
-                "Reactor", "TLS", "HTTP1", "Mirror", "BlobStore", "Archive",
+                "Reactor", "TLS", "HTTP1", "Mirror", "BlobStore", "Archive", "Signatures",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],

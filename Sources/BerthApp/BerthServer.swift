@@ -9,6 +9,7 @@ import Mirror
 import BlobStore
 import OCI
 import Synchronization
+import Signatures
 
 /// Wires configuration to the runtime: event loops, the blocking pool, the
 /// HTTP(S) server and the router; handles SIGTERM/SIGINT (graceful stop) and
@@ -141,6 +142,13 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             }
         }
         mc.pullRules = PullRules(config.auth.rules)
+        mc.signaturePolicy = try SignaturePolicy(config.signatures.enumerated().map { i, r in
+            let keys = try r.keys.map { path -> PublicKey in
+                guard let pem = readFile(path) else { throw ConfigError(key: "signatures[\(i)].keys", "cannot read \(path)") }
+                do { return try PublicKey(pem: Array(pem.utf8)) } catch { throw ConfigError(key: "signatures[\(i)].keys", "\(path): \(error)") }
+            }
+            return SignaturePolicy.Rule(name: "signatures[\(i)]", repositories: r.repositories, exempt: r.exempt, keys: keys, enforce: r.mode == "enforce")
+        })
         mc.tagTTLNanos = UInt64(config.cache.tagTTL * 1e9)
         let budget = config.makeBudget()
         let store = try BlobStore(root: config.cache.dir, pool: pool, budget: budget, keepHistory: config.cache.keepHistory)

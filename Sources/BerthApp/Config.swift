@@ -27,6 +27,18 @@ public struct BerthConfig: Equatable, Sendable {
     public var cache = CacheSection()
     public var auth = AuthSection()
     public var preload = PreloadSection()
+    /// Repositories whose manifests are served only with a valid cosign signature by a trusted key.
+    public var signatures: [SignatureRule] = []
+
+    public struct SignatureRule: Equatable, Sendable {
+        /// Globs over `UPSTREAM/REPO`, as `auth.rules`.
+        public var repositories: [String] = []
+        public var exempt: [String] = []
+        /// PEM public keys (ECDSA P-256/P-384, RSA, Ed25519).
+        public var keys: [String] = []
+        /// `enforce` (403 for what does not verify) or `warn` (served, logged).
+        public var mode = "enforce"
+    }
 
     /// Images warmed into the cache in the background at start, as `berth preload` does.
     public struct PreloadSection: Equatable, Sendable {
@@ -231,6 +243,9 @@ public struct BerthConfig: Equatable, Sendable {
                     default: throw ConfigError(key: "auth.\(ak)", "unknown key")
                     }
                 }
+            case "signatures":
+                guard let list = v as? [Any] else { throw ConfigError(key: "signatures", "expected a list of {repositories, require, keys, mode}") }
+                c.signatures = try list.enumerated().map { try signatureRule($0.element, key: "signatures[\($0.offset)]") }
             case "preload":
                 for (pk, pv) in try table(v, key: "preload") {
                     switch pk {
@@ -439,6 +454,32 @@ public struct BerthConfig: Equatable, Sendable {
         guard Self.logLevels.contains(log.level) else {
             throw ConfigError(key: "log.level", "\"\(log.level)\" is not one of \(Self.logLevels.joined(separator: ", "))")
         }
+    }
+
+    private static func signatureRule(_ v: Any, key: String) throws -> SignatureRule {
+        var r = SignatureRule()
+        var required = false
+        for (k, rv) in try table(v, key: key) {
+            switch k {
+            case "repositories": r.repositories = try strings(rv, key: "\(key).repositories", of: "patterns")
+            case "exempt": r.exempt = try strings(rv, key: "\(key).exempt", of: "patterns")
+            case "keys": r.keys = try strings(rv, key: "\(key).keys", of: "PEM files")
+            case "mode":
+                r.mode = try string(rv, key: "\(key).mode")
+                guard ["enforce", "warn"].contains(r.mode) else { throw ConfigError(key: "\(key).mode", "\"\(r.mode)\" is not enforce or warn") }
+            case "require":
+                guard try string(rv, key: "\(key).require") == "signed" else { throw ConfigError(key: "\(key).require", "the one requirement is signed") }
+                required = true
+            default: throw ConfigError(key: "\(key).\(k)", "unknown key")
+            }
+        }
+        guard required else { throw ConfigError(key: "\(key).require", "say require: signed") }
+        if r.repositories.isEmpty { throw ConfigError(key: "\(key).repositories", "name at least one repository pattern") }
+        if r.keys.isEmpty { throw ConfigError(key: "\(key).keys", "name at least one trusted public key (PEM file)") }
+        for glob in r.repositories + r.exempt {
+            if let why = PullRules.invalidGlob(glob) { throw ConfigError(key: key, why) }
+        }
+        return r
     }
 
     private static func rule(_ v: Any, key: String) throws -> PullRules.Rule {

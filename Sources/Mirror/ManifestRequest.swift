@@ -2,6 +2,7 @@ import Reactor
 import HTTP1
 import OCI
 import BlobStore
+import Signatures
 
 /// `GET`/`HEAD /v2/<name>/manifests/<reference>`.
 ///
@@ -139,6 +140,10 @@ final class ManifestRequest: RepositoryHandler {
     /// Answers from memory when the manifest was served recently, else from
     /// the cached file (sendfile), which is then read into memory on the pool.
     private func serveCached(_ digest: Digest, _ type: String, cacheStatus: String) {
+        signatureGate(digest) { [self] in sendCached(digest, type, cacheStatus: cacheStatus) }
+    }
+
+    private func sendCached(_ digest: Digest, _ type: String, cacheStatus: String) {
         index.touch(digest, now: unixNow())
         let head = Mirror.contentHead(status: 200, digest: digest, mediaType: type, cacheStatus: cacheStatus)
         if let body = mirror.manifests.get(digest) { return w.respond(head, body: body) }
@@ -187,11 +192,13 @@ final class ManifestRequest: RepositoryHandler {
         }
         // Answer now from memory; persist on the pool.
         let out = Mirror.contentHead(status: 200, digest: computed, mediaType: summary.mediaType, cacheStatus: "fwd=miss; stored")
-        w.respond(out, body: body)
-        mirror.manifests.put(computed, body)
-        if !summary.isIndex && upstream.config.prefetch {
-            Prefetch.start(summary.blobs, of: computed, ctx: ctx, upstream: upstream)
+        signatureGate(computed, children: summary.manifests.map(\.digest)) { [self] in
+            w.respond(out, body: body)
+            if !summary.isIndex && upstream.config.prefetch {
+                Prefetch.start(summary.blobs, of: computed, ctx: ctx, upstream: upstream)
+            }
         }
+        mirror.manifests.put(computed, body)
         let (store, key, reference) = (mirror.store, key, reference)
         let children = summary.blobs.map(\.digest) + summary.manifests.map(\.digest)
         mirror.pool.submit { [log = mirror.log] in

@@ -22,6 +22,8 @@ public struct MirrorConfiguration: Sendable {
     public var clientAuth: ClientAuth?
     /// What each user may pull (`auth.rules`); empty: everything.
     public var pullRules = PullRules()
+    /// Which repositories' manifests must carry a trusted signature (`signatures:`); empty: none.
+    public var signaturePolicy = SignaturePolicy()
 
     public init(upstreams: [UpstreamConfiguration]) { self.upstreams = upstreams }
     public init(upstream: UpstreamConfiguration) { self.init(upstreams: [upstream]) }
@@ -119,6 +121,8 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
     let pool: BlockingPool
     /// Manifests served recently, in memory.
     let manifests = ManifestMemo()
+    /// Signature verdicts per manifest digest (`signatures:`).
+    let verdicts = VerdictCache()
     let log: (HTTPServer.LogLevel, String) -> Void
     let registries: [Registry]
     let router: UpstreamRouter

@@ -1,0 +1,162 @@
+import Synchronization
+import HTTP1
+import OCI
+import Signatures
+import BlobStore
+
+/// `signatures:`: repositories whose tags are served only when the image
+/// carries a valid cosign signature by a trusted key. Rules are globs over
+/// `UPSTREAM/REPO` (as `auth.rules`); the first rule that matches (and does
+/// not exempt the repository) applies; none: no policy.
+public struct SignaturePolicy: Sendable {
+    public struct Rule: Sendable {
+        /// How the log and errors name it (`signatures[0]`).
+        public var name: String
+        public var repositories: [String]
+        public var exempt: [String]
+        public var keys: [PublicKey]
+        /// Refuse (403) what does not verify; false: serve it, logged (`mode: warn`).
+        public var enforce: Bool
+        public init(name: String, repositories: [String], exempt: [String] = [], keys: [PublicKey], enforce: Bool) {
+            self.name = name
+            self.repositories = repositories
+            self.exempt = exempt
+            self.keys = keys
+            self.enforce = enforce
+        }
+    }
+
+    public var rules: [Rule]
+    public init(_ rules: [Rule] = []) { self.rules = rules }
+
+    /// The rule for `path` (`upstream/repository`, lowercased upstream), if any.
+    func rule(for path: String) -> Rule? {
+        rules.first { r in
+            r.repositories.contains { PullRules.matches($0, path) } && !r.exempt.contains { PullRules.matches($0, path) }
+        }
+    }
+}
+
+/// Verdicts per rule and manifest digest (rules trust different keys),
+/// shared by every loop. Only verdicts about signatures are kept (an
+/// upstream that could not be asked is asked again).
+final class VerdictCache: @unchecked Sendable {  // behind a mutex
+    private struct Key: Hashable {
+        let rule: String
+        let digest: Digest
+    }
+    private let verdicts = Mutex<[Key: Verdict]>([:])
+    static let capacity = 100_000
+
+    func get(_ d: Digest, rule: String) -> Verdict? { verdicts.withLock { $0[Key(rule: rule, digest: d)] } }
+
+    func put(_ d: Digest, rule: String, _ v: Verdict) {
+        verdicts.withLock { m in
+            if m.count >= Self.capacity { m.removeAll(keepingCapacity: true) }  // re-verified on demand
+            m[Key(rule: rule, digest: d)] = v
+        }
+    }
+}
+
+/// A tag where cosign keeps an image's signature, attestation or SBOM (`sha256-<hex>.sig`):
+/// served without a policy check, or a client verifying through Berth could never read it.
+func isCosignArtifactTag(_ tag: String) -> Bool {
+    guard tag.hasPrefix("sha256-"), let dot = tag.lastIndex(of: ".") else { return false }
+    return tag.distance(from: tag.startIndex, to: dot) == 7 + 64 && [".sig", ".att", ".sbom"].contains(String(tag[dot...]))
+}
+
+extension ManifestRequest {
+    /// Runs `proceed` when no policy covers this repository, or the manifest
+    /// verifies, or the policy only warns; else answers 403 `DENIED` naming the
+    /// policy and the reason (503 when the signatures cannot be fetched). A
+    /// verified index's children count as verified: cosign signs the index.
+    func signatureGate(_ digest: Digest, children: [Digest] = [], _ proceed: @escaping () -> Void) {
+        guard !mirror.config.signaturePolicy.rules.isEmpty,
+              let rule = mirror.config.signaturePolicy.rule(for: ctx.config.name.lowercased() + "/" + repo) else { return proceed() }
+        if case .tag(let t) = reference, isCosignArtifactTag(t) { return proceed() }
+        if let v = mirror.verdicts.get(digest, rule: rule.name) { return decide(v, rule, digest, proceed) }
+        if ctx.config.isOffline { return refuseUnverifiable(rule, digest, "no verdict recorded and the mirror is offline", proceed) }
+        SignatureCheck(upstream: upstream, repo: repo, digest: digest, keys: rule.keys, headTimeout: ctx.config.manifestHeadTimeoutNanos).run { [self] r in
+            switch r {
+            case .success(let v):
+                mirror.verdicts.put(digest, rule: rule.name, v)
+                if v.isVerified { for c in children { mirror.verdicts.put(c, rule: rule.name, v) } }
+                mirror.log(v.isVerified ? .info : .warning, "signature of \(name)@\(digest): \(v) (\(rule.name))")
+                decide(v, rule, digest, proceed)
+            case .failure(let e):
+                refuseUnverifiable(rule, digest, "signatures could not be fetched: \(e.message)", proceed)
+            }
+        }
+    }
+
+    private func decide(_ v: Verdict, _ rule: SignaturePolicy.Rule, _ digest: Digest, _ proceed: () -> Void) {
+        if v.isVerified { return proceed() }
+        let why = "signature policy \(rule.name) for \(ctx.config.name)/\(repo): \(v)"
+        guard rule.enforce else {
+            mirror.log(.warning, "serving \(name)@\(digest) unverified: \(why) (mode: warn)")
+            return proceed()
+        }
+        Mirror.error(w, .denied, "\(name)@\(digest) refused by \(why)")
+    }
+
+    private func refuseUnverifiable(_ rule: SignaturePolicy.Rule, _ digest: Digest, _ why: String, _ proceed: () -> Void) {
+        guard rule.enforce else {
+            mirror.log(.warning, "serving \(name)@\(digest) unverified: \(why) (\(rule.name), mode: warn)")
+            return proceed()
+        }
+        Mirror.error(w, .unavailable, "\(name)@\(digest) cannot be verified for signature policy \(rule.name): \(why)", status: 503)
+    }
+}
+
+/// Fetches a digest's cosign signatures through the upstream (the `.sig`
+/// tag's manifest, then each payload, every body checked against its digest)
+/// and judges them. Loop thread only.
+final class SignatureCheck {
+    let upstream: Upstream
+    let repo: String
+    let digest: Digest
+    let keys: [PublicKey]
+    let headTimeout: UInt64
+
+    init(upstream: Upstream, repo: String, digest: Digest, keys: [PublicKey], headTimeout: UInt64) {
+        self.upstream = upstream
+        self.repo = repo
+        self.digest = digest
+        self.keys = keys
+        self.headTimeout = headTimeout
+    }
+
+    func run(_ done: @escaping (Result<Verdict, UpstreamError>) -> Void) {
+        var h = HTTPHeaders()
+        h.add("Accept", "\(MediaType.ociManifest), \(MediaType.dockerManifest)")
+        upstream.fetch(.get, "/v2/\(repo)/manifests/\(CosignSignature.tag(for: digest))", repository: repo, headers: h,
+                       headTimeout: headTimeout, maxBytes: ManifestSummary.maxBytes) { [self] r in
+            switch r {
+            case .failure(let e): done(.failure(e))
+            case .success(let (head, _)) where head.status == 404: done(.success(.unsigned))
+            case .success(let (head, body)) where head.status == 200:
+                let signatures: [CosignSignature]
+                do { signatures = try CosignSignature.parse(body) } catch { return done(.success(.malformed("\(error)"))) }
+                payloads(signatures[...], [], done)
+            case .success(let (head, _)):
+                done(.failure(UpstreamError(status: 502, code: .unavailable, message: "the signature tag answered \(head.status)")))
+            }
+        }
+    }
+
+    private func payloads(_ rest: ArraySlice<CosignSignature>, _ got: [(payload: [UInt8], signature: [UInt8])],
+                          _ done: @escaping (Result<Verdict, UpstreamError>) -> Void) {
+        guard let s = rest.first else { return done(.success(Verdict.of(digest, signatures: got, keys: keys))) }
+        upstream.fetch(.get, "/v2/\(repo)/blobs/\(s.payload.digest)", repository: repo, headTimeout: headTimeout,
+                       maxBytes: SimpleSigningPayload.maxBytes) { [self] r in
+            switch r {
+            case .failure(let e): done(.failure(e))
+            case .success(let (head, body)):
+                // A payload that is missing or not what its digest says counts as no signature.
+                var next = got
+                if head.status == 200, SHA256Hasher.hex(body) == s.payload.digest.hex { next.append((body, s.signature)) }
+                payloads(rest.dropFirst(), next, done)
+            }
+        }
+    }
+}

@@ -1,0 +1,111 @@
+import Foundation
+import XCTest
+import TestSupport
+
+/// `signatures:` against Debian's docker-registry: images signed the way
+/// cosign signs with a key (a simple-signing payload signed by the `openssl`
+/// command, pushed as the `sha256-<hex>.sig` tag with cosign's annotation; no
+/// cosign binary needed), pulled through Berth with skopeo.
+final class SignaturePolicyTests: IntegrationTestCase {
+    private func openssl(_ args: [String]) throws {
+        let r = try Subprocess.run(["openssl"] + args, in: workDir, timeout: 60, check: false)
+        XCTAssertEqual(r.status, 0, r.stderr)
+    }
+
+    /// A P-256 key pair: (private key path, public key path).
+    private func keyPair(_ name: String) throws -> (String, String) {
+        let base = "\(workDir!)/\(name)"
+        try openssl(["ecparam", "-genkey", "-name", "prime256v1", "-noout", "-out", base + ".key"])
+        try openssl(["pkey", "-in", base + ".key", "-pubout", "-out", base + ".pub"])
+        return (base + ".key", base + ".pub")
+    }
+
+    /// Pushes a cosign signature of `digest` (or of `claims`, the digest the payload names) under `repository`.
+    private func sign(_ digest: String, claims: String? = nil, in registry: Registry, repository: String, key: String) throws {
+        let payload = Array(#"{"critical":{"identity":{"docker-reference":"\#(registry.hostPort)/\#(repository)"},"image":{"docker-manifest-digest":"\#(claims ?? digest)"},"type":"cosign container image signature"},"optional":null}"#.utf8)
+        let file = "\(workDir!)/payload-\(UUID().uuidString.prefix(6))"
+        try Data(payload).write(to: URL(fileURLWithPath: file))
+        try openssl(["dgst", "-sha256", "-sign", key, "-out", file + ".sig", file])
+        let signature = try Data(contentsOf: URL(fileURLWithPath: file + ".sig")).base64EncodedString()
+        let payloadDigest = try builder.uploadBlob(bytes: payload, to: registry, repository: repository)
+        let config = Array("{}".utf8)
+        let configDigest = try builder.uploadBlob(bytes: config, to: registry, repository: repository)
+        let manifest = jsonBytes([
+            "schemaVersion": 2, "mediaType": ImageBuilder.ociManifest,
+            "config": ["mediaType": "application/vnd.oci.image.config.v1+json", "size": config.count, "digest": configDigest],
+            "layers": [["mediaType": "application/vnd.dev.cosign.simplesigning.v1+json", "size": payload.count, "digest": payloadDigest,
+                        "annotations": ["dev.cosignproject.cosign/signature": signature]]],
+        ] as [String: Any])
+        let tag = "sha256-" + digest.dropFirst("sha256:".count) + ".sig"
+        try builder.putManifest(manifest, mediaType: ImageBuilder.ociManifest, to: registry, repository: repository, reference: tag)
+    }
+
+    private func config(_ registry: Registry, key: String, mode: String) throws -> String {
+        let path = "\(workDir!)/berth-\(mode).yaml"
+        try """
+            upstream:
+              url: "\(registry.url)"
+            signatures:
+              - repositories: ["\(registry.hostPort)/team/**"]
+                exempt: ["\(registry.hostPort)/team/free"]
+                require: signed
+                keys: [\(key)]
+                mode: \(mode)
+            """.write(toFile: path, atomically: true, encoding: .utf8)
+        return path
+    }
+
+    func testEnforceServesSignedImagesAndRefusesTheRestWithTheReason() throws {
+        let registry = try startRegistry()
+        let (trustedKey, trustedPub) = try keyPair("trusted")
+        let (otherKey, _) = try keyPair("other")
+        let signed = try builder.pushImage(to: registry, repository: "team/signed", tag: "v1", layerSizes: [100_000])
+        let unsigned = try builder.pushImage(to: registry, repository: "team/unsigned", tag: "v1", layerSizes: [50_000])
+        let foreign = try builder.pushImage(to: registry, repository: "team/foreign", tag: "v1", layerSizes: [50_000])
+        let mismatch = try builder.pushImage(to: registry, repository: "team/mismatch", tag: "v1", layerSizes: [50_000])
+        let free = try builder.pushImage(to: registry, repository: "team/free", tag: "v1", layerSizes: [20_000])
+        try sign(signed.digest, in: registry, repository: "team/signed", key: trustedKey)
+        try sign(foreign.digest, in: registry, repository: "team/foreign", key: otherKey)
+        try sign(mismatch.digest, claims: unsigned.digest, in: registry, repository: "team/mismatch", key: trustedKey)
+
+        let berth = try startBerth(upstream: "", arguments: ["--config", try config(registry, key: trustedPub, mode: "enforce")])
+        assertLayout(try pull(berth, "team/signed:v1"), image: signed)
+        assertLayout(try pull(berth, "team/signed@\(signed.digest)"), image: signed)
+        assertLayout(try pull(berth, "team/free:v1"), image: free)
+        for (repo, reason) in [("team/unsigned", "no signature"), ("team/foreign", "untrusted key"), ("team/mismatch", "digest mismatch")] {
+            let r = try get(berth, "/v2/\(repo)/manifests/v1", headers: ["Accept: \(allManifestTypes)"])
+            XCTAssertEqual(r.status, 403, "\(repo): \(r.bodyText)")
+            XCTAssertTrue(r.bodyText.contains("DENIED") && r.bodyText.contains("signatures[0]") && r.bodyText.contains(reason), r.bodyText)
+            XCTAssertThrowsError(try pull(berth, "\(repo):v1"), "skopeo is refused \(repo)")
+        }
+        // cosign's own artifacts stay readable through Berth (a client verifying through it).
+        let sigTag = "sha256-" + signed.digest.dropFirst("sha256:".count) + ".sig"
+        XCTAssertEqual(try get(berth, "/v2/team/signed/manifests/\(sigTag)", headers: ["Accept: \(allManifestTypes)"]).status, 200)
+        // An index signed as cosign signs it: its platform manifests, asked by digest, pass too.
+        let index = try builder.pushIndex(to: registry, repository: "team/multi", tag: "v1")
+        try sign("sha256:" + sha256Hex(index.index), in: registry, repository: "team/multi", key: trustedKey)
+        assertLayout(try pull(berth, "team/multi:v1", all: true), index: index)
+        // A cached verdict: the refusal holds on a warm request and for the image by digest.
+        XCTAssertEqual(try get(berth, "/v2/team/unsigned/manifests/\(unsigned.digest)", headers: ["Accept: \(allManifestTypes)"]).status, 403)
+    }
+
+    func testWarnServesWhatDoesNotVerifyAndSaysSo() throws {
+        let registry = try startRegistry()
+        let (_, trustedPub) = try keyPair("trusted")
+        let unsigned = try builder.pushImage(to: registry, repository: "team/unsigned", tag: "v1", layerSizes: [50_000])
+        let berth = try startBerth(upstream: "", arguments: ["--config", try config(registry, key: trustedPub, mode: "warn")])
+        assertLayout(try pull(berth, "team/unsigned:v1"), image: unsigned)
+        XCTAssertTrue(berth.log.contains("serving team/unsigned@\(unsigned.digest) unverified"), berth.log)
+    }
+
+    func testABadKeyFileStopsTheStart() throws {
+        let registry = try startRegistry()
+        let bad = "\(workDir!)/bad.pub"
+        try "not a key".write(toFile: bad, atomically: true, encoding: .utf8)
+        let binary = try XCTUnwrap(BerthProcess.binaryPath)
+        let r = try Subprocess.run([binary, "serve", "--config", try config(registry, key: bad, mode: "enforce"), "--cache-dir", "\(workDir!)/c",
+                                    "--listen", "127.0.0.1:\(freeLoopbackPort())"], in: workDir, timeout: 30, check: false)
+        XCTAssertNotEqual(r.status, 0)
+        XCTAssertTrue((r.stdout + r.stderr).contains("signatures[0].keys"), r.stdout + r.stderr)
+    }
+}

@@ -38,6 +38,8 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
         public var descriptorHeadroom = 1024
         /// Body for refusals the server makes itself (parse errors): (content type, bytes).
         public var errorBody: (Int, String) -> (String, [UInt8]) = { _, reason in ("text/plain", Array((reason + "\n").utf8)) }
+        /// One JSON line per request goes here when set.
+        public var accessLog: AccessLog?
         public init() {}
     }
 
@@ -49,6 +51,8 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
     /// The connection caps in force (`maxConnections` resolved against the open-file limit).
     public let limiter: ConnectionLimiter
     let timeouts: ConnectionTimeouts
+    /// Ids for requests that bring no well-formed `X-Request-Id`.
+    let requestIDs = RequestIDGenerator()
     private var contexts: [LoopContext] = []
     private var bound: [SocketAddress] = []   // written once in `start`
 
@@ -129,6 +133,8 @@ final class LoopContext {
     /// One read buffer per loop: a connection reads into it and keeps only what
     /// it cannot parse yet, so idle connections cost no buffer.
     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// An access-log line is rendered here, then copied to the log's buffer.
+    var logLine: [UInt8] = []
     private(set) var connections: [ServerConnection] = []
     private var listeners: [Listener] = []
     private var shuttingDown = false
@@ -173,7 +179,9 @@ final class LoopContext {
         } else {
             transport = SocketTransport(fd: fd)
         }
-        let c = ServerConnection(transport: transport, client: client, context: self)
+        // The peer's text only when an access log will name it (an idle connection stays small).
+        let peerText = server.configuration.accessLog != nil && peer.unixPath == nil ? peer.description : nil
+        let c = ServerConnection(transport: transport, client: client, peer: peerText, context: self)
         do {
             try loop.register(fd: fd, events: Readiness.readable | Readiness.writable | Readiness.readHangup | Readiness.edge, handler: c)
         } catch {

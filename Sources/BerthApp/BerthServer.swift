@@ -293,6 +293,11 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     /// Blocks the calling thread until `stop` has finished, then stops the loops.
     public func waitUntilStopped() {
         finished.wait()
+        if accessLog != nil {
+            let flushed = OneShot()
+            http.flushAccessLog { flushed.signal() }
+            flushed.wait()
+        }
         group.shutdown()
         pool.shutdown()
         accessLog?.close()

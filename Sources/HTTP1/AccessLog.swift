@@ -7,10 +7,12 @@ import Synchronization
 /// Where access-log lines go: a descriptor (stdout or a file opened for
 /// append) written from the blocking pool, never from an event loop.
 ///
-/// Loops render a line and append it to a buffer under a lock; the first
-/// append to an idle log submits one pool job, which writes whatever has
-/// gathered until nothing is pending (under load, many lines per `write`). The
-/// buffer is bounded: past `capacity` bytes lines are dropped and counted,
+/// Each loop renders its lines into a buffer of its own and hands them over
+/// in chunks (64 KiB, or what 100 ms gathered: see `LoopContext`), so a loop
+/// takes the lock and a pool thread wakes up a few times a second, not once
+/// per request. The first chunk appended to an idle log submits one pool job,
+/// which writes whatever has gathered until nothing is pending. Lines are in
+/// order per loop; across loops, chunks interleave. The buffer is bounded: past `capacity` bytes lines are dropped and counted,
 /// with one warning when dropping starts and one with the count once the
 /// writer has caught up. A failed write loses its batch; it is reported once,
 /// and again when writing works again.
@@ -48,15 +50,16 @@ public final class AccessLog: @unchecked Sendable {  // mutable state behind `st
         return AccessLog(fd: fd, ownsDescriptor: true, pool: pool, warn: warn)
     }
 
-    /// Queues one rendered line (any thread).
-    public func append(_ line: [UInt8]) {
+    /// Queues rendered lines, `lines` of them (any thread).
+    public func append(_ bytes: [UInt8], lines: Int = 1) {
         let (submit, startedDropping) = state.withLock { s -> (Bool, Bool) in
             if s.isClosed { return (false, false) }
-            guard s.pending.count + line.count <= capacity else {
-                s.dropped += 1
-                return (false, s.dropped == 1)
+            guard s.pending.count + bytes.count <= capacity else {
+                let first = s.dropped == 0
+                s.dropped += lines
+                return (false, first)
             }
-            s.pending.append(contentsOf: line)
+            s.pending.append(contentsOf: bytes)
             if s.isWriting { return (false, false) }
             s.isWriting = true
             return (true, false)

@@ -9,7 +9,7 @@ public struct AccessNotes: Sendable {
     public var repository: String?
     /// A tag or a digest.
     public var reference: String?
-    /// The value Berth sends in `Cache-Status` after `Berth; ` (`hit`, `fwd=miss; stored`).
+    /// The value Berth sent in `Cache-Status` (`Berth; hit`); logged without its `Berth; `.
     public var cacheStatus: String?
     /// The OCI error code of a ≥ 400 answer, and its message.
     public var error: String?
@@ -71,7 +71,9 @@ public struct AccessRecord: Sendable {
         if let v = notes.reference { field("reference", v, &out) }
         out.append(contentsOf: #","status":"#.utf8)
         appendDecimal(status, to: &out)
-        if let v = notes.cacheStatus { field("cache_status", v, &out) }
+        if let v = notes.cacheStatus {
+            field("cache_status", v.utf8.starts(with: "Berth; ".utf8) ? v.dropFirst(7) : v[...], &out)
+        }
         out.append(contentsOf: #","bytes":"#.utf8)
         appendDecimal(bodyBytes, to: &out)
         out.append(contentsOf: #","duration_ms":"#.utf8)
@@ -95,18 +97,35 @@ public struct AccessRecord: Sendable {
 }
 
 @inline(__always)
-private func field(_ name: StaticString, _ value: String, _ out: inout [UInt8]) {
+private func field(_ name: StaticString, _ value: String, _ out: inout [UInt8]) { field(name, value[...], &out) }
+
+private func field(_ name: StaticString, _ value: Substring, _ out: inout [UInt8]) {
     out.append(contentsOf: [0x2c, 0x22])
     out.append(contentsOf: UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
     out.append(contentsOf: [0x22, 0x3a])
     appendJSONString(value, to: &out)
 }
 
+@inline(__always)
+private func needsEscape(_ b: UInt8) -> Bool { b < 0x20 || b == 0x22 || b == 0x5c || b == 0x7f }
+
 /// Appends `s` as a JSON string: quotes, backslashes and control bytes
 /// escaped (Swift strings are valid UTF-8, so the rest is copied as is).
-func appendJSONString(_ s: String, to out: inout [UInt8]) {
+/// Runs per field of every logged request: a value with nothing to escape
+/// (nearly all) is copied in one piece.
+func appendJSONString(_ s: Substring, to out: inout [UInt8]) {
     out.append(0x22)
-    for b in s.utf8 {
+    let copied = s.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
+        guard !bytes.contains(where: needsEscape) else { return false }
+        out.append(contentsOf: bytes)
+        return true
+    }
+    if copied != true { appendEscaped(s.utf8, to: &out) }
+    out.append(0x22)
+}
+
+private func appendEscaped(_ utf8: Substring.UTF8View, to out: inout [UInt8]) {
+    for b in utf8 {
         switch b {
         case 0x22: out.append(contentsOf: [0x5c, 0x22])
         case 0x5c: out.append(contentsOf: [0x5c, 0x5c])
@@ -119,7 +138,6 @@ func appendJSONString(_ s: String, to out: inout [UInt8]) {
         default: out.append(b)
         }
     }
-    out.append(0x22)
 }
 
 /// `12.345` (milliseconds, three decimals) from nanoseconds.
@@ -170,17 +188,20 @@ let loggableQueryKeys: Set<Substring> = ["ns", "n", "last", "artifactType"]
 
 /// The request target as the access log shows it: the raw path (an
 /// absolute-form target loses its scheme and authority, user info included)
-/// and only the query pairs in `loggableQueryKeys`.
-public func loggablePath(_ target: String) -> String {
-    var rest = Substring(target)
-    if !rest.hasPrefix("/"), let scheme = rest.firstRange(of: "://") {
+/// and only the query pairs in `loggableQueryKeys`. An origin-form target
+/// without a query (nearly every request) is returned as is, found by one byte scan.
+public func loggablePath(_ target: String) -> Substring {
+    let utf8 = target.utf8
+    if utf8.first == 0x2f && !utf8.contains(0x3f) { return target[...] }
+    var rest = target[...]
+    if utf8.first != 0x2f, let scheme = rest.utf8.firstRange(of: "://".utf8) {
         let afterAuthority = rest[scheme.upperBound...]
-        rest = afterAuthority.firstIndex(where: { $0 == "/" || $0 == "?" }).map { afterAuthority[$0...] } ?? ""
+        rest = afterAuthority.utf8.firstIndex(where: { $0 == 0x2f || $0 == 0x3f }).map { afterAuthority[$0...] } ?? ""
     }
-    guard let q = rest.firstIndex(of: "?") else { return String(rest) }
-    let pairs = rest[rest.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false).map { pair in
+    guard let q = rest.utf8.firstIndex(of: 0x3f) else { return rest }
+    let pairs = rest[rest.utf8.index(after: q)...].split(separator: "&", omittingEmptySubsequences: false).map { pair in
         let key = pair.prefix { $0 != "=" }
         return loggableQueryKeys.contains(key) && key.count < pair.count ? pair : "redacted"
     }
-    return String(rest[..<q]) + "?" + pairs.joined(separator: "&")
+    return Substring(rest[..<q] + "?" + pairs.joined(separator: "&"))
 }

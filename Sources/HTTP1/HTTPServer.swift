@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Reactor
 import TLS
+import Synchronization
 
 /// An HTTP/1.1 server: one listener per loop and address (`SO_REUSEPORT`
 /// spreads connections across loops), connections that stay on the loop that
@@ -118,6 +119,20 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
     /// The addresses actually bound (ports resolved when 0 was asked).
     public func boundAddresses() -> [SocketAddress] { bound }
 
+    /// Hands every loop's pending access-log lines to the log, then runs `done`
+    /// (on a loop). Call before the loops stop.
+    public func flushAccessLog(then done: @escaping @Sendable () -> Void) {
+        let remaining = Atomic<Int>(contexts.count)
+        let contexts = self.contexts
+        guard !contexts.isEmpty else { return done() }
+        for c in contexts {
+            c.loop.execute {
+                c.flushAccessLog()
+                if remaining.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 { done() }
+            }
+        }
+    }
+
     /// Stops accepting, closes idle connections, and lets busy ones finish their
     /// response and close. Returns at once; poll `connectionCount`.
     public func beginShutdown() {
@@ -133,8 +148,12 @@ final class LoopContext {
     /// One read buffer per loop: a connection reads into it and keeps only what
     /// it cannot parse yet, so idle connections cost no buffer.
     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
-    /// An access-log line is rendered here, then copied to the log's buffer.
-    var logLine: [UInt8] = []
+    /// Access-log lines rendered on this loop, handed to the log in chunks.
+    private var logChunk: [UInt8] = []
+    private var logChunkLines = 0
+    private var isLogFlushScheduled = false
+    static let logChunkBytes = 64 * 1024
+    static let logFlushNanos: UInt64 = 100_000_000
     private(set) var connections: [ServerConnection] = []
     private var listeners: [Listener] = []
     private var shuttingDown = false
@@ -225,6 +244,29 @@ final class LoopContext {
             if let line = self.server.limiter.burstSummary(now: now) { self.server.log(.warning, line) }
             self.startSweeping()
         }
+    }
+
+    // MARK: access log
+
+    /// Renders `record` into this loop's chunk; the chunk goes to the log at
+    /// 64 KiB or 100 ms after its first line, whichever comes first.
+    func logAccess(_ record: AccessRecord, to log: AccessLog) {
+        record.render(into: &logChunk)
+        logChunkLines += 1
+        if logChunk.count >= Self.logChunkBytes { return flushAccessLog() }
+        guard !isLogFlushScheduled else { return }
+        isLogFlushScheduled = true
+        loop.schedule(afterNanos: Self.logFlushNanos) { [weak self] in
+            self?.isLogFlushScheduled = false
+            self?.flushAccessLog()
+        }
+    }
+
+    func flushAccessLog() {
+        guard !logChunk.isEmpty, let log = server.configuration.accessLog else { return }
+        log.append(logChunk, lines: logChunkLines)
+        logChunk.removeAll(keepingCapacity: true)
+        logChunkLines = 0
     }
 
     func beginShutdown() {

@@ -52,9 +52,7 @@ public final class ResponseWriter {
         for (name, value) in extraHeaders { head.headers.add(name, value) }
         head.headers.add(RequestID.header, requestID)
         status = head.status
-        if isLogged, let c = head.headers["Cache-Status"] {
-            notes.cacheStatus = c.hasPrefix("Berth; ") ? String(c.dropFirst(7)) : c
-        }
+        if isLogged { notes.cacheStatus = head.headers["Cache-Status"] }
         return head
     }
 

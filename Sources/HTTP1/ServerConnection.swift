@@ -271,7 +271,7 @@ final class ServerConnection: Selectable {
             var r = AccessRecord(unixMillis: Clock.unixMillis(), requestID: id, client: peer, method: request?.method.name,
                                  target: request?.target, status: status, bodyBytes: UInt64(body.count), durationNanos: 0)
             r.notes.errorMessage = reason
-            write(r, to: log)
+            context.logAccess(r, to: log)
         }
         send(head: head, body: body, file: nil)
     }
@@ -500,15 +500,9 @@ final class ServerConnection: Selectable {
                              bodyBytes: bytes, durationNanos: duration)
         r.isComplete = isComplete
         r.notes = writer.notes
-        write(r, to: log)
+        context.logAccess(r, to: log)
     }
 
-    /// Renders `record` in the loop's line buffer and hands it to the log.
-    private func write(_ record: AccessRecord, to log: AccessLog) {
-        context.logLine.removeAll(keepingCapacity: true)
-        record.render(into: &context.logLine)
-        log.append(context.logLine)
-    }
 
     /// Closes an idle connection now; marks a busy one to close after its response.
     func closeGracefully() {

@@ -81,6 +81,12 @@ final class AccessRecordTests: XCTestCase {
         XCTAssertNil(j["incomplete"])
     }
 
+    func testCacheStatusIsLoggedWithoutBerthsName() throws {
+        var r = record()
+        r.notes.cacheStatus = "Berth; hit; detail=revalidated"
+        XCTAssertEqual(try decode(r)["cache_status"] as? String, "hit; detail=revalidated")
+    }
+
     func testAbsentNotesAreLeftOut() throws {
         var r = record(target: nil)
         r.method = nil

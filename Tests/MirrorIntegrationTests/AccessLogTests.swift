@@ -90,6 +90,31 @@ final class AccessLogTests: IntegrationTestCase {
         XCTAssertTrue(berth.log.contains("request_id=cold-404 GET /v2/test/app/manifests/nope: "), "the human log names the request")
     }
 
+    /// `upstream_ms` is the time spent waiting on the upstream: a 300 ms upstream shows in it;
+    /// a hit has none.
+    func testUpstreamWaitIsMeasured() throws {
+        let manifest = FakeUpstream.smallManifest
+        let upstream = try startFakeUpstream()
+        let path = "/v2/test/slow/manifests/v1"
+        upstream.route(path) { w in
+            _ = w.loop.schedule(afterNanos: 300_000_000) { w.respond(FakeUpstream.manifestHead(manifest), body: manifest) }
+        }
+        let berth = try startBerth(upstream: upstream.url, arguments: ["--log-access", accessLogPath])
+        XCTAssertEqual(try get(berth, path, headers: ["X-Request-Id: slow-cold"]).body, manifest)
+        // The tag is recorded off the loop: wait until it is answered from the cache.
+        XCTAssertTrue(waitUntil(10) { (try? self.get(berth, path, headers: ["X-Request-Id: slow-warm"]))?.headers["cache-status"] == "Berth; hit" })
+        func isWarmHit(_ l: [String: Any]) -> Bool { l["request_id"] as? String == "slow-warm" && l["cache_status"] as? String == "hit" }
+        XCTAssertTrue(waitUntil(10) { self.accessLines().contains(where: isWarmHit) })
+        let lines = waitForLines(ids: ["slow-cold"])
+        let cold = try XCTUnwrap(line(lines, id: "slow-cold"))
+        let waited = try XCTUnwrap(cold["upstream_ms"] as? Double, "\(cold)")
+        XCTAssertGreaterThanOrEqual(waited, 300, "\(cold)")
+        XCTAssertGreaterThanOrEqual(try XCTUnwrap(cold["duration_ms"] as? Double), waited, "\(cold)")
+        XCTAssertEqual(cold["cache_status"] as? String, "fwd=miss; stored")
+        let warm = try XCTUnwrap(lines.last(where: isWarmHit))
+        XCTAssertNil(warm["upstream_ms"], "\(warm)")
+    }
+
     func testRequestIDsAreEchoedOrReplaced() throws {
         let registry = try startRegistry()
         let berth = try startBerth(upstream: registry.url, arguments: ["--log-access", accessLogPath])

@@ -58,7 +58,7 @@ public struct AccessRecord: Sendable {
     /// left out. The path is `loggablePath(target)`: no query value that could
     /// be a credential, no user info.
     public func render(into out: inout [UInt8]) {
-        out.append(contentsOf: #"{"time":""#.utf8)
+        raw(#"{"time":""#, &out)
         appendRFC3339(unixMillis: unixMillis, to: &out)
         out.append(0x22)
         field("request_id", requestID, &out)
@@ -69,23 +69,23 @@ public struct AccessRecord: Sendable {
         if let v = notes.upstream { field("upstream", v, &out) }
         if let v = notes.repository { field("repository", v, &out) }
         if let v = notes.reference { field("reference", v, &out) }
-        out.append(contentsOf: #","status":"#.utf8)
+        raw(#","status":"#, &out)
         appendDecimal(status, to: &out)
         if let v = notes.cacheStatus {
             field("cache_status", v.utf8.starts(with: "Berth; ".utf8) ? v.dropFirst(7) : v[...], &out)
         }
-        out.append(contentsOf: #","bytes":"#.utf8)
+        raw(#","bytes":"#, &out)
         appendDecimal(bodyBytes, to: &out)
-        out.append(contentsOf: #","duration_ms":"#.utf8)
+        raw(#","duration_ms":"#, &out)
         appendMillis(nanos: durationNanos, to: &out)
         if let n = notes.upstreamNanos {
-            out.append(contentsOf: #","upstream_ms":"#.utf8)
+            raw(#","upstream_ms":"#, &out)
             appendMillis(nanos: n, to: &out)
         }
         if let v = notes.error { field("error", v, &out) }
         if let v = notes.errorMessage { field("error_message", v, &out) }
-        if !isComplete { out.append(contentsOf: #","incomplete":true"#.utf8) }
-        out.append(contentsOf: "}\n".utf8)
+        if !isComplete { raw(#","incomplete":true"#, &out) }
+        raw("}\n", &out)
     }
 
     /// The record as a line of text (tests).
@@ -96,13 +96,21 @@ public struct AccessRecord: Sendable {
     }
 }
 
+/// Appends a literal's bytes in one copy.
+@inline(__always)
+private func raw(_ s: StaticString, _ out: inout [UInt8]) {
+    out.append(contentsOf: UnsafeRawBufferPointer(start: s.utf8Start, count: s.utf8CodeUnitCount))
+}
+
 @inline(__always)
 private func field(_ name: StaticString, _ value: String, _ out: inout [UInt8]) { field(name, value[...], &out) }
 
 private func field(_ name: StaticString, _ value: Substring, _ out: inout [UInt8]) {
-    out.append(contentsOf: [0x2c, 0x22])
-    out.append(contentsOf: UnsafeRawBufferPointer(start: name.utf8Start, count: name.utf8CodeUnitCount))
-    out.append(contentsOf: [0x22, 0x3a])
+    out.append(0x2c)
+    out.append(0x22)
+    raw(name, &out)
+    out.append(0x22)
+    out.append(0x3a)
     appendJSONString(value, to: &out)
 }
 
@@ -115,29 +123,27 @@ private func needsEscape(_ b: UInt8) -> Bool { b < 0x20 || b == 0x22 || b == 0x5
 /// (nearly all) is copied in one piece.
 func appendJSONString(_ s: Substring, to out: inout [UInt8]) {
     out.append(0x22)
-    let copied = s.utf8.withContiguousStorageIfAvailable { bytes -> Bool in
-        guard !bytes.contains(where: needsEscape) else { return false }
-        out.append(contentsOf: bytes)
-        return true
-    }
-    if copied != true { appendEscaped(s.utf8, to: &out) }
-    out.append(0x22)
-}
-
-private func appendEscaped(_ utf8: Substring.UTF8View, to out: inout [UInt8]) {
-    for b in utf8 {
-        switch b {
-        case 0x22: out.append(contentsOf: [0x5c, 0x22])
-        case 0x5c: out.append(contentsOf: [0x5c, 0x5c])
-        case 0x0a: out.append(contentsOf: [0x5c, 0x6e])
-        case 0x0d: out.append(contentsOf: [0x5c, 0x72])
-        case 0x09: out.append(contentsOf: [0x5c, 0x74])
-        case ..<0x20, 0x7f:
-            let hex: [UInt8] = Array("0123456789abcdef".utf8)
-            out.append(contentsOf: [0x5c, 0x75, 0x30, 0x30, hex[Int(b >> 4)], hex[Int(b & 0xf)]])
-        default: out.append(b)
+    var s = s
+    s.withUTF8 { bytes in
+        guard let first = bytes.firstIndex(where: needsEscape) else { return out.append(contentsOf: bytes) }
+        out.append(contentsOf: bytes[..<first])
+        for b in bytes[first...] {
+            switch b {
+            case 0x22: out.append(0x5c); out.append(0x22)
+            case 0x5c: out.append(0x5c); out.append(0x5c)
+            case 0x0a: out.append(0x5c); out.append(0x6e)
+            case 0x0d: out.append(0x5c); out.append(0x72)
+            case 0x09: out.append(0x5c); out.append(0x74)
+            case ..<0x20, 0x7f:
+                let hex: StaticString = "0123456789abcdef"
+                raw(#"\u00"#, &out)
+                out.append(hex.utf8Start[Int(b >> 4)])
+                out.append(hex.utf8Start[Int(b & 0xf)])
+            default: out.append(b)
+            }
         }
     }
+    out.append(0x22)
 }
 
 /// `12.345` (milliseconds, three decimals) from nanoseconds.
@@ -192,7 +198,8 @@ let loggableQueryKeys: Set<Substring> = ["ns", "n", "last", "artifactType"]
 /// without a query (nearly every request) is returned as is, found by one byte scan.
 public func loggablePath(_ target: String) -> Substring {
     let utf8 = target.utf8
-    if utf8.first == 0x2f && !utf8.contains(0x3f) { return target[...] }
+    let hasQuery = utf8.withContiguousStorageIfAvailable { $0.contains(0x3f) } ?? utf8.contains(0x3f)
+    if utf8.first == 0x2f && !hasQuery { return target[...] }
     var rest = target[...]
     if utf8.first != 0x2f, let scheme = rest.utf8.firstRange(of: "://".utf8) {
         let afterAuthority = rest[scheme.upperBound...]

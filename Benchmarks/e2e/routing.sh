@@ -16,41 +16,12 @@ OUT=${1:-$ROOT/Benchmarks/results/routing-$(date +%F).md}
 REPS=${REPS:-5}
 WRK_SECONDS=${WRK_SECONDS:-10}
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
-log() { printf '[routing.sh] %s\n' "$*" >&2; }
-
-source "$ROOT/scripts/deps.sh"
-install_packages "${BUILD_PACKAGES[@]}" wrk curl docker-registry skopeo
-(cd "$ROOT" && swift build -c release --product berth >&2)
-BERTH=$ROOT/.build/release/berth
-
-TMP=$(mktemp -d /tmp/berth-routing.XXXXXX)
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; log "no answer from $1"; exit 1; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+NAME=routing.sh
+PACKAGES=(wrk curl docker-registry skopeo)
+source "$ROOT/Benchmarks/e2e/lib.sh"
 
 # --- upstream and a small image ------------------------------------------------------
-UP=$(free_port)
-mkdir -p "$TMP/up"
-printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s}\n' "$TMP/up/data" "$UP" > "$TMP/up/config.yml"
-env -u REGISTRY_AUTH_FILE docker-registry serve "$TMP/up/config.yml" > "$TMP/up/log" 2>&1 & PIDS+=($!)
-wait_http "http://127.0.0.1:$UP/v2/"
-IMG=$TMP/img; mkdir -p "$IMG"
-head -c 100000 /dev/urandom > "$IMG/l"; L=$(sha256sum "$IMG/l" | cut -d' ' -f1); mv "$IMG/l" "$IMG/$L"
-printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}' > "$IMG/c"
-C=$(sha256sum "$IMG/c" | cut -d' ' -f1); CS=$(stat -c %s "$IMG/c"); mv "$IMG/c" "$IMG/$C"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":%d,"digest":"sha256:%s"},"layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":100000,"digest":"sha256:%s"}]}' "$CS" "$C" "$L" > "$IMG/manifest.json"
-echo 'Directory Transport Version: 1.1' > "$IMG/version"
-skopeo copy -q --dest-tls-verify=false "dir:$IMG" "docker://127.0.0.1:$UP/bench/app:v1" >&2
-ACCEPT='Accept: application/vnd.docker.distribution.manifest.v2+json'
-DIGEST=$(curl -s -D - -o /dev/null -H "$ACCEPT" "http://127.0.0.1:$UP/v2/bench/app/manifests/v1" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}')
-[ -n "$DIGEST" ] || { log "no manifest digest from the upstream"; exit 1; }
+start_upstream_with_small_image
 
 # --- the two Berths -----------------------------------------------------------------------
 ONE=$(free_port); FIVE=$(free_port)
@@ -72,11 +43,6 @@ for u in "$URL_ONE" "$URL_DEFAULT" "$URL_PREFIX" "$URL_NS"; do   # warm each, an
     [ "sha256:$got" = "$DIGEST" ] || { log "$u answered other bytes"; exit 1; }
 done
 
-rps() {  # URL → req/s; fails on errors or non-2xx
-    local out; out=$(timeout $((WRK_SECONDS + 30)) wrk -t2 -c64 -d"${WRK_SECONDS}s" -H "$ACCEPT" "$1")
-    if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then log "wrk saw failures on $1:"; echo "$out" >&2; exit 1; fi
-    awk '/Requests\/sec/{print $2}' <<<"$out"
-}
 timeout 20 wrk -t2 -c64 -d2s -H "$ACCEPT" "$URL_ONE" >/dev/null; timeout 20 wrk -t2 -c64 -d2s -H "$ACCEPT" "$URL_DEFAULT" >/dev/null
 A=(); B=(); P=(); N=()
 for r in $(seq 1 "$REPS"); do
@@ -85,7 +51,6 @@ for r in $(seq 1 "$REPS"); do
 done
 mA=$(printf '%s\n' "${A[@]}" | median); mB=$(printf '%s\n' "${B[@]}" | median)
 mP=$(printf '%s\n' "${P[@]}" | median); mN=$(printf '%s\n' "${N[@]}" | median)
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a/b}'; }
 
 mkdir -p "$(dirname "$OUT")"
 {

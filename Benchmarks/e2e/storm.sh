@@ -16,31 +16,15 @@ OUT=${1:-$ROOT/Benchmarks/results/storm-$(date +%F).md}
 REPS=${REPS:-5}
 WRK_SECONDS=${WRK_SECONDS:-10}
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
-log() { printf '[storm.sh] %s\n' "$*" >&2; }
-
-source "$ROOT/scripts/deps.sh"
-install_packages "${BUILD_PACKAGES[@]}" wrk curl docker-registry skopeo nginx-light
-(cd "$ROOT" && swift build -c release --product berth >&2)
-BERTH=$ROOT/.build/release/berth
-
-TMP=$(mktemp -d /tmp/berth-storm.XXXXXX)
+NAME=storm.sh
+PACKAGES=(wrk curl docker-registry skopeo nginx-light)
+source "$ROOT/Benchmarks/e2e/lib.sh"
 chmod 755 "$TMP"
-PIDS=()
-cleanup() {
-    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
-    rm -rf "$TMP"
-}
-trap cleanup EXIT INT TERM
-free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
-wait_http() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; log "no answer from $1"; exit 1; }
-median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 
 # --- registry, nginx in front of it, a small image -------------------------------------
 REG=$(free_port); UP=$(free_port); B=$(free_port)
-mkdir -p "$TMP/reg" "$TMP/nginx"
-printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s}\n' "$TMP/reg/data" "$REG" > "$TMP/reg/config.yml"
-env -u REGISTRY_AUTH_FILE docker-registry serve "$TMP/reg/config.yml" > "$TMP/reg/log" 2>&1 & PIDS+=($!)
+mkdir -p "$TMP/nginx"
+start_registry "$REG" reg
 cat > "$TMP/nginx/nginx.conf" <<CONF
 daemon off;
 worker_processes 1;
@@ -64,17 +48,10 @@ http {
 CONF
 nginx -c "$TMP/nginx/nginx.conf" -p "$TMP/nginx" & PIDS+=($!)
 wait_http "http://127.0.0.1:$REG/v2/"; wait_http "http://127.0.0.1:$UP/v2/"
-IMG=$TMP/img; mkdir -p "$IMG"
-head -c 100000 /dev/urandom > "$IMG/l"; L=$(sha256sum "$IMG/l" | cut -d' ' -f1); mv "$IMG/l" "$IMG/$L"
-printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}' > "$IMG/c"
-C=$(sha256sum "$IMG/c" | cut -d' ' -f1); CS=$(stat -c %s "$IMG/c"); mv "$IMG/c" "$IMG/$C"
-printf '{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":%d,"digest":"sha256:%s"},"layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":100000,"digest":"sha256:%s"}]}' "$CS" "$C" "$L" > "$IMG/manifest.json"
-echo 'Directory Transport Version: 1.1' > "$IMG/version"
-skopeo copy -q --dest-tls-verify=false "dir:$IMG" "docker://127.0.0.1:$REG/bench/app:v1" >&2
+push_small_image "$REG"
 
 "$BERTH" serve --listen "127.0.0.1:$B" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/cache" --tag-ttl 1s --log-level error & PIDS+=($!)
 wait_http "http://127.0.0.1:$B/v2/"
-ACCEPT='Accept: application/vnd.docker.distribution.manifest.v2+json'
 URL="http://127.0.0.1:$B/v2/bench/app/manifests/v1"
 [ "$(curl -s -o /dev/null -w '%{http_code}' -H "$ACCEPT" "$URL")" = 200 ] || { log "Berth did not serve the tag"; exit 1; }
 # The tag is recorded off the loop; wait until it is a hit.
@@ -98,7 +75,6 @@ done
 rm -f "$TMP/storm"
 mNR=$(printf '%s\n' "${NR[@]}" | median); mNP=$(printf '%s\n' "${NP[@]}" | median)
 mSR=$(printf '%s\n' "${SR[@]}" | median); mSP=$(printf '%s\n' "${SP[@]}" | median)
-ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a/b}'; }
 [ "$STORM429" -gt 0 ] || { log "the upstream never answered 429: the storm did not happen"; exit 1; }
 
 mkdir -p "$(dirname "$OUT")"

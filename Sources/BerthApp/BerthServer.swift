@@ -25,6 +25,8 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     private var store: BlobStore?
     private var lock: CacheLock?
     private var admin: AdminServer?
+    private var mirror: Mirror?
+    private var accessLog: AccessLog?
     /// Posted once when `stop` has drained the connections.
     private let finished = OneShot()
     /// How long in-flight responses may run after SIGTERM.
@@ -64,7 +66,16 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             }
         }
         try lockCache()
+        if config.log.access != "off" {
+            do {
+                accessLog = try AccessLog.open(config.log.access, pool: pool) { [logger] in logger.warning("\($0)") }
+            } catch {
+                throw ConfigError(key: "log.access", "cannot open \(config.log.access): \(error)")
+            }
+            sc.accessLog = accessLog
+        }
         let mirror = try makeMirror(log: logSink)
+        self.mirror = mirror
         http = HTTPServer(configuration: sc, group: group, pool: pool, logger: logSink, handler: mirror.handle)
         try http.start()
         let pinner = http.boundAddresses().first.map { Pinner(store: store!, pool: pool, address: $0) }
@@ -277,13 +288,40 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
                 }
             }
         default:
-            logger.info("signal \(signo): stopping; in-flight responses get \(shutdownGraceNanos / 1_000_000_000) s")
+            let delay = http.connectionCount > 0 ? config.server.drainDelay : 0
+            logger.info("signal \(signo): stopping; /readyz answers 503, listeners close in \(delay) s, then in-flight responses get \(shutdownGraceNanos / 1_000_000_000) s")
             stop()
         }
     }
 
-    /// Stops accepting, lets responses finish up to the grace period, then stops the loops.
+    /// Announces the drain (`/readyz` 503) for `server.drain_delay` while the
+    /// listeners still accept (not at all when no connection is open), then
+    /// stops accepting, lets responses finish up to the grace period, and stops the loops.
+    /// A second call (a second signal) ends the announcement at once.
     public func stop() {
+        guard stopPhase.compareExchange(expected: .running, desired: .announcing, ordering: .relaxed).exchanged else {
+            if stopPhase.compareExchange(expected: .announcing, desired: .closing, ordering: .relaxed).exchanged {
+                group.loops[0].execute { self.closeListeners() }
+            }
+            return
+        }
+        mirror?.beginDraining()
+        let until = Clock.monotonicNanos() + UInt64(config.server.drainDelay * 1e9)
+        let announcing = http.connectionCount > 0
+        func announce() {
+            if announcing && Clock.monotonicNanos() < until && stopPhase.load(ordering: .relaxed) == .announcing {
+                group.loops[0].schedule(afterNanos: 50_000_000, announce)
+                return
+            }
+            if stopPhase.compareExchange(expected: .announcing, desired: .closing, ordering: .relaxed).exchanged { closeListeners() }
+        }
+        group.loops[0].execute(announce)
+    }
+
+    private enum StopPhase: UInt8, AtomicRepresentable { case running, announcing, closing }
+    private let stopPhase = Atomic<StopPhase>(.running)
+
+    private func closeListeners() {
         admin?.stop()
         http.beginShutdown()
         let deadline = Clock.monotonicNanos() + shutdownGraceNanos
@@ -301,8 +339,14 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     /// Blocks the calling thread until `stop` has finished, then stops the loops.
     public func waitUntilStopped() {
         finished.wait()
+        if accessLog != nil {
+            let flushed = OneShot()
+            http.flushAccessLog { flushed.signal() }
+            flushed.wait()
+        }
         group.shutdown()
         pool.shutdown()
+        accessLog?.close()
         do { try store?.index.snapshot(clean: true) } catch { logger.error("cannot write the cache index: \(error)") }
     }
 }

@@ -158,6 +158,10 @@ public struct BerthConfig: Equatable, Sendable {
         public var maxConnections = 0
         /// Connections open at once from one IPv4 address or IPv6 /64; 0 = no cap.
         public var maxConnectionsPerClient = 1024
+        /// After SIGTERM/SIGINT, `/readyz` answers 503 and the listeners keep
+        /// accepting this long before they close, so balancers take Berth out
+        /// first. Skipped when no connection is open at the signal.
+        public var drainDelay = 2.0
     }
 
     public struct TLSSection: Equatable, Sendable {
@@ -171,6 +175,8 @@ public struct BerthConfig: Equatable, Sendable {
     public struct LogSection: Equatable, Sendable {
         /// trace, debug, info, notice, warning, error, critical.
         public var level = "info"
+        /// One JSON line per request: `off`, `stdout`, or a file path (appended to).
+        public var access = "off"
     }
 
     public init() {}
@@ -210,6 +216,7 @@ public struct BerthConfig: Equatable, Sendable {
                     case "keepalive_timeout": c.server.keepaliveTimeout = try duration(sv, key: key)
                     case "max_connections": c.server.maxConnections = try connectionCap(sv, key: key)
                     case "max_connections_per_client": c.server.maxConnectionsPerClient = try int(sv, key: key)
+                    case "drain_delay": c.server.drainDelay = try duration(sv, key: key)
                     default: throw ConfigError(key: key, "unknown key")
                     }
                 }
@@ -258,6 +265,8 @@ public struct BerthConfig: Equatable, Sendable {
                 for (lk, lv) in try table(v, key: "log") {
                     switch lk {
                     case "level": c.log.level = try string(lv, key: "log.level")
+                    // YAML 1.1 reads a bare `off` as false.
+                    case "access": c.log.access = lv as? Bool == false ? "off" : try string(lv, key: "log.access")
                     default: throw ConfigError(key: "log.\(lk)", "unknown key")
                     }
                 }
@@ -269,7 +278,7 @@ public struct BerthConfig: Equatable, Sendable {
     }
 
     /// Applies `BERTH_LISTEN`, `BERTH_WORKERS`, `BERTH_TLS_LISTEN`,
-    /// `BERTH_TLS_CERTIFICATE`, `BERTH_TLS_KEY`, `BERTH_LOG_LEVEL`,
+    /// `BERTH_TLS_CERTIFICATE`, `BERTH_TLS_KEY`, `BERTH_LOG_LEVEL`, `BERTH_LOG_ACCESS`,
     /// `BERTH_SERVER_*`, `BERTH_UPSTREAM_*`, `BERTH_CACHE_*`.
     public mutating func apply(environment env: [String: String]) throws {
         if let v = env["BERTH_LISTEN"] { listen = v }
@@ -281,11 +290,13 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_TLS_CERTIFICATE"] { tls.certificate = v }
         if let v = env["BERTH_TLS_KEY"] { tls.key = v }
         if let v = env["BERTH_LOG_LEVEL"] { log.level = v }
+        if let v = env["BERTH_LOG_ACCESS"] { log.access = v }
         if let v = env["BERTH_AUTH_HTPASSWD"] { auth.htpasswd = v }
         if let v = env["BERTH_AUTH_ANONYMOUS"] { auth.anonymous = try Self.envBool("BERTH_AUTH_ANONYMOUS", v, key: "auth.anonymous") }
         if let v = env["BERTH_OFFLINE"] { offline = try Self.envBool("BERTH_OFFLINE", v, key: "offline") }
         if let v = env["BERTH_SERVER_HEADER_TIMEOUT"] { server.headerTimeout = try Self.duration(v, key: "server.header_timeout") }
         if let v = env["BERTH_SERVER_KEEPALIVE_TIMEOUT"] { server.keepaliveTimeout = try Self.duration(v, key: "server.keepalive_timeout") }
+        if let v = env["BERTH_SERVER_DRAIN_DELAY"] { server.drainDelay = try Self.duration(v, key: "server.drain_delay") }
         if let v = env["BERTH_SERVER_MAX_CONNECTIONS"] { server.maxConnections = try Self.connectionCap(v, key: "server.max_connections") }
         if let v = env["BERTH_SERVER_MAX_CONNECTIONS_PER_CLIENT"] {
             guard let n = Int(v) else {
@@ -454,6 +465,7 @@ public struct BerthConfig: Equatable, Sendable {
         guard Self.logLevels.contains(log.level) else {
             throw ConfigError(key: "log.level", "\"\(log.level)\" is not one of \(Self.logLevels.joined(separator: ", "))")
         }
+        if log.access.isEmpty { throw ConfigError(key: "log.access", "must be off, stdout or a file path") }
     }
 
     private static func signatureRule(_ v: Any, key: String) throws -> SignatureRule {

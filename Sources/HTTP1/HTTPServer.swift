@@ -3,6 +3,7 @@ import Glibc
 #endif
 import Reactor
 import TLS
+import Synchronization
 
 /// An HTTP/1.1 server: one listener per loop and address (`SO_REUSEPORT`
 /// spreads connections across loops), connections that stay on the loop that
@@ -38,6 +39,8 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
         public var descriptorHeadroom = 1024
         /// Body for refusals the server makes itself (parse errors): (content type, bytes).
         public var errorBody: (Int, String) -> (String, [UInt8]) = { _, reason in ("text/plain", Array((reason + "\n").utf8)) }
+        /// One JSON line per request goes here when set.
+        public var accessLog: AccessLog?
         public init() {}
     }
 
@@ -49,6 +52,8 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
     /// The connection caps in force (`maxConnections` resolved against the open-file limit).
     public let limiter: ConnectionLimiter
     let timeouts: ConnectionTimeouts
+    /// Ids for requests that bring no well-formed `X-Request-Id`.
+    let requestIDs = RequestIDGenerator()
     private var contexts: [LoopContext] = []
     private var bound: [SocketAddress] = []   // written once in `start`
 
@@ -114,6 +119,20 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
     /// The addresses actually bound (ports resolved when 0 was asked).
     public func boundAddresses() -> [SocketAddress] { bound }
 
+    /// Hands every loop's pending access-log lines to the log, then runs `done`
+    /// (on a loop). Call before the loops stop.
+    public func flushAccessLog(then done: @escaping @Sendable () -> Void) {
+        let remaining = Atomic<Int>(contexts.count)
+        let contexts = self.contexts
+        guard !contexts.isEmpty else { return done() }
+        for c in contexts {
+            c.loop.execute {
+                c.flushAccessLog()
+                if remaining.wrappingSubtract(1, ordering: .acquiringAndReleasing).newValue == 0 { done() }
+            }
+        }
+    }
+
     /// Stops accepting, closes idle connections, and lets busy ones finish their
     /// response and close. Returns at once; poll `connectionCount`.
     public func beginShutdown() {
@@ -129,6 +148,12 @@ final class LoopContext {
     /// One read buffer per loop: a connection reads into it and keeps only what
     /// it cannot parse yet, so idle connections cost no buffer.
     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// Access-log lines rendered on this loop, handed to the log in chunks.
+    private var logChunk: [UInt8] = []
+    private var logChunkLines = 0
+    private var isLogFlushScheduled = false
+    static let logChunkBytes = 64 * 1024
+    static let logFlushNanos: UInt64 = 100_000_000
     private(set) var connections: [ServerConnection] = []
     private var listeners: [Listener] = []
     private var shuttingDown = false
@@ -173,7 +198,9 @@ final class LoopContext {
         } else {
             transport = SocketTransport(fd: fd)
         }
-        let c = ServerConnection(transport: transport, client: client, context: self)
+        // The peer's text only when an access log will name it (an idle connection stays small).
+        let peerText = server.configuration.accessLog != nil && peer.unixPath == nil ? peer.description : nil
+        let c = ServerConnection(transport: transport, client: client, peer: peerText, context: self)
         do {
             try loop.register(fd: fd, events: Readiness.readable | Readiness.writable | Readiness.readHangup | Readiness.edge, handler: c)
         } catch {
@@ -217,6 +244,29 @@ final class LoopContext {
             if let line = self.server.limiter.burstSummary(now: now) { self.server.log(.warning, line) }
             self.startSweeping()
         }
+    }
+
+    // MARK: access log
+
+    /// Renders `record` into this loop's chunk; the chunk goes to the log at
+    /// 64 KiB or 100 ms after its first line, whichever comes first.
+    func logAccess(_ record: AccessRecord, to log: AccessLog) {
+        record.render(into: &logChunk)
+        logChunkLines += 1
+        if logChunk.count >= Self.logChunkBytes { return flushAccessLog() }
+        guard !isLogFlushScheduled else { return }
+        isLogFlushScheduled = true
+        loop.schedule(afterNanos: Self.logFlushNanos) { [weak self] in
+            self?.isLogFlushScheduled = false
+            self?.flushAccessLog()
+        }
+    }
+
+    func flushAccessLog() {
+        guard !logChunk.isEmpty, let log = server.configuration.accessLog else { return }
+        log.append(logChunk, lines: logChunkLines)
+        logChunk.removeAll(keepingCapacity: true)
+        logChunkLines = 0
     }
 
     func beginShutdown() {

@@ -26,11 +26,34 @@ public final class ResponseWriter {
     public var onClose: (() -> Void)?
     /// Added to whichever head the handler sends (a router's `OCI-Namespace`).
     public var extraHeaders = HTTPHeaders()
+    /// Sent as `X-Request-Id` on the answer; names the request in the logs.
+    public let requestID: String
+    /// What the access log says beyond status, bytes and times (set by the handler).
+    public var notes = AccessNotes()
+    /// The status sent; 0 until a head is out.
+    private(set) var status = 0
+    /// Body bytes handed to the connection (none for HEAD).
+    private(set) var bodyBytes: UInt64 = 0
 
-    init(request: RequestHead, loop: EventLoop, connection: ServerConnection) {
+    /// An access log is on: the answer's `Cache-Status` is noted.
+    let isLogged: Bool
+
+    init(request: RequestHead, requestID: String, isLogged: Bool, loop: EventLoop, connection: ServerConnection) {
         self.request = request
+        self.requestID = requestID
+        self.isLogged = isLogged
         self.loop = loop
         self.connection = connection
+    }
+
+    /// The handler's head with what every answer carries.
+    private func completed(_ head: ResponseHead) -> ResponseHead {
+        var head = head
+        for (name, value) in extraHeaders { head.headers.add(name, value) }
+        head.headers.add(RequestID.header, requestID)
+        status = head.status
+        if isLogged { notes.cacheStatus = head.headers["Cache-Status"] }
+        return head
     }
 
     /// True while the client is connected and the response has not ended.
@@ -42,20 +65,20 @@ public final class ResponseWriter {
     /// A complete response from memory. Sets `Content-Length`.
     public func respond(_ head: ResponseHead, body: [UInt8] = []) {
         guard case .idle = phase, let c = connection else { return }
-        var head = head
-        for (name, value) in extraHeaders { head.headers.add(name, value) }
+        var head = completed(head)
         head.headers.set("Content-Length", String(body.count))
         phase = .done
+        if !isHeadOnly { bodyBytes += UInt64(body.count) }
         c.send(head: head, body: isHeadOnly ? nil : body, file: nil)
     }
 
     /// `range` of `file` as the body. Sets `Content-Length` to the range's length.
     public func respond(_ head: ResponseHead, file: FileDescriptor, range: Range<UInt64>) {
         guard case .idle = phase, let c = connection else { return }
-        var head = head
-        for (name, value) in extraHeaders { head.headers.add(name, value) }
+        var head = completed(head)
         head.headers.set("Content-Length", String(range.count))
         phase = .done
+        if !isHeadOnly { bodyBytes += UInt64(range.count) }
         c.send(head: head, body: nil, file: isHeadOnly || range.isEmpty ? nil : (file, range))
     }
 
@@ -63,8 +86,7 @@ public final class ResponseWriter {
     /// without it chunked.
     public func start(_ head: ResponseHead, contentLength: UInt64?) {
         guard case .idle = phase, let c = connection else { return }
-        var head = head
-        for (name, value) in extraHeaders { head.headers.add(name, value) }
+        var head = completed(head)
         if let contentLength {
             head.headers.set("Content-Length", String(contentLength))
             head.headers.remove("Transfer-Encoding")
@@ -90,6 +112,7 @@ public final class ResponseWriter {
             precondition(UInt64(bytes.count) <= remaining, "streamed body longer than its Content-Length")
             phase = .streaming(chunked: false, remaining: remaining - UInt64(bytes.count))
         }
+        bodyBytes += UInt64(bytes.count)
         return c.queueBody(bytes, chunked: chunked)
     }
 
@@ -107,6 +130,7 @@ public final class ResponseWriter {
     public func writeFile(_ file: FileDescriptor, range: Range<UInt64>) {
         guard case .streaming(let chunked, let remaining) = phase, let c = connection, !range.isEmpty else { return }
         if isHeadOnly { return }
+        bodyBytes += UInt64(range.count)
         if chunked {
             var size: [UInt8] = []
             appendHex(Int(range.count), to: &size)

@@ -17,6 +17,8 @@ final class ServerConnection: Selectable {
     let transport: Transport
     /// Who connected, as the per-client cap counts it (nil for unix-domain peers).
     let client: ClientKey?
+    /// `ip:port` of the peer, kept only when an access log names it.
+    let peer: String?
     unowned let context: LoopContext
     var slot = -1                          // index in context.connections
     private var parser: RequestParser
@@ -37,6 +39,7 @@ final class ServerConnection: Selectable {
     var closeAfterResponse = false         // set by graceful shutdown
     private var headStarted = false        // some bytes of the next request have arrived
     private var isDriving = false          // `drive` is on the stack
+    private var dispatchedAt: UInt64 = 0   // monotonic, when the access log is on
 
     // Output, in order: `segments` (bytes and file ranges queued earlier), then
     // `out[outOffset...]`, the bytes queued since the last file range.
@@ -55,9 +58,10 @@ final class ServerConnection: Selectable {
     static let lowWater = 64 * 1024
     static let idleOutputCapacity = 4096
 
-    init(transport: Transport, client: ClientKey?, context: LoopContext) {
+    init(transport: Transport, client: ClientKey?, peer: String?, context: LoopContext) {
         self.transport = transport
         self.client = client
+        self.peer = peer
         self.context = context
         self.parser = RequestParser(limits: context.server.configuration.limits)
         acceptedAt = context.loop.now
@@ -249,7 +253,6 @@ final class ServerConnection: Selectable {
     }
 
     private func refuse(_ status: Int, _ reason: String, level: HTTPServer.LogLevel = .info) {
-        context.server.log(level, "refused request: \(status) \(reason)")
         state = .responding
         lastWriteProgress = context.loop.now
         keepAlive = false
@@ -259,7 +262,17 @@ final class ServerConnection: Selectable {
         head.headers.add("Content-Length", String(body.count))
         head.headers.add("Connection", "close")
         if status == 405 { head.headers.add("Allow", "GET, HEAD") }
+        let request = current?.head
+        let id = request.map { context.server.requestIDs.id(for: $0.headers) } ?? context.server.requestIDs.next()
+        head.headers.add(RequestID.header, id)
+        context.server.log(level, "request_id=\(id) refused request: \(status) \(reason)")
         current = nil
+        if let log = context.server.configuration.accessLog {
+            var r = AccessRecord(unixMillis: Clock.unixMillis(), requestID: id, client: peer, method: request?.method.name,
+                                 target: request?.target, status: status, bodyBytes: UInt64(body.count), durationNanos: 0)
+            r.notes.errorMessage = reason
+            context.logAccess(r, to: log)
+        }
         send(head: head, body: body, file: nil)
     }
 
@@ -268,7 +281,10 @@ final class ServerConnection: Selectable {
         lastWriteProgress = context.loop.now
         responseEnded = false
         keepAlive = head.keepAlive && !closeAfterResponse
-        let writer = ResponseWriter(request: head, loop: context.loop, connection: self)
+        let isLogged = context.server.configuration.accessLog != nil
+        if isLogged { dispatchedAt = Clock.monotonicNanos() }
+        let writer = ResponseWriter(request: head, requestID: context.server.requestIDs.id(for: head.headers), isLogged: isLogged,
+                                    loop: context.loop, connection: self)
         current = (head, writer)
         context.server.handler(writer)
     }
@@ -434,6 +450,7 @@ final class ServerConnection: Selectable {
     }
 
     private func finishResponse() {
+        if let writer = current?.writer { logAccess(writer, isComplete: true) }
         current?.writer?.finished()
         current = nil
         if !keepAlive || closeAfterResponse {
@@ -455,6 +472,7 @@ final class ServerConnection: Selectable {
 
     func close() {
         guard state != .closed else { return }
+        if let writer = current?.writer { logAccess(writer, isComplete: false) }
         state = .closed
         context.loop.deregister(fd: transport.fd)
         transport.close()
@@ -465,6 +483,28 @@ final class ServerConnection: Selectable {
             writer.connectionClosed()
         }
     }
+
+    // MARK: access log
+
+    /// The access-log line of the request `writer` answered, or of one cut
+    /// short (then its body bytes are those that had left the queue).
+    private func logAccess(_ writer: ResponseWriter, isComplete: Bool) {
+        guard let log = context.server.configuration.accessLog else { return }
+        let duration = Clock.monotonicNanos() &- dispatchedAt
+        var bytes = writer.bodyBytes
+        if !isComplete {
+            var unsent = UInt64(queuedBytes)
+            for case .file(_, let next, let end) in segments { unsent += end - next }
+            bytes -= min(bytes, unsent)
+        }
+        var r = AccessRecord(unixMillis: Clock.unixMillis() - Int64(duration / 1_000_000), requestID: writer.requestID, client: peer,
+                             method: writer.request.method.name, target: writer.request.target, status: writer.status,
+                             bodyBytes: bytes, durationNanos: duration)
+        r.isComplete = isComplete
+        r.notes = writer.notes
+        context.logAccess(r, to: log)
+    }
+
 
     /// Closes an idle connection now; marks a busy one to close after its response.
     func closeGracefully() {

@@ -47,7 +47,7 @@ final class BlobRequest: RepositoryHandler {
 
     /// A HEAD upstream: answers a cold HEAD, or confirms access to a cached digest.
     private func headUpstream() {
-        upstream.fetch(.head, path, repository: repo, headTimeout: headTimeout, maxBytes: 0) { [self] result in
+        upstream.fetch(.head, path, repository: repo, headTimeout: headTimeout, maxBytes: 0, for: w) { [self] result in
             switch result {
             case .failure(let e):
                 mirror.error(w, e)
@@ -74,7 +74,7 @@ final class BlobRequest: RepositoryHandler {
     private func startOrJoinFill() {
         let lookup: FillRegistry.Lookup
         do { lookup = try mirror.fills.lookup(digest, loop: w.loop) } catch {
-            mirror.log(.error, "cannot start a fill for \(digest): \(error)")
+            mirror.log(.error, w, "cannot start a fill for \(digest): \(error)")
             return Mirror.error(w, .unavailable, "cache cannot take \(digest): \(error)", status: 503)
         }
         switch lookup {
@@ -84,7 +84,7 @@ final class BlobRequest: RepositoryHandler {
             // Another repository may have started this fill: our access was not checked by its GET.
             if index.isLinked(key, digest) { FillReader(request: self, fill: fill, cacheStatus: "fwd=miss; collapsed").start() } else { headUpstream() }
         case .started(let fill):
-            BlobFetch(mirror: mirror, fill: fill, repo: repo, key: key).start(upstream: upstream, path: path, headTimeout: headTimeout)
+            BlobFetch(mirror: mirror, fill: fill, repo: repo, key: key).start(upstream: upstream, path: path, headTimeout: headTimeout, for: w)
             FillReader(request: self, fill: fill, cacheStatus: "fwd=miss; stored").start()
         }
     }
@@ -181,6 +181,9 @@ final class BlobFetch: UpstreamDelegate {
     /// Started by `Prefetch`, not for a client: one that cannot be cached is dropped, not relayed.
     var isPrefetch = false
     private var ok = false
+    /// The request that started the fill, until the upstream's answer head: its wait is that request's `upstream_ms`.
+    private weak var starter: ResponseWriter?
+    private var startedAt: UInt64 = 0
     /// The upstream sent a Content-Length (else the budget is reserved as bytes come).
     private var hasLength = false
 
@@ -195,14 +198,24 @@ final class BlobFetch: UpstreamDelegate {
         self.key = key
     }
 
-    func start(upstream: Upstream, path: String, headTimeout: UInt64) {
+    /// `w`: the request whose upstream wait this is (nil for a prefetch).
+    func start(upstream: Upstream, path: String, headTimeout: UInt64, for w: ResponseWriter?) {
+        starter = w
+        startedAt = Clock.monotonicNanos()
         upstream.send(.get, path, repository: repo, headTimeout: headTimeout, delegate: self)
     }
 
     /// A fill of unknown length reserves budget in steps as bytes come.
     static let reserveStep: UInt64 = 64 << 20
 
+    /// The upstream answered (or failed): the starter's wait ends.
+    private func upstreamAnswered() {
+        starter?.notes.addUpstreamWait(Clock.monotonicNanos() &- startedAt)
+        starter = nil
+    }
+
     func didReceiveHead(_ head: ResponseHead, url: HTTPURL, task: ClientTask) {
+        upstreamAnswered()
         guard head.status == 200 else {
             fill.fail(status: head.status, retryAfter: head.headers["Retry-After"], reason: "upstream answered \(head.status)")
             task.cancel()
@@ -273,6 +286,7 @@ final class BlobFetch: UpstreamDelegate {
         // timeout) ends the fill too: its readers hear now, and the next
         // request starts a new fetch (issue 8, defect 1).
         if let error {
+            upstreamAnswered()
             let stage = ok ? "upstream transfer broke" : "upstream did not answer"
             fill.fail(status: error.isTimeout ? 504 : 502, retryAfter: nil, reason: "\(stage): \(error)")
             return
@@ -285,6 +299,7 @@ final class BlobFetch: UpstreamDelegate {
     }
 
     func upstreamFailed(_ e: UpstreamError) {
+        upstreamAnswered()
         fill.fail(status: e.status, retryAfter: e.retryAfter, reason: e.message)
     }
 }
@@ -351,7 +366,7 @@ final class FillReader {
                 lastWritten = p.written
                 lastMove = now
             } else if now &- lastMove >= limit {
-                request.mirror.log(.warning, "blob \(request.digest): fill stalled at \(p.written) bytes; cutting a reader")
+                request.mirror.log(.warning, w, "blob \(request.digest): fill stalled at \(p.written) bytes; cutting a reader")
                 stop()
                 if plan == nil && !isChunked {
                     return request.mirror.error(w, UpstreamError(status: 504, code: .unavailable, message: "upstream stalled for \(request.digest)"))
@@ -433,7 +448,7 @@ final class FillReader {
                 return true
             case .gone:
                 // Too far behind a relay to be fed: cut it so that it retries.
-                request.mirror.log(.info, "blob \(request.digest): a reader fell out of the relay window; cut")
+                request.mirror.log(.info, w, "blob \(request.digest): a reader fell out of the relay window; cut")
                 stop()
                 w.abort()
                 return false

@@ -35,7 +35,7 @@ final class TagsRequest: RepositoryHandler {
         }
         // Ask for everything (bounded): paging is redone here so it follows the spec exactly.
         ctx.upstream.fetch(.get, "/v2/\(repo)/tags/list", repository: repo,
-                           headTimeout: ctx.config.manifestHeadTimeoutNanos, maxBytes: 4 << 20) { [self] result in
+                           headTimeout: ctx.config.manifestHeadTimeoutNanos, maxBytes: 4 << 20, for: w) { [self] result in
             switch result {
             case .success(let (head, body)) where head.status == 200:
                 guard let list = try? TagList.parse(body) else {
@@ -53,7 +53,7 @@ final class TagsRequest: RepositoryHandler {
                     }
                     return
                 }
-                mirror.log(.warning, "tags of \(name) served from the cache: upstream unavailable")
+                mirror.log(.warning, w, "tags of \(name) served from the cache: upstream unavailable")
                 answer(TagList(name: name, tags: cached), n: n, last: last, cacheStatus: "hit; fwd=stale")
             }
         }
@@ -93,7 +93,7 @@ final class ReferrersRequest: RepositoryHandler {
         var path = "/v2/\(repo)/referrers/\(digest)"
         if let t = artifactType { path += "?artifactType=\(t)" }
         ctx.upstream.fetch(.get, path, repository: repo, headTimeout: ctx.config.manifestHeadTimeoutNanos,
-                                           maxBytes: mirror.config.maxManifestBytes) { [self] result in
+                                           maxBytes: mirror.config.maxManifestBytes, for: w) { [self] result in
             switch result {
             case .success(let (up, body)) where up.status == 200:
                 var head = indexHead(cacheStatus: "fwd=miss")

@@ -82,7 +82,7 @@ final class ManifestRequest: RepositoryHandler {
     /// One HEAD for a repository not yet known to hold `digest`.
     private func confirmAccess(_ digest: Digest, _ type: String) {
         upstream.fetch(.head, path, repository: repo, headers: acceptHeaders(), headTimeout: ctx.config.manifestHeadTimeoutNanos,
-                       maxBytes: 0) { [self] result in
+                       maxBytes: 0, for: w) { [self] result in
             switch result {
             case .success(let (head, _)) where head.status == 200:
                 index.link(key, [digest])
@@ -98,7 +98,7 @@ final class ManifestRequest: RepositoryHandler {
     /// An expired tag: one HEAD; same digest → serve the cache, new digest → fetch, failure → stale.
     private func revalidate(_ tag: String, _ rec: CacheIndex.TagRecord, done: @escaping () -> Void) {
         upstream.fetch(.head, path, repository: repo, headers: acceptHeaders(), headTimeout: ctx.config.manifestHeadTimeoutNanos,
-                       maxBytes: 0) { [self] result in
+                       maxBytes: 0, for: w) { [self] result in
             defer { done() }  // after the tag's new confirmation time is recorded
             switch result {
             case .success(let (head, _)) where head.status == 200:
@@ -123,7 +123,7 @@ final class ManifestRequest: RepositoryHandler {
     }
 
     private func serveStale(_ rec: CacheIndex.TagRecord, reason: String) {
-        mirror.log(.warning, "serving stale \(name):\(reference) → \(rec.digest): \(reason)")
+        mirror.log(.warning, w, "serving stale \(name):\(reference) → \(rec.digest): \(reason)")
         serveCached(rec.digest, rec.mediaType, cacheStatus: "hit; fwd=stale; detail=upstream-error")
     }
 
@@ -160,7 +160,7 @@ final class ManifestRequest: RepositoryHandler {
     /// GET from the upstream, verify, store, answer. `stale` is served if the upstream fails.
     private func fetch(stale: CacheIndex.TagRecord?) {
         upstream.fetch(.get, path, repository: repo, headers: acceptHeaders(), headTimeout: ctx.config.manifestHeadTimeoutNanos,
-                       maxBytes: mirror.config.maxManifestBytes) { [self] result in
+                       maxBytes: mirror.config.maxManifestBytes, for: w) { [self] result in
             switch result {
             case .failure(let e):
                 if let stale, e.allowsStale { return serveStale(stale, reason: e.message) }

@@ -126,6 +126,8 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
     let log: (HTTPServer.LogLevel, String) -> Void
     let registries: [Registry]
     let router: UpstreamRouter
+    /// Set when shutdown begins: `/readyz` answers 503 from then on.
+    private let draining = Atomic<Bool>(false)
 
     public init(config: MirrorConfiguration, store: BlobStore, group: EventLoopGroup, pool: BlockingPool,
                 log: @escaping (HTTPServer.LogLevel, String) -> Void) {
@@ -141,6 +143,15 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
         router = UpstreamRouter(config.upstreams.map { .init(name: $0.name, prefix: $0.prefix, hosts: $0.hosts) },
                                 defaultIndex: config.upstreams.firstIndex { $0.isDefault })
     }
+
+    /// Shutdown has begun: `/readyz` turns 503 so that balancers stop sending
+    /// new requests while the listeners still accept.
+    public func beginDraining() { draining.store(true, ordering: .relaxed) }
+
+    /// Ready: the cache is loaded (it is before a Mirror exists) and open, and
+    /// Berth is not draining. With the cache open, cached content is servable
+    /// whatever the upstreams' state, so they are not part of the rule.
+    public var isReady: Bool { !draining.load(ordering: .relaxed) }
 
     /// The HTTP server's handler.
     public func handle(_ w: ResponseWriter) {
@@ -160,8 +171,16 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             w.respond(head, body: Array("ok\n".utf8))
             return
         }
+        if path == "/readyz" {
+            let ready = isReady
+            var head = ResponseHead(status: ready ? 200 : 503)
+            head.headers.add("Content-Type", "application/json")
+            w.respond(head, body: Array((ready ? #"{"status":"ready"}"# : #"{"status":"draining"}"#).utf8))
+            return
+        }
         guard let auth = config.clientAuth else { return route(w, path, query, user: "anonymous") }
         auth.check(req.headers["Authorization"], loop: w.loop, pool: pool) { [self] outcome in
+            if case .allowed(let user) = outcome { w.notes.user = user }
             switch outcome {
             case .allowed(let user) where user == "anonymous" && path == "/v2/":
                 // Docker, skopeo and podman learn from this ping alone whether to
@@ -178,17 +197,17 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
 
     /// 401 with the `Basic` challenge clients answer from their credential configuration.
     private func refuse(_ w: ResponseWriter, _ why: String) {
-        log(.info, "\(w.request.method.name) \(w.request.target): 401 \(why)")
+        log(.info, w, "401 \(why)")
         var head = ResponseHead(status: 401)
         head.headers.add("WWW-Authenticate", "Basic realm=\"Berth\"")
         Mirror.error(w, .unauthorized, why, head: head)
     }
 
     private func route(_ w: ResponseWriter, _ path: Substring, _ query: Substring, user: String) {
-        let req = w.request
+        w.notes.user = user
         switch Routes.parse(path: path) {
         case .failure(let e):
-            log(.info, "\(req.method.name) \(req.target): \(e.status) \(e.code) \(e.message)")
+            log(.info, w, "\(e.status) \(e.code) \(e.message)")
             Mirror.error(w, OCIErrorCode(rawValue: e.code) ?? .notFound, e.message, status: e.status)
         case .success(.base):
             var head = ResponseHead(status: 200)
@@ -201,12 +220,15 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             // SHA-256 only: it cannot verify this content, so it does not serve it.
             Mirror.error(w, .unsupported, "Berth verifies sha256 digests only; \(digest.algorithm.rawValue) content is not served", status: 400)
         case .success(.manifest(let name, let reference)):
+            w.notes.reference = reference.description
             context(w, name, query, user: user).map { ManifestRequest($0, reference: reference).run() }
         case .success(.blob(let name, let digest)):
+            w.notes.reference = digest.description
             context(w, name, query, user: user).map { BlobRequest($0, digest: digest).run() }
         case .success(.tagsList(let name)):
             context(w, name, query, user: user).map { TagsRequest($0, query: query).run() }
         case .success(.referrers(let name, let digest)):
+            w.notes.reference = digest.description
             context(w, name, query, user: user).map { ReferrersRequest($0, digest: digest, query: query).run() }
         }
     }
@@ -215,7 +237,7 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
     private func context(_ w: ResponseWriter, _ name: String, _ query: Substring, user: String) -> RequestContext? {
         switch router.select(name: name, ns: queryValue(query, "ns"), host: w.request.headers["Host"]) {
         case .unknown(let message):
-            log(.info, "\(w.request.method.name) \(w.request.target): 404 NAME_UNKNOWN \(message)")
+            log(.info, w, "404 NAME_UNKNOWN \(message)")
             Mirror.error(w, .nameUnknown, message)
             return nil
         case .upstream(let i, let repository, let namespace):
@@ -223,10 +245,12 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             if let namespace { w.extraHeaders.add("OCI-Namespace", namespace) }
             let registry = registries[i]
             let repo = registry.upstreamName(repository)
+            w.notes.upstream = registry.config.name
+            w.notes.repository = repo
             guard config.pullRules.allows(user: user, registry.config.name.lowercased() + "/" + repo) else {
                 // Without credentials, a challenge: the client may have some that are allowed.
                 if user == "anonymous", config.clientAuth != nil { refuse(w, "authentication required for \(registry.config.name)/\(repo)"); return nil }
-                log(.info, "\(w.request.method.name) \(w.request.target): 403 DENIED \(user) may not pull \(registry.config.name)/\(repo) (auth.rules)")
+                log(.info, w, "403 DENIED \(user) may not pull \(registry.config.name)/\(repo) (auth.rules)")
                 Mirror.error(w, .denied, "\(user) may not pull \(registry.config.name)/\(repo) (auth.rules)")
                 return nil
             }
@@ -242,14 +266,22 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
         var head = head ?? ResponseHead(status: status ?? code.status)
         head.headers.set("Content-Type", "application/json")
         head.headers.set("Docker-Distribution-API-Version", "registry/2.0")
+        w.notes.error = code.rawValue
+        w.notes.errorMessage = message
         w.respond(head, body: ociErrorBody(code, message))
     }
 
     func error(_ w: ResponseWriter, _ e: UpstreamError) {
-        log(e.status >= 500 ? .warning : .info, "\(w.request.method.name) \(w.request.target): \(e)")
+        log(e.status >= 500 ? .warning : .info, w, "\(e)")
         var head = ResponseHead(status: e.status)
         if let r = e.retryAfter { head.headers.add("Retry-After", r) }
         Mirror.error(w, e.code, e.message, head: head)
+    }
+
+    /// A log line about request `w`: its id (as in `X-Request-Id` and the
+    /// access log), method and path (`loggablePath`: no query secrets), then `message`.
+    func log(_ level: HTTPServer.LogLevel, _ w: ResponseWriter, _ message: String) {
+        log(level, "request_id=\(w.requestID) \(w.request.method.name) \(loggablePath(w.request.target)): \(message)")
     }
 
     /// The headers every manifest and blob answer carries.

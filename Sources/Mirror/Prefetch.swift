@@ -27,7 +27,7 @@ enum Prefetch {
             started += 1
             let fetch = BlobFetch(mirror: mirror, fill: fill, repo: ctx.repo, key: ctx.key)
             fetch.isPrefetch = true
-            fetch.start(upstream: upstream, path: "/v2/\(ctx.repo)/blobs/\(b.digest)", headTimeout: ctx.config.blobHeadTimeoutNanos)
+            fetch.start(upstream: upstream, path: "/v2/\(ctx.repo)/blobs/\(b.digest)", headTimeout: ctx.config.blobHeadTimeoutNanos, for: nil)
         }
         if started > 0 { mirror.log(.debug, "prefetching \(started) of \(blobs.count) blobs of \(ctx.name)@\(manifest)") }
     }

@@ -76,7 +76,8 @@ extension ManifestRequest {
         if case .tag(let t) = reference, isCosignArtifactTag(t) { return proceed() }
         if let v = mirror.verdicts.get(digest, rule: rule.name) { return decide(v, rule, digest, proceed) }
         if ctx.config.isOffline { return refuseUnverifiable(rule, digest, "no verdict recorded and the mirror is offline", proceed) }
-        SignatureCheck(upstream: upstream, repo: repo, digest: digest, keys: rule.keys, headTimeout: ctx.config.manifestHeadTimeoutNanos).run { [self] r in
+        SignatureCheck(upstream: upstream, repo: repo, digest: digest, keys: rule.keys, headTimeout: ctx.config.manifestHeadTimeoutNanos, for: w)
+            .run { [self] r in
             switch r {
             case .success(let v):
                 mirror.verdicts.put(digest, rule: rule.name, v)
@@ -117,8 +118,11 @@ final class SignatureCheck {
     let digest: Digest
     let keys: [PublicKey]
     let headTimeout: UInt64
+    /// The request waiting on the check (its access-log upstream wait).
+    let w: ResponseWriter
 
-    init(upstream: Upstream, repo: String, digest: Digest, keys: [PublicKey], headTimeout: UInt64) {
+    init(upstream: Upstream, repo: String, digest: Digest, keys: [PublicKey], headTimeout: UInt64, for w: ResponseWriter) {
+        self.w = w
         self.upstream = upstream
         self.repo = repo
         self.digest = digest
@@ -130,7 +134,7 @@ final class SignatureCheck {
         var h = HTTPHeaders()
         h.add("Accept", "\(MediaType.ociManifest), \(MediaType.dockerManifest)")
         upstream.fetch(.get, "/v2/\(repo)/manifests/\(CosignSignature.tag(for: digest))", repository: repo, headers: h,
-                       headTimeout: headTimeout, maxBytes: ManifestSummary.maxBytes) { [self] r in
+                       headTimeout: headTimeout, maxBytes: ManifestSummary.maxBytes, for: w) { [self] r in
             switch r {
             case .failure(let e): done(.failure(e))
             case .success(let (head, _)) where head.status == 404: done(.success(.unsigned))
@@ -148,7 +152,7 @@ final class SignatureCheck {
                           _ done: @escaping (Result<Verdict, UpstreamError>) -> Void) {
         guard let s = rest.first else { return done(.success(Verdict.of(digest, signatures: got, keys: keys))) }
         upstream.fetch(.get, "/v2/\(repo)/blobs/\(s.payload.digest)", repository: repo, headTimeout: headTimeout,
-                       maxBytes: SimpleSigningPayload.maxBytes) { [self] r in
+                       maxBytes: SimpleSigningPayload.maxBytes, for: w) { [self] r in
             switch r {
             case .failure(let e): done(.failure(e))
             case .success(let (head, body)):

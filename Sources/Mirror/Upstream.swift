@@ -159,10 +159,16 @@ final class Upstream {
     /// have passed whatever stage is still waiting (ping, token, connect, head,
     /// body): each stage has its own timeout, but a client must get its answer
     /// (stale content or an error) in time even when several stages are slow.
+    /// The time until completion is added to the upstream wait of request `w`
+    /// (its access-log `upstream_ms`).
     func fetch(_ method: HTTPMethod, _ path: String, repository: String, headers: HTTPHeaders = HTTPHeaders(),
-               headTimeout: UInt64, maxBytes: Int,
+               headTimeout: UInt64, maxBytes: Int, for w: ResponseWriter,
                completion: @escaping (Result<(ResponseHead, [UInt8]), UpstreamError>) -> Void) {
-        let collector = Collector(maxBytes: maxBytes, what: path, completion: completion)
+        let started = Clock.monotonicNanos()
+        let collector = Collector(maxBytes: maxBytes, what: path) { [weak w] result in
+            w?.notes.addUpstreamWait(Clock.monotonicNanos() &- started)
+            completion(result)
+        }
         let seconds = deadlineNanos / 1_000_000_000
         let deadline = loop.schedule(afterNanos: deadlineNanos) { [weak collector] in
             collector?.upstreamFailed(UpstreamError(status: 504, code: .unavailable,

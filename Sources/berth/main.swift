@@ -42,6 +42,10 @@ struct Serve: ParsableCommand {
     var workers: Int?
     @Option(name: .customLong("log-level"), help: "trace, debug, info, notice, warning, error, critical (log.level).")
     var logLevel: String?
+    @Option(name: .customLong("log-access"), help: "Access log, one JSON line per request: off, stdout or a file path (log.access).")
+    var logAccess: String?
+    @Option(name: .customLong("drain-delay"), help: "After SIGTERM, /readyz answers 503 this long before the listeners close, e.g. 2s; skipped with no connection open (server.drain_delay).")
+    var drainDelay: String?
     @Option(name: .long, help: "Upstream registry URL (upstream.url), e.g. https://ghcr.io.")
     var upstream: String?
     @Option(name: .customLong("upstream-user"), help: "Upstream username (upstream.username); the password comes from BERTH_UPSTREAM_PASSWORD or --upstream-password-file.")
@@ -105,6 +109,8 @@ struct Serve: ParsableCommand {
             if let maxConnections { c.server.maxConnections = try BerthConfig.parseConnectionCap(maxConnections, key: "server.max_connections") }
             if let maxConnectionsPerClient { c.server.maxConnectionsPerClient = maxConnectionsPerClient }
             if let logLevel { c.log.level = logLevel }
+            if let logAccess { c.log.access = logAccess }
+            if let drainDelay { c.server.drainDelay = try BerthConfig.parseDuration(drainDelay, key: "server.drain_delay") }
             if let upstream { c.upstream.url = upstream }
             if let upstreamUser { c.upstream.username = upstreamUser }
             if let upstreamPasswordFile { c.upstream.passwordFile = upstreamPasswordFile }

@@ -162,6 +162,21 @@ final class BerthConfigTests: XCTestCase {
         XCTAssertEqual(c.workers, 2)
     }
 
+    func testAccessLogAndDrainDelay() throws {
+        XCTAssertEqual(BerthConfig().log.access, "off")
+        XCTAssertEqual(BerthConfig().server.drainDelay, 2)
+        var c = try BerthConfig.parse(yaml: "log:\n  access: /var/log/berth/access.log\nserver:\n  drain_delay: 500ms\n")
+        XCTAssertEqual(c.log.access, "/var/log/berth/access.log")
+        XCTAssertEqual(c.server.drainDelay, 0.5)
+        XCTAssertEqual(try BerthConfig.parse(yaml: "log:\n  access: off\n").log.access, "off", "YAML's bare off (false) is off")
+        try c.apply(environment: ["BERTH_LOG_ACCESS": "stdout", "BERTH_SERVER_DRAIN_DELAY": "5s"])
+        XCTAssertEqual(c.log.access, "stdout")
+        XCTAssertEqual(c.server.drainDelay, 5)
+        assertRefused("log:\n  access: \"\"\n", key: "log.access")
+        assertRefused("log:\n  access: true\n", key: "log.access")
+        assertRefused("server:\n  drain_delay: -1s\n", key: "server.drain_delay")
+    }
+
     func testServerLimits() throws {
         let d = BerthConfig()
         XCTAssertEqual(d.server.headerTimeout, 20)

@@ -102,6 +102,70 @@ final class BerthServeTests: XCTestCase {
         XCTAssertFalse(isListening(b.port))
     }
 
+    // MARK: readiness and drain
+
+    func testReadyzIsReadyThenDrainingFromSIGTERMWhileTheListenersStillAccept() throws {
+        let b = try BerthProcess(directory: directory, extra: ["--drain-delay", "60s"])
+        berth = b
+        let readyz = "GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"
+        let ready = try exchange(readyz, port: b.port)
+        XCTAssertEqual(ready.status, 200)
+        XCTAssertEqual(ready.headers["content-type"], "application/json")
+        XCTAssertEqual(String(decoding: ready.body, as: UTF8.self), #"{"status":"ready"}"#)
+        // A kept-alive connection (a balancer's, a client pool's) is open: the drain is announced.
+        let held = try RawClient(port: b.port)
+        held.send(readyz)
+        XCTAssertEqual(held.readResponse()?.status, 200)
+
+        b.signal(SIGTERM)
+        var last: (status: Int, headers: [String: String], body: [UInt8])?
+        XCTAssertTrue(waitUntil(10) { last = try? self.exchange(readyz, port: b.port); return last?.status == 503 },
+                      "no 503 on a new connection after SIGTERM: \(String(describing: last?.status))")
+        XCTAssertEqual(String(decoding: last?.body ?? [], as: UTF8.self), #"{"status":"draining"}"#)
+        held.send(readyz)
+        XCTAssertEqual(held.readResponse()?.status, 503, "the kept-alive connection hears it too")
+        XCTAssertEqual(try exchange("GET /healthz HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", port: b.port).status, 200,
+                       "alive and serving while draining")
+        XCTAssertEqual(try exchange("GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n", port: b.port).status, 200)
+        XCTAssertTrue(b.child.process.isRunning)
+
+        // A second signal ends the announcement: the listeners close and berth exits.
+        b.signal(SIGTERM)
+        XCTAssertTrue(waitUntil(10) { !isListening(b.port) }, "still accepting after the second SIGTERM")
+        XCTAssertTrue(held.readsEOF(), "the idle kept-alive connection is closed")
+        XCTAssertTrue(b.child.waitForExit(seconds: 10), "berth did not exit")
+        XCTAssertEqual(b.child.process.terminationStatus, 0, b.child.stderr)
+    }
+
+    func testDrainAnnouncementIsSkippedWithNoConnectionOpen() throws {
+        let b = try BerthProcess(directory: directory, extra: ["--drain-delay", "60s"])
+        berth = b
+        XCTAssertEqual(try exchange("GET /readyz HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n", port: b.port).status, 200)
+        b.signal(SIGTERM)
+        XCTAssertTrue(b.child.waitForExit(seconds: 10), "berth waited out the 60 s announcement with no connection open")
+        XCTAssertEqual(b.child.process.terminationStatus, 0, b.child.stderr)
+    }
+
+    func testEveryAnswerCarriesARequestIDAndABadOneIsReplaced() throws {
+        let b = try BerthProcess(directory: directory)
+        berth = b
+        let mine = try exchange("GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: abc-1.2_3\r\n\r\n", port: b.port)
+        XCTAssertEqual(mine.headers["x-request-id"], "abc-1.2_3")
+        // Refusals the server makes before any handler (a body on GET, a bare CR) carry one too.
+        for request in ["GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: has space\r\n\r\n",
+                        "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: ok-id\r\nContent-Length: 2\r\n\r\nhi",
+                        "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: a\rb\r\n\r\n",
+                        "GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: a\u{0}b\r\n\r\n",
+                        "GET /nothing HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n"] {
+            let r = try exchange(request, port: b.port)
+            let id = try XCTUnwrap(r.headers["x-request-id"], "no X-Request-Id on the \(r.status) to \(request.debugDescription)")
+            XCTAssertNotNil(id.range(of: #"^[0-9a-z.-]{1,64}$"#, options: .regularExpression), id)
+            XCTAssertFalse(id.contains(" ") || id.contains("a\rb"))
+        }
+        XCTAssertEqual(try exchange("GET /v2/ HTTP/1.1\r\nHost: 127.0.0.1\r\nX-Request-Id: ok-id\r\nContent-Length: 2\r\n\r\nhi",
+                                    port: b.port).headers["x-request-id"], "ok-id", "a refused request keeps its well-formed id")
+    }
+
     // MARK: configuration errors
 
     private func runExpectingConfigError(_ args: [String], key: String, file: StaticString = #filePath, line: UInt = #line) throws {

@@ -78,6 +78,15 @@ class IntegrationTestCase: XCTestCase {
         return t
     }
 
+    /// A Distribution with token auth and the TokenService that signs its tokens (user `username`, a random password).
+    func startTokenAuthRegistry(username: String) throws -> (registry: Registry, tokens: TokenService, password: String) {
+        let password = UUID().uuidString
+        let tokens = try startTokenService(username: username, password: password)
+        let registry = try startRegistry(.token(realm: tokens.realm, service: tokens.service, issuer: tokens.issuer,
+                                                rootCertBundle: tokens.certificatePath))
+        return (registry, tokens, password)
+    }
+
     func startProxy(connectPorts: [UInt16] = []) throws -> TinyProxy {
         let p = try TinyProxy(connectPorts: connectPorts)
         cleanups.append { p.stop() }

@@ -1,0 +1,77 @@
+#!/usr/bin/env bash
+# Access-log cost: warm manifest-by-digest req/s from one Berth with `--log-access FILE` against
+# one without (issue 12 target: ≤ 5 % cost), alternated in the same run, same upstream.
+#
+#   Benchmarks/e2e/accesslog.sh [OUTPUT.md]    (default Benchmarks/results/accesslog-YYYY-MM-DD.md)
+#
+# wrk -t2 -c64, REPS alternations (default 3) of WRK_SECONDS (default 10); a run with any
+# non-2xx answer fails. Besides req/s, each Berth's CPU time (user + system, its log writer
+# included, from /proc) per request: on a machine shared with other work it moves less than
+# req/s. The logged Berth's lines are counted (dropped lines are reported in its log).
+# ACCESS_LOG=/dev/null logs there instead of a file under the work directory (the rendering
+# and writing without the filesystem). Installs docker-registry, skopeo, wrk, curl; stops what it started.
+set -euo pipefail
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
+OUT=${1:-$ROOT/Benchmarks/results/accesslog-$(date +%F).md}
+REPS=${REPS:-3}
+WRK_SECONDS=${WRK_SECONDS:-10}
+LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
+NAME=accesslog.sh
+PACKAGES=(wrk curl docker-registry skopeo)
+source "$ROOT/Benchmarks/e2e/lib.sh"
+
+start_upstream_with_small_image
+
+OFF=$(free_port); ON=$(free_port)
+"$BERTH" serve --listen "127.0.0.1:$OFF" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/off" --log-level error & PIDS+=($!)
+OFF_PID=$!
+"$BERTH" serve --listen "127.0.0.1:$ON" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/on" --log-level warning \
+    --log-access "${ACCESS_LOG:-$TMP/access.log}" 2> "$TMP/on.log" & PIDS+=($!)
+ON_PID=$!
+wait_http "http://127.0.0.1:$OFF/v2/"; wait_http "http://127.0.0.1:$ON/v2/"
+URL_OFF="http://127.0.0.1:$OFF/v2/bench/app/manifests/$DIGEST"
+URL_ON="http://127.0.0.1:$ON/v2/bench/app/manifests/$DIGEST"
+for u in "$URL_OFF" "$URL_ON"; do   # warm each, and check the bytes
+    got=$(curl -s -H "$ACCEPT" "$u" | sha256sum | cut -d' ' -f1)
+    [ "sha256:$got" = "$DIGEST" ] || { log "$u answered other bytes"; exit 1; }
+done
+
+timeout 20 wrk -t2 -c64 -d2s -H "$ACCEPT" "$URL_OFF" >/dev/null; timeout 20 wrk -t2 -c64 -d2s -H "$ACCEPT" "$URL_ON" >/dev/null
+ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
+measure() {  # PID URL → "req/s cpu-µs-per-request"
+    local t0 r t1; t0=$(ticks "$1"); r=$(rps "$2"); t1=$(ticks "$1")
+    echo "$r $(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v r="$r" -v s="$WRK_SECONDS" 'BEGIN{printf "%.2f", d / hz * 1e6 / (r * s)}')"
+}
+A=(); B=(); CA=(); CB=()
+for r in $(seq 1 "$REPS"); do
+    read -r rate cpu < <(measure "$OFF_PID" "$URL_OFF"); A+=("$rate"); CA+=("$cpu")
+    read -r rate cpu < <(measure "$ON_PID" "$URL_ON"); B+=("$rate"); CB+=("$cpu")
+    log "rep $r: off ${A[-1]} req/s ${CA[-1]} µs CPU/req, on ${B[-1]} req/s ${CB[-1]} µs CPU/req"
+done
+mA=$(printf '%s\n' "${A[@]}" | median); mB=$(printf '%s\n' "${B[@]}" | median)
+mCA=$(printf '%s\n' "${CA[@]}" | median); mCB=$(printf '%s\n' "${CB[@]}" | median)
+sleep 1  # the writer empties its buffer within 100 ms; this only rounds the line count
+LOGFILE=${ACCESS_LOG:-$TMP/access.log}
+LINES=$([ -f "$LOGFILE" ] && wc -l < "$LOGFILE" || echo 0)
+LOGBYTES=$([ -f "$LOGFILE" ] && stat -c %s "$LOGFILE" || echo 0)
+DROPS=$(grep -c 'dropp' "$TMP/on.log" || true)
+
+mkdir -p "$(dirname "$OUT")"
+{
+    echo "# Access-log cost: log.access off vs a file"
+    echo
+    echo "- date: $(date -u '+%F %H:%M UTC'); machine: $(nproc) cores, $(uname -r), Debian $(cat /etc/debian_version)"
+    echo "- load average before: $LOAD0; after: $(cut -d' ' -f1-3 /proc/loadavg)"
+    echo "- berth $(git -C "$ROOT" rev-parse --short HEAD) release, 2 loops each; upstream docker-registry $(dpkg-query -W -f='${Version}' docker-registry); every request a warm hit"
+    echo "- wrk -t2 -c64 -d${WRK_SECONDS}s GET /v2/bench/app/manifests/<digest>, $REPS alternations, medians; the client shares the 2 cores"
+    echo "- the logged Berth wrote $LINES lines ($LOGBYTES bytes, $((LOGBYTES / (LINES > 0 ? LINES : 1))) per line); log lines about dropping: $DROPS"
+    echo
+    echo "| Berth | req/s (median) | ratio to off | samples | server CPU µs/request (median) | ratio to off | samples |"
+    echo "|---|---:|---:|---|---:|---:|---|"
+    echo "| \`log.access: off\` | $mA | 1.000 | ${A[*]} | $mCA | 1.000 | ${CA[*]} |"
+    echo "| \`log.access: ${ACCESS_LOG:-FILE}\` | $mB | $(ratio "$mB" "$mA") | ${B[*]} | $mCB | $(ratio "$mCB" "$mCA") | ${CB[*]} |"
+    echo
+    echo "Target (issue 12): the access log costs ≤ 5 % (req/s ratio ≥ 0.95, CPU ratio ≤ 1.05)."
+} > "$OUT"
+cat "$OUT"

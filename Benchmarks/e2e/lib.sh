@@ -1,0 +1,59 @@
+# Sourced by the e2e benchmarks that pull a small image through Berth (routing.sh, storm.sh,
+# accesslog.sh): installs their packages (PACKAGES) and builds the release binary (BERTH), a
+# work directory removed on exit with every process started, helpers, and the image. Set NAME,
+# ROOT and PACKAGES before sourcing; traffic to 127.0.0.1 only.
+source "$ROOT/scripts/deps.sh"
+install_packages "${BUILD_PACKAGES[@]}" "${PACKAGES[@]}"
+(cd "$ROOT" && swift build -c release --product berth >&2)
+BERTH=$ROOT/.build/release/berth
+log() { printf '[%s] %s\n' "$NAME" "$*" >&2; }
+TMP=$(mktemp -d "/tmp/berth-$NAME.XXXXXX")
+PIDS=()
+cleanup() {
+    for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+    for p in "${PIDS[@]}"; do wait "$p" 2>/dev/null || true; done
+    rm -rf "$TMP"
+}
+trap cleanup EXIT INT TERM
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+wait_http() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; sleep 0.05; done; log "no answer from $1"; exit 1; }
+median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a/b}'; }
+ACCEPT='Accept: application/vnd.docker.distribution.manifest.v2+json'
+
+# Starts docker-registry on 127.0.0.1:PORT, storage under $TMP/DIR.
+start_registry() {  # PORT DIR
+    mkdir -p "$TMP/$2"
+    printf 'version: 0.1\nlog: {level: error}\nstorage: {filesystem: {rootdirectory: %s}}\nhttp: {addr: 127.0.0.1:%s}\n' "$TMP/$2/data" "$1" > "$TMP/$2/config.yml"
+    env -u REGISTRY_AUTH_FILE docker-registry serve "$TMP/$2/config.yml" > "$TMP/$2/log" 2>&1 & PIDS+=($!)
+}
+
+# Pushes bench/app:v1 (a Docker schema 2 manifest, one 100 kB layer) to the registry on
+# 127.0.0.1:PORT; sets DIGEST to the manifest's digest.
+push_small_image() {  # PORT
+    local img=$TMP/img L C CS
+    mkdir -p "$img"
+    head -c 100000 /dev/urandom > "$img/l"; L=$(sha256sum "$img/l" | cut -d' ' -f1); mv "$img/l" "$img/$L"
+    printf '{"architecture":"amd64","os":"linux","rootfs":{"type":"layers","diff_ids":[]},"config":{}}' > "$img/c"
+    C=$(sha256sum "$img/c" | cut -d' ' -f1); CS=$(stat -c %s "$img/c"); mv "$img/c" "$img/$C"
+    printf '{"schemaVersion":2,"mediaType":"application/vnd.docker.distribution.manifest.v2+json","config":{"mediaType":"application/vnd.docker.container.image.v1+json","size":%d,"digest":"sha256:%s"},"layers":[{"mediaType":"application/vnd.docker.image.rootfs.diff.tar.gzip","size":100000,"digest":"sha256:%s"}]}' "$CS" "$C" "$L" > "$img/manifest.json"
+    echo 'Directory Transport Version: 1.1' > "$img/version"
+    skopeo copy -q --dest-tls-verify=false "dir:$img" "docker://127.0.0.1:$1/bench/app:v1" >&2
+    DIGEST=$(curl -s -D - -o /dev/null -H "$ACCEPT" "http://127.0.0.1:$1/v2/bench/app/manifests/v1" | tr -d '\r' | awk -F': ' 'tolower($1)=="docker-content-digest"{print $2}')
+    [ -n "$DIGEST" ] || { log "no manifest digest from the upstream"; exit 1; }
+}
+
+# A docker-registry on a free port (UP) holding bench/app:v1.
+start_upstream_with_small_image() {
+    UP=$(free_port)
+    start_registry "$UP" up
+    wait_http "http://127.0.0.1:$UP/v2/"
+    push_small_image "$UP"
+}
+
+# wrk -t2 -c64 for WRK_SECONDS on URL → req/s; fails on socket errors or any non-2xx answer.
+rps() {  # URL
+    local out; out=$(timeout $((WRK_SECONDS + 30)) wrk -t2 -c64 -d"${WRK_SECONDS}s" -H "$ACCEPT" "$1")
+    if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then log "wrk saw failures on $1:"; echo "$out" >&2; exit 1; fi
+    awk '/Requests\/sec/{print $2}' <<<"$out"
+}

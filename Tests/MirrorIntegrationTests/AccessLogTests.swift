@@ -34,7 +34,8 @@ final class AccessLogTests: IntegrationTestCase {
     func testColdThenWarmPullLogOneLinePerRequestWithTheCacheStatusSent() throws {
         let registry = try startRegistry()
         let image = try builder.pushImage(to: registry, repository: "test/app", tag: "v1", layerSizes: [300_000, 100_000])
-        let berth = try startBerth(upstream: registry.url, arguments: ["--log-access", accessLogPath])
+        // Prefetch off: with it, the blobs would be cached (hits) before skopeo asks for them.
+        let berth = try startBerth(upstream: registry.url, arguments: ["--log-access", accessLogPath], environment: ["BERTH_UPSTREAM_PREFETCH": "false"])
 
         // skopeo: a cold pull, then a warm one; every line is JSON with the fields.
         assertLayout(try pull(berth, "test/app:v1"), image: image)

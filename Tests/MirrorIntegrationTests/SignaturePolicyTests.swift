@@ -89,6 +89,38 @@ final class SignaturePolicyTests: IntegrationTestCase {
         XCTAssertEqual(try get(berth, "/v2/team/unsigned/manifests/\(unsigned.digest)", headers: ["Accept: \(allManifestTypes)"]).status, 403)
     }
 
+    /// Issue 13's "Done when" for podman and containerd: both pull the signed image through Berth (as their
+    /// registry, so no fallback to the origin can hide a refusal) and are refused the unsigned one, with the reason.
+    func testPodmanAndContainerdPullSignedAndAreRefusedUnsigned() throws {
+        for tool in ["podman", "containerd", "ctr"] where Subprocess.resolve(tool) == nil {
+            throw XCTSkip("\(tool) is not installed (scripts/deps.sh TEST_PACKAGES)")
+        }
+        let registry = try startRegistry()
+        let (trustedKey, trustedPub) = try keyPair("trusted")
+        let signed = try builder.pushImage(to: registry, repository: "team/signed", tag: "v1", layerSizes: [100_000], tarLayers: true)
+        let unsigned = try builder.pushImage(to: registry, repository: "team/unsigned", tag: "v1", layerSizes: [50_000], tarLayers: true)
+        try sign(signed.digest, in: registry, repository: "team/signed", key: trustedKey)
+        let berth = try startBerth(upstream: "", arguments: ["--config", try config(registry, key: trustedPub, mode: "enforce")])
+
+        let registriesConf = "\(workDir!)/registries.conf"
+        try "[[registry]]\nlocation = \"\(berth.hostPort)\"\ninsecure = true\n".write(toFile: registriesConf, atomically: true, encoding: .utf8)
+        XCTAssertEqual(try podmanPull("\(berth.hostPort)/team/signed:v1", registriesConf: registriesConf), signed.digest)
+        let (podman, env) = try podman(registriesConf: registriesConf)
+        let refused = try Subprocess.run(podman + ["pull", "--signature-policy", "\(workDir!)/policy.json", "\(berth.hostPort)/team/unsigned:v1"],
+                                         in: workDir, environmentOverrides: env, timeout: 120, check: false)
+        XCTAssertNotEqual(refused.status, 0, refused.stdout)
+        XCTAssertTrue(refused.stderr.contains("no signature") || refused.stderr.contains("denied"), refused.stderr)
+
+        let ctr = try startContainerd()
+        let fetched = try Subprocess.run(ctr + ["content", "fetch", "--plain-http", "\(berth.hostPort)/team/signed:v1"], in: workDir, timeout: 120, check: false)
+        XCTAssertEqual(fetched.status, 0, fetched.stdout + fetched.stderr)
+        let held = try Subprocess.run(ctr + ["content", "ls", "-q"], in: workDir, timeout: 30).stdout
+        for d in [signed.digest] + signed.blobs { XCTAssertTrue(held.contains(d), "containerd holds \(d)") }
+        let denied = try Subprocess.run(ctr + ["content", "fetch", "--plain-http", "\(berth.hostPort)/team/unsigned:v1"], in: workDir, timeout: 120, check: false)
+        XCTAssertNotEqual(denied.status, 0, denied.stdout)
+        XCTAssertFalse(try Subprocess.run(ctr + ["content", "ls", "-q"], in: workDir, timeout: 30).stdout.contains(unsigned.digest))
+    }
+
     func testWarnServesWhatDoesNotVerifyAndSaysSo() throws {
         let registry = try startRegistry()
         let (_, trustedPub) = try keyPair("trusted")

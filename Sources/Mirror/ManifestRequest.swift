@@ -143,7 +143,7 @@ final class ManifestRequest: RepositoryHandler {
         signatureGate(digest) { [self] in sendCached(digest, type, cacheStatus: cacheStatus) }
     }
 
-    private func sendCached(_ digest: Digest, _ type: String, cacheStatus: String) {
+    func sendCached(_ digest: Digest, _ type: String, cacheStatus: String) {
         index.touch(digest, now: unixNow())
         let head = Mirror.contentHead(status: 200, digest: digest, mediaType: type, cacheStatus: cacheStatus)
         if let body = mirror.manifests.get(digest) { return w.respond(head, body: body) }

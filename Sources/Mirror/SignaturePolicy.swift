@@ -97,7 +97,21 @@ extension ManifestRequest {
             mirror.log(.warning, "serving \(name)@\(digest) unverified: \(why) (mode: warn)")
             return proceed()
         }
+        if case .tag(let tag) = reference, let last = lastVerified(tag, rule, besides: digest) {
+            mirror.log(.warning, "\(name):\(tag) now names \(digest), refused by \(why); serving the last verified \(last.digest)")
+            return sendCached(last.digest, last.mediaType, cacheStatus: "hit; detail=last-verified")
+        }
         Mirror.error(w, .denied, "\(name)@\(digest) refused by \(why)")
+    }
+
+    /// The newest digest `tag` named before that this rule verified and the cache still holds (tag history).
+    private func lastVerified(_ tag: String, _ rule: SignaturePolicy.Rule, besides digest: Digest) -> (digest: Digest, mediaType: String)? {
+        for e in index.history(key, tag).reversed() where e.digest != digest {
+            guard mirror.verdicts.get(e.digest, rule: rule.name)?.isVerified == true, let type = index.mediaType(of: e.digest),
+                  mirror.manifests.get(e.digest) != nil || mirror.store.contains(e.digest) else { continue }
+            return (e.digest, type)
+        }
+        return nil
     }
 
     private func refuseUnverifiable(_ rule: SignaturePolicy.Rule, _ digest: Digest, _ why: String, _ proceed: () -> Void) {

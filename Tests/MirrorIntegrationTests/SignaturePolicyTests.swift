@@ -40,11 +40,13 @@ final class SignaturePolicyTests: IntegrationTestCase {
         try builder.putManifest(manifest, mediaType: ImageBuilder.ociManifest, to: registry, repository: repository, reference: tag)
     }
 
-    private func config(_ registry: Registry, key: String, mode: String) throws -> String {
+    private func config(_ registry: Registry, key: String, mode: String, tagTTL: String = "5m") throws -> String {
         let path = "\(workDir!)/berth-\(mode).yaml"
         try """
             upstream:
               url: "\(registry.url)"
+            cache:
+              tag_ttl: \(tagTTL)
             signatures:
               - repositories: ["\(registry.hostPort)/team/**"]
                 exempt: ["\(registry.hostPort)/team/free"]
@@ -119,6 +121,22 @@ final class SignaturePolicyTests: IntegrationTestCase {
         let denied = try Subprocess.run(ctr + ["content", "fetch", "--plain-http", "\(berth.hostPort)/team/unsigned:v1"], in: workDir, timeout: 120, check: false)
         XCTAssertNotEqual(denied.status, 0, denied.stdout)
         XCTAssertFalse(try Subprocess.run(ctr + ["content", "ls", "-q"], in: workDir, timeout: 30).stdout.contains(unsigned.digest))
+    }
+
+    /// A tag pushed over upstream with an unsigned image keeps serving the last verified one (tag history).
+    func testATagMovedToAnUnsignedImageKeepsItsLastVerifiedDigest() throws {
+        let registry = try startRegistry()
+        let (trustedKey, trustedPub) = try keyPair("trusted")
+        let v1 = try builder.pushImage(to: registry, repository: "team/moving", tag: "prod", layerSizes: [60_000])
+        try sign(v1.digest, in: registry, repository: "team/moving", key: trustedKey)
+        let berth = try startBerth(upstream: "", arguments: ["--config", try config(registry, key: trustedPub, mode: "enforce", tagTTL: "0s")])
+        assertLayout(try pull(berth, "team/moving:prod"), image: v1)
+        let v2 = try builder.pushImage(to: registry, repository: "team/moving", tag: "prod", layerSizes: [60_000])
+        assertLayout(try pull(berth, "team/moving:prod"), image: v1)
+        XCTAssertTrue(berth.log.contains("team/moving:prod now names \(v2.digest)") && berth.log.contains("serving the last verified \(v1.digest)"),
+                      berth.log)
+        XCTAssertEqual(try get(berth, "/v2/team/moving/manifests/\(v2.digest)", headers: ["Accept: \(allManifestTypes)"]).status, 403,
+                       "the unsigned image itself stays refused by digest")
     }
 
     func testWarnServesWhatDoesNotVerifyAndSaysSo() throws {

@@ -158,7 +158,10 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
                 guard let pem = readFile(path) else { throw ConfigError(key: "signatures[\(i)].keys", "cannot read \(path)") }
                 do { return try PublicKey(pem: Array(pem.utf8)) } catch { throw ConfigError(key: "signatures[\(i)].keys", "\(path): \(error)") }
             }
-            return SignaturePolicy.Rule(name: "signatures[\(i)]", repositories: r.repositories, exempt: r.exempt, keys: keys, enforce: r.mode == "enforce")
+            // Verdicts are recorded per rule and keys: new keys verify again.
+            let pems = r.keys.compactMap(readFile).joined(separator: "\n")
+            return SignaturePolicy.Rule(name: "signatures[\(i)]", id: "signatures[\(i)]/" + SHA256Hasher.hex(Array(pems.utf8)).prefix(16),
+                                        repositories: r.repositories, exempt: r.exempt, keys: keys, enforce: r.mode == "enforce")
         })
         mc.tagTTLNanos = UInt64(config.cache.tagTTL * 1e9)
         let budget = config.makeBudget()

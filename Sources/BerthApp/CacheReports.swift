@@ -38,6 +38,8 @@ public enum CacheReport {
         public var covered: Int
         public var lastUse: Int64
         public var pinned: Bool
+        /// Signature verdicts by policy rule (`signatures:`); absent without a policy.
+        public var signatures: [String: String]?
     }
 
     public struct Listing: Codable, Equatable {
@@ -183,7 +185,8 @@ public enum CacheReport {
     static func listing(_ store: BlobStore) -> Listing {
         Listing(entries: store.listing().map {
             Entry(repository: $0.repository, tag: $0.tag, digest: $0.digest.description, mediaType: $0.mediaType,
-                  bytes: $0.cachedBytes, cached: $0.cachedCount, covered: $0.coveredCount, lastUse: $0.lastUse, pinned: $0.isPinned)
+                  bytes: $0.cachedBytes, cached: $0.cachedCount, covered: $0.coveredCount, lastUse: $0.lastUse, pinned: $0.isPinned,
+                  signatures: $0.verdicts.isEmpty ? nil : $0.verdicts)
         })
     }
 
@@ -247,10 +250,13 @@ public enum CacheReport {
     }
 
     static func text(_ l: Listing) -> String {
-        var rows = [["REPOSITORY", "TAG", "DIGEST", "SIZE", "BLOBS", "LAST USE", "PINNED"]]
+        let signed = l.entries.contains { $0.signatures != nil }
+        var rows = [["REPOSITORY", "TAG", "DIGEST", "SIZE", "BLOBS", "LAST USE", "PINNED"] + (signed ? ["SIGNATURE"] : [])]
         for e in l.entries {
+            // The verdict's word (verified, unsigned, mismatch, …), one per policy rule.
+            let verdict = (e.signatures ?? [:]).sorted { $0.key < $1.key }.map { String($0.value.prefix { $0 != ":" }) }.joined(separator: ",")
             rows.append([e.repository, e.tag ?? "<none>", String(e.digest.prefix(19)), size(e.bytes), "\(e.cached)/\(e.covered)",
-                         time(e.lastUse), e.pinned ? "pinned" : ""])
+                         time(e.lastUse), e.pinned ? "pinned" : ""] + (signed ? [verdict] : []))
         }
         return table(rows)
     }

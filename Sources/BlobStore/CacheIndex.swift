@@ -20,7 +20,8 @@ import Synchronization
 /// Records: `B digest size lastUse`, `X digest` (evicted), `P digest 0|1`,
 /// `T repo tag digest mediaType confirmedAt`, `t repo tag` (untagged),
 /// `H repo tag digest firstSeen lastSeen` (a tag's earlier mapping, in snapshots),
-/// `h repo tag` (history forgotten), `R repo subject digest` (a manifest whose
+/// `h repo tag` (history forgotten), `V digest policy verdict` (a signature
+/// verdict, per policy rule and its keys), `R repo subject digest` (a manifest whose
 /// `subject` is that digest), `M digest mediaType`,
 /// `L repo digest`, `I image manifest pinnedAt covered,…` (a pinned image),
 /// `i image` (unpinned), `C time` (clean stop).
@@ -95,6 +96,8 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         var tags: [String: [String: TagRecord]] = [:]
         /// Per repository and tag, the digests it named, least recently seen first.
         var history: [String: [String: [HistoryEntry]]] = [:]
+        /// Signature verdicts per manifest digest and policy rule (`signatures:`), as codes.
+        var verdicts: [Digest: [String: String]] = [:]
         /// Per repository and subject digest, the cached manifests that name it as their `subject`.
         var referrers: [String: [Digest: Set<Digest>]] = [:]
         /// Blobs held out of eviction for tag history; derived, never journaled.
@@ -437,6 +440,21 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
         state.withLock { ($0.referrers[repository]?[subject]).map(Array.init) ?? [] }.sorted { $0.description < $1.description }
     }
 
+    /// Records a signature verdict (a code) for `digest` under `policy` (a rule and its keys).
+    public func setVerdict(_ digest: Digest, policy: String, _ code: String) {
+        let (p, c) = (clean(policy), clean(code))
+        journal { s in
+            guard s.verdicts[digest]?[p] != c else { return "" }
+            s.verdicts[digest, default: [:]][p] = c
+            return "V\t\(digest)\t\(p)\t\(c)\n"
+        }
+    }
+
+    public func verdict(_ digest: Digest, policy: String) -> String? { state.withLock { $0.verdicts[digest]?[policy] } }
+
+    /// Every verdict recorded for `digest`, by policy.
+    public func verdicts(of digest: Digest) -> [String: String] { state.withLock { $0.verdicts[digest] ?? [:] } }
+
     /// Records that `repository` contains each of `digests`.
     public func link(_ repository: String, _ digests: [Digest]) {
         var lines = ""
@@ -603,6 +621,9 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
                 for m in manifests where s.lru.contains(m) { out += "R\t\(repo)\t\(subject)\t\(m)\n" }
             }
         }
+        for (d, byPolicy) in s.verdicts where s.lru.contains(d) {
+            for (p, c) in byPolicy { out += "V\t\(d)\t\(p)\t\(c)\n" }
+        }
         for (d, t) in s.mediaTypes { out += "M\t\(d)\t\(t)\n" }
         for l in s.links { out += "L\t\(l.repository)\t\(l.digest)\n" }
         if clean { out += "C\t\(time(nil))\n" }
@@ -687,6 +708,8 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
                     if list.count > historyLimit { list.removeFirst(list.count - historyLimit) }
                     s.history[repo, default: [:]][tag] = list
                 }
+            case (UInt8(ascii: "V"), 4):
+                if let d = digest(line, f[1]) { s.verdicts[d, default: [:]][text(line, f[2])] = text(line, f[3]) }
             case (UInt8(ascii: "R"), 4):
                 if let subject = digest(line, f[2]), let m = digest(line, f[3]) {
                     s.referrers[text(line, f[1]), default: [:]][subject, default: []].insert(m)

@@ -38,6 +38,8 @@ public struct CacheEntry: Equatable, Sendable {
     /// Most recent use of any cached covered digest (unix seconds, 0 when none).
     public var lastUse: Int64
     public var isPinned: Bool
+    /// Signature verdicts recorded for the manifest (`signatures:`), by policy rule: `verified:0`, `unsigned`, ….
+    public var verdicts: [String: String] = [:]
 }
 
 /// The outcome of `berth cache gc`.
@@ -166,7 +168,7 @@ extension BlobStore {
             }
             return CacheEntry(repository: repo, tag: tag, digest: digest, mediaType: type, cachedBytes: bytes,
                               cachedCount: count, coveredCount: cov.covered.count, lastUse: last,
-                              isPinned: pinnedManifests.contains(digest) || index.isPinned(digest))
+                              isPinned: pinnedManifests.contains(digest) || index.isPinned(digest), verdicts: index.verdicts(of: digest))
         }
         var listed: Set<String> = []
         for t in index.allTags() {

@@ -121,8 +121,8 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
     let pool: BlockingPool
     /// Manifests served recently, in memory.
     let manifests = ManifestMemo()
-    /// Signature verdicts per manifest digest (`signatures:`).
-    let verdicts = VerdictCache()
+    /// Signature verdicts per manifest digest (`signatures:`), in the cache index.
+    var verdicts: VerdictCache { VerdictCache(index: store.index) }
     let log: (HTTPServer.LogLevel, String) -> Void
     let registries: [Registry]
     let router: UpstreamRouter

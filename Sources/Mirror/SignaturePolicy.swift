@@ -12,13 +12,17 @@ public struct SignaturePolicy: Sendable {
     public struct Rule: Sendable {
         /// How the log and errors name it (`signatures[0]`).
         public var name: String
+        /// The rule and its keys, as verdicts are recorded (`signatures[0]/<key fingerprint>`):
+        /// a verdict under other keys is not reused.
+        public var id: String
         public var repositories: [String]
         public var exempt: [String]
         public var keys: [PublicKey]
         /// Refuse (403) what does not verify; false: serve it, logged (`mode: warn`).
         public var enforce: Bool
-        public init(name: String, repositories: [String], exempt: [String] = [], keys: [PublicKey], enforce: Bool) {
+        public init(name: String, id: String? = nil, repositories: [String], exempt: [String] = [], keys: [PublicKey], enforce: Bool) {
             self.name = name
+            self.id = id ?? name
             self.repositories = repositories
             self.exempt = exempt
             self.keys = keys
@@ -37,25 +41,15 @@ public struct SignaturePolicy: Sendable {
     }
 }
 
-/// Verdicts per rule and manifest digest (rules trust different keys),
-/// shared by every loop. Only verdicts about signatures are kept (an
-/// upstream that could not be asked is asked again).
-final class VerdictCache: @unchecked Sendable {  // behind a mutex
-    private struct Key: Hashable {
-        let rule: String
-        let digest: Digest
-    }
-    private let verdicts = Mutex<[Key: Verdict]>([:])
-    static let capacity = 100_000
+/// Verdicts per rule (and its keys) and manifest digest, kept in the cache
+/// index (journal `V`): they survive restarts and serve an offline mirror.
+/// Only verdicts about signatures are kept (an upstream that could not be
+/// asked is asked again).
+struct VerdictCache {
+    let index: CacheIndex
 
-    func get(_ d: Digest, rule: String) -> Verdict? { verdicts.withLock { $0[Key(rule: rule, digest: d)] } }
-
-    func put(_ d: Digest, rule: String, _ v: Verdict) {
-        verdicts.withLock { m in
-            if m.count >= Self.capacity { m.removeAll(keepingCapacity: true) }  // re-verified on demand
-            m[Key(rule: rule, digest: d)] = v
-        }
-    }
+    func get(_ d: Digest, rule: String) -> Verdict? { index.verdict(d, policy: rule).flatMap(Verdict.init(code:)) }
+    func put(_ d: Digest, rule: String, _ v: Verdict) { index.setVerdict(d, policy: rule, v.code) }
 }
 
 /// A tag where cosign keeps an image's signature, attestation or SBOM (`sha256-<hex>.sig`):
@@ -74,14 +68,14 @@ extension ManifestRequest {
         guard !mirror.config.signaturePolicy.rules.isEmpty,
               let rule = mirror.config.signaturePolicy.rule(for: ctx.config.name.lowercased() + "/" + repo) else { return proceed() }
         if case .tag(let t) = reference, isCosignArtifactTag(t) { return proceed() }
-        if let v = mirror.verdicts.get(digest, rule: rule.name) { return decide(v, rule, digest, proceed) }
+        if let v = mirror.verdicts.get(digest, rule: rule.id) { return decide(v, rule, digest, proceed) }
         if ctx.config.isOffline { return refuseUnverifiable(rule, digest, "no verdict recorded and the mirror is offline", proceed) }
         SignatureCheck(upstream: upstream, repo: repo, digest: digest, keys: rule.keys, headTimeout: ctx.config.manifestHeadTimeoutNanos, for: w)
             .run { [self] r in
             switch r {
             case .success(let v):
-                mirror.verdicts.put(digest, rule: rule.name, v)
-                if v.isVerified { for c in children { mirror.verdicts.put(c, rule: rule.name, v) } }
+                mirror.verdicts.put(digest, rule: rule.id, v)
+                if v.isVerified { for c in children { mirror.verdicts.put(c, rule: rule.id, v) } }
                 mirror.log(v.isVerified ? .info : .warning, "signature of \(name)@\(digest): \(v) (\(rule.name))")
                 decide(v, rule, digest, proceed)
             case .failure(let e):
@@ -107,7 +101,7 @@ extension ManifestRequest {
     /// The newest digest `tag` named before that this rule verified and the cache still holds (tag history).
     private func lastVerified(_ tag: String, _ rule: SignaturePolicy.Rule, besides digest: Digest) -> (digest: Digest, mediaType: String)? {
         for e in index.history(key, tag).reversed() where e.digest != digest {
-            guard mirror.verdicts.get(e.digest, rule: rule.name)?.isVerified == true, let type = index.mediaType(of: e.digest),
+            guard mirror.verdicts.get(e.digest, rule: rule.id)?.isVerified == true, let type = index.mediaType(of: e.digest),
                   mirror.manifests.get(e.digest) != nil || mirror.store.contains(e.digest) else { continue }
             return (e.digest, type)
         }

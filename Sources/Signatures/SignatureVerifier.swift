@@ -65,6 +65,29 @@ public enum Verdict: Equatable, Sendable, CustomStringConvertible {
 
     public var isVerified: Bool { if case .verified = self { return true } else { return false } }
 
+    /// A one-word form for the cache index: `verified:K`, `unsigned`, `mismatch:DIGEST`, `untrusted`, `malformed`.
+    public var code: String {
+        switch self {
+        case .verified(let k): return "verified:\(k)"
+        case .unsigned: return "unsigned"
+        case .digestMismatch(let d): return "mismatch:\(d)"
+        case .noTrustedSignature: return "untrusted"
+        case .malformed: return "malformed"
+        }
+    }
+
+    /// A verdict from its `code`; nil for anything else.
+    public init?(code: String) {
+        if code.hasPrefix("verified:"), let k = Int(code.dropFirst(9)), k >= 0 { self = .verified(key: k); return }
+        if code.hasPrefix("mismatch:"), let d = Digest(String(code.dropFirst(9))) { self = .digestMismatch(d); return }
+        switch code {
+        case "unsigned": self = .unsigned
+        case "untrusted": self = .noTrustedSignature
+        case "malformed": self = .malformed("recorded earlier")
+        default: return nil
+        }
+    }
+
     public var description: String {
         switch self {
         case .verified(let k): return "verified with key \(k + 1)"

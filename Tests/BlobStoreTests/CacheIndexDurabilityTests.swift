@@ -159,4 +159,25 @@ final class CacheIndexDurabilityTests: XCTestCase {
         XCTAssertEqual(index.tags(of: "library/alpine"), ["3.20", "3.21", "3.22"])
         XCTAssertEqual(index.tag("library/alpine", "3.21"), record(2))
     }
+
+    /// Signature verdicts: one record per change, kept through a replay and (for cached digests) a snapshot.
+    func testVerdictsSurviveReplayAndSnapshotForCachedDigests() throws {
+        do {
+            let index = try openIndex()
+            index.addBlob(digest(1), size: 10, now: 1)
+            index.setVerdict(digest(1), policy: "signatures[0]/abc", "verified:0")
+            index.setVerdict(digest(1), policy: "signatures[0]/abc", "verified:0")  // unchanged: no second record
+            index.setVerdict(digest(2), policy: "signatures[0]/abc", "unsigned")    // not cached: not in a snapshot
+            settle(index)
+            XCTAssertEqual(try journal().split(separator: "\n").filter { $0.hasPrefix("V\t") }.count, 2)
+        }
+        let replayed = try openIndex()
+        XCTAssertEqual(replayed.verdict(digest(1), policy: "signatures[0]/abc"), "verified:0")
+        XCTAssertEqual(replayed.verdict(digest(2), policy: "signatures[0]/abc"), "unsigned")
+        XCTAssertNil(replayed.verdict(digest(1), policy: "signatures[0]/other-keys"))
+        try replayed.snapshot(clean: true)
+        let compacted = try openIndex()
+        XCTAssertEqual(compacted.verdicts(of: digest(1)), ["signatures[0]/abc": "verified:0"])
+        XCTAssertTrue(compacted.verdicts(of: digest(2)).isEmpty, "a verdict for what is no longer cached goes with the snapshot")
+    }
 }

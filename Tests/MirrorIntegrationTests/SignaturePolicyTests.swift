@@ -139,6 +139,34 @@ final class SignaturePolicyTests: IntegrationTestCase {
                        "the unsigned image itself stays refused by digest")
     }
 
+    /// Verdicts are journaled: after a restart with the upstream gone (offline), the signed image is
+    /// served and the unsigned one refused on their recorded verdicts; `cache ls` shows them.
+    func testVerdictsSurviveARestartAndServeOffline() throws {
+        let registry = try startRegistry()
+        let (trustedKey, trustedPub) = try keyPair("trusted")
+        let signed = try builder.pushImage(to: registry, repository: "team/signed", tag: "v1", layerSizes: [40_000])
+        let unsigned = try builder.pushImage(to: registry, repository: "team/unsigned", tag: "v1", layerSizes: [40_000])
+        try sign(signed.digest, in: registry, repository: "team/signed", key: trustedKey)
+        let config = try config(registry, key: trustedPub, mode: "enforce")
+        let online = try startBerth(upstream: "", arguments: ["--config", config])
+        assertLayout(try pull(online, "team/signed:v1"), image: signed)
+        XCTAssertEqual(try get(online, "/v2/team/unsigned/manifests/v1", headers: ["Accept: \(allManifestTypes)"]).status, 403)
+        let binary = try XCTUnwrap(BerthProcess.binaryPath)
+        XCTAssertTrue(waitUntil(10) {
+            let ls = (try? Subprocess.run([binary, "cache", "ls", "--cache-dir", online.cacheDir], in: self.workDir, timeout: 30).stdout) ?? ""
+            return ls.contains("SIGNATURE") && ls.contains("verified") && ls.contains("unsigned")
+        }, "cache ls shows the verdicts")
+        online.stop()
+        registry.stop()
+
+        let offline = try startBerth(upstream: "", arguments: ["--config", config, "--cache-dir", online.cacheDir, "--offline"])
+        assertLayout(try pull(offline, "team/signed:v1"), image: signed)
+        let r = try get(offline, "/v2/team/unsigned/manifests/v1", headers: ["Accept: \(allManifestTypes)"])
+        XCTAssertEqual(r.status, 403, r.bodyText)
+        XCTAssertTrue(r.bodyText.contains("no signature"), r.bodyText)
+        XCTAssertNotNil(unsigned)
+    }
+
     func testWarnServesWhatDoesNotVerifyAndSaysSo() throws {
         let registry = try startRegistry()
         let (_, trustedPub) = try keyPair("trusted")

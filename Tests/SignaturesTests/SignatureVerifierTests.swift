@@ -95,4 +95,13 @@ final class SignatureVerifierTests: XCTestCase {
         let (priv, _) = try keyPair("p256")
         XCTAssertThrowsError(try PublicKey(pem: Array(try Data(contentsOf: URL(fileURLWithPath: priv)))), "a private key is not a public key")
     }
+
+    func testVerdictCodesRoundTrip() {
+        let other = Digest("sha256:" + String(repeating: "01", count: 32))!
+        for v in [Verdict.verified(key: 2), .unsigned, .digestMismatch(other), .noTrustedSignature] {
+            XCTAssertEqual(Verdict(code: v.code), v, v.code)
+        }
+        if case .malformed? = Verdict(code: Verdict.malformed("x").code) {} else { XCTFail("malformed") }
+        for bad in ["", "verified", "verified:-1", "mismatch:sha256:zz", "VERIFIED:0"] { XCTAssertNil(Verdict(code: bad), bad) }
+    }
 }

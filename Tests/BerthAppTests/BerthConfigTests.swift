@@ -110,6 +110,23 @@ final class BerthConfigTests: XCTestCase {
         assertRefused("- ? [a]\n  : b\n", key: "(file)")
     }
 
+    /// Found by Fuzz/ `config`: 7 KB of nested `? ` complex keys kept Yams' duplicate check busy for
+    /// minutes. Complex keys are refused before Yams parses; plain configurations are untouched.
+    func testComplexKeysAreRefusedBeforeYamsParses() throws {
+        let seed = URL(fileURLWithPath: #filePath).deletingLastPathComponent().deletingLastPathComponent().deletingLastPathComponent()
+            .appendingPathComponent("Fuzz/corpus/config/seed-6-complex-keys-timeout").path
+        let slow = String(decoding: try XCTUnwrap(FileManager.default.contents(atPath: seed)), as: UTF8.self)
+        assertRefused(slow, key: "(file)")
+        for bad in ["? a\n: 1\n", "x:\n  - ? a\n    : b\n", "{? a : b}\n", "[a, b]: 1\n", "x: {[a]: b}\n", "{a: 1}: 2\n"] {
+            XCTAssertTrue(BerthConfig.hasComplexKey(bad), bad)
+        }
+        for fine in ["listen: \":5000\"  # [a]: b\n", "images: [a, b]\nplatforms: []\n", "password: \"x]: ? y\"\n", "q: what?\n",
+                     "auth:\n  rules:\n    - {users: [\"*\"], allow: [\"docker.io/**\"]}\n", "a: 'it''s]: fine'\n"] {
+            XCTAssertFalse(BerthConfig.hasComplexKey(fine), fine)
+        }
+        XCTAssertFalse(BerthConfig.hasComplexKey(try String(contentsOfFile: Self.shippedConfigPath, encoding: .utf8)))
+    }
+
     /// Found by Fuzz/ `config`: Yams reads `6999999999999074147:47:31` as a YAML 1.1 base-60
     /// integer and traps on the overflow. Numbers are decimal (or 0x hex) here; others are text.
     func testSexagesimalAndOverflowingNumbersAreRefusedNotACrash() throws {

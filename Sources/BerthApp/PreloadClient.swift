@@ -27,12 +27,10 @@ struct PreloadClient {
         let state = Mutex(State())
         let tty = isatty(1) == 1 && !json
         let started = Clock.monotonicNanos()
-        /// Prints `text` as its own line, first wiping a progress line.
-        func say(_ text: String, _ s: inout State) {
+        /// Wipes a progress line drawn on the terminal, so a line can take its place.
+        func wipe(_ s: inout State) {
             if s.progressShown { print("\r\u{1b}[K", terminator: "") }
             s.progressShown = false
-            print(text)
-            fflush(stdout)
         }
         let workers = (0..<min(parallel, images.count)).map { _ in
             OSThread(name: "berth-preload") {
@@ -45,14 +43,14 @@ struct PreloadClient {
                     let line = load(images[i]) { p in state.withLock { $0.progress[i] = p } }
                     state.withLock { s in
                         s.finished += 1
+                        wipe(&s)
                         if let error = line.error {
                             s.failed.append(images[i])
-                            if s.progressShown { print("\r\u{1b}[K", terminator: "") }
-                            s.progressShown = false
                             FileOut.stderr("berth: \(error)\n")
                         } else if let r = line.result {
-                            say(json ? String(decoding: CacheReport.json(r), as: UTF8.self)
-                                     : CacheReport.text(r, verb: pin ? "pinned" : "preloaded").trimmingCharacters(in: .newlines), &s)
+                            print(json ? String(decoding: CacheReport.json(r), as: UTF8.self)
+                                       : CacheReport.text(r, verb: pin ? "pinned" : "preloaded").trimmingCharacters(in: .newlines))
+                            fflush(stdout)
                         }
                     }
                 }
@@ -75,7 +73,7 @@ struct PreloadClient {
         }
         for w in workers { w.join() }
         let failed = state.withLock { s -> [String] in
-            if s.progressShown { print("\r\u{1b}[K", terminator: "") }
+            wipe(&s)
             return s.failed
         }
         if !json {

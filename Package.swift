@@ -4,6 +4,7 @@ import PackageDescription
 // Module graph (one-way): Reactor → TLS → HTTP1 → Mirror (using OCI and BlobStore) → BerthApp → berth;
 // Bench (over HTTP1, OCI, Mirror's token flow) → berth.
 // Archive (tar, gzip over CZlib) is a leaf beside OCI: only BerthApp's import/export use it.
+// Telemetry (Prometheus metrics over swift-prometheus, Reactor for /proc) is used by Mirror and BerthApp.
 // Swift 5 language mode: the reactor owns its threading model (one loop per
 // thread, explicit hand-offs), documented next to each type, instead of
 // annotating every loop-bound class for the Swift 6 checker.
@@ -32,6 +33,8 @@ let package = Package(
         .package(url: "https://github.com/x-sheep/swift-property-based", from: "2.0.1"),
         // `berth bench`: latency percentiles.
         .package(url: "https://github.com/HdrHistogram/hdrhistogram-swift", from: "0.2.0"),
+        // `metrics.listen`: the registry, counters and histograms behind /metrics.
+        .package(url: "https://github.com/swift-server/swift-prometheus", from: "2.4.1"),
     ],
     targets: [
         .systemLibrary(name: "COpenSSL", pkgConfig: "openssl", providers: [.apt(["libssl-dev"])]),
@@ -47,7 +50,8 @@ let package = Package(
         .target(name: "BlobStore", dependencies: ["Reactor", "OCI", "COpenSSL"], swiftSettings: settings),
         // Cosign key-based signature verification through OpenSSL's EVP (signature policy).
         .target(name: "Signatures", dependencies: ["COpenSSL", "OCI"], swiftSettings: settings),
-        .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor", "CCrypt", "Signatures"], swiftSettings: settings),
+        .target(name: "Telemetry", dependencies: ["Reactor", .product(name: "Prometheus", package: "swift-prometheus")], swiftSettings: settings),
+        .target(name: "Mirror", dependencies: ["HTTP1", "OCI", "BlobStore", "TLS", "Reactor", "CCrypt", "Signatures", "Telemetry"], swiftSettings: settings),
         // `berth bench`: pulls like containerd against any /v2/ endpoint and reports percentiles.
         .target(
             name: "Bench",
@@ -60,7 +64,7 @@ let package = Package(
         .target(
             name: "BerthApp",
             dependencies: [
-                "Reactor", "TLS", "HTTP1", "Mirror", "BlobStore", "Archive", "Signatures",
+                "Reactor", "TLS", "HTTP1", "Mirror", "BlobStore", "Archive", "Signatures", "Telemetry",
                 .product(name: "Logging", package: "swift-log"),
                 .product(name: "Yams", package: "Yams"),
             ],
@@ -83,6 +87,7 @@ let package = Package(
         .testTarget(name: "SignaturesTests", dependencies: ["Signatures", "OCI", "TestSupport"]),
         .testTarget(name: "BenchTests", dependencies: ["Bench", "OCI"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive"]),
+        .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "TestSupport"]),
         // Mirror logic as values, without sockets: routing.
         .testTarget(name: "MirrorTests", dependencies: ["Mirror", "OCI", "BlobStore"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),

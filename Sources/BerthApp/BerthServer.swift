@@ -10,6 +10,7 @@ import BlobStore
 import OCI
 import Synchronization
 import Signatures
+import Telemetry
 
 /// Wires configuration to the runtime: event loops, the blocking pool, the
 /// HTTP(S) server and the router; handles SIGTERM/SIGINT (graceful stop) and
@@ -27,6 +28,9 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     private var admin: AdminServer?
     private var mirror: Mirror?
     private var accessLog: AccessLog?
+    /// Prometheus metrics and their own listener (`metrics.listen`); nil when off.
+    private var metrics: BerthMetrics?
+    private var metricsServer: HTTPServer?
     /// Posted once when `stop` has drained the connections.
     private let finished = OneShot()
     /// How long in-flight responses may run after SIGTERM.
@@ -74,10 +78,19 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             }
             sc.accessLog = accessLog
         }
+        if !config.metrics.listen.isEmpty {
+            let metrics = BerthMetrics()
+            self.metrics = metrics
+            sc.observer = { r in
+                metrics.requestEnded(target: r.target, method: r.method, status: r.status, cacheStatus: r.notes.cacheStatus,
+                                     bytes: r.bodyBytes, durationNanos: r.durationNanos)
+            }
+        }
         let mirror = try makeMirror(log: logSink)
         self.mirror = mirror
         http = HTTPServer(configuration: sc, group: group, pool: pool, logger: logSink, handler: mirror.handle)
         try http.start()
+        if let metrics { try startMetrics(metrics, log: logSink) }
         let pinner = http.boundAddresses().first.map { Pinner(store: store!, pool: pool, address: $0) }
         admin = try AdminServer(store: store!, pinner: pinner, group: group, pool: pool, key: config.indexKey) { [logger] in logger.info("\($0)") }
         if handleSignals {
@@ -93,6 +106,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         logger.info("berth listening", metadata: [
             "http": "\(http.boundAddresses().map(\.description).joined(separator: ","))",
             "https": "\(config.tls.listen)",
+            "metrics": "\(metricsServer?.boundAddresses().map(\.description).joined(separator: ",") ?? "off")",
             "upstreams": "\(config.effectiveUpstreams.map { "\($0.resolvedName)=\($0.allURLs.joined(separator: "|"))" }.joined(separator: ","))",
             "cache": "\(config.cache.dir)",
             "workers": "\(group.loops.count)",
@@ -144,6 +158,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             upstreams.append(up)
         }
         var mc = MirrorConfiguration(upstreams: upstreams)
+        mc.metrics = metrics
         if !config.auth.htpasswd.isEmpty {
             guard let text = readFile(config.auth.htpasswd) else { throw ConfigError(key: "auth.htpasswd", "cannot read \(config.auth.htpasswd)") }
             do {
@@ -190,6 +205,44 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         store.checkPinnedBudget()
         store.startEvictionIfOverHigh()
         return Mirror(config: mc, store: store, group: group, pool: pool, log: log)
+    }
+
+    /// Serves `/metrics` on `metrics.listen` (the text is rendered on the
+    /// pool: it reads /proc), with the connection families of the main listeners.
+    private func startMetrics(_ metrics: BerthMetrics, log: @escaping (HTTPServer.LogLevel, String) -> Void) throws {
+        let limiter = http.limiter
+        metrics.addCollector { out in
+            let t = limiter.totals
+            out.family("berth_connections_open", .gauge, "Client connections open.", Double(limiter.openCount))
+            out.family("berth_connections_max", .gauge, "The connection cap in force (server.max_connections against the open-file limit).",
+                       Double(limiter.maxConnections))
+            out.family("berth_connections_accepted_total", .counter, "Client connections accepted under the caps.", Double(t.admitted))
+            out.family("berth_connections_refused_total", .counter,
+                       "Client connections closed at accept, by cap: server (max_connections) or client (max_connections_per_client).",
+                       [([("limit", "server")], Double(t.serverFull)), ([("limit", "client")], Double(t.clientFull))])
+        }
+        var mc = HTTPServer.Configuration()
+        mc.plain = [SocketAddress(config.metrics.listen)!]  // validated with the configuration
+        mc.maxConnections = 256
+        let pool = self.pool
+        let server = HTTPServer(configuration: mc, group: group, pool: pool, logger: log) { w in
+            let path = w.request.target.prefix { $0 != "?" }
+            guard path == "/metrics" else {
+                var head = ResponseHead(status: 404)
+                head.headers.add("Content-Type", "text/plain")
+                return w.respond(head, body: Array("only /metrics is served here\n".utf8))
+            }
+            pool.submit {
+                let body = metrics.render()
+                w.loop.execute {
+                    var head = ResponseHead(status: 200)
+                    head.headers.add("Content-Type", "text/plain; version=0.0.4; charset=utf-8")
+                    w.respond(head, body: body)
+                }
+            }
+        }
+        try server.start()
+        metricsServer = server
     }
 
     /// Takes `<cache dir>/berth.lock` for the life of the process: a second
@@ -327,6 +380,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     private func closeListeners() {
         admin?.stop()
         http.beginShutdown()
+        metricsServer?.beginShutdown()
         let deadline = Clock.monotonicNanos() + shutdownGraceNanos
         func check() {
             if http.connectionCount == 0 || Clock.monotonicNanos() >= deadline {

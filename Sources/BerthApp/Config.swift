@@ -20,6 +20,7 @@ public struct BerthConfig: Equatable, Sendable {
     /// Serve only what is cached, never dial an upstream (every upstream `offline`).
     public var offline = false
     public var log = LogSection()
+    public var metrics = MetricsSection()
     /// The single-upstream section of earlier versions (and its flags): used when `upstreams` is empty.
     public var upstream = UpstreamSection()
     /// The registries mirrored; empty means `[upstream]`.
@@ -172,6 +173,11 @@ public struct BerthConfig: Equatable, Sendable {
         public var key = ""
     }
 
+    public struct MetricsSection: Equatable, Sendable {
+        /// Address of the Prometheus `/metrics` listener (plain HTTP, its own port); empty: off.
+        public var listen = ""
+    }
+
     public struct LogSection: Equatable, Sendable {
         /// trace, debug, info, notice, warning, error, critical.
         public var level = "info"
@@ -266,6 +272,13 @@ public struct BerthConfig: Equatable, Sendable {
                     default: throw ConfigError(key: "preload.\(pk)", "unknown key")
                     }
                 }
+            case "metrics":
+                for (mk, mv) in try table(v, key: "metrics") {
+                    switch mk {
+                    case "listen": c.metrics.listen = try string(mv, key: "metrics.listen")
+                    default: throw ConfigError(key: "metrics.\(mk)", "unknown key")
+                    }
+                }
             case "log":
                 for (lk, lv) in try table(v, key: "log") {
                     switch lk {
@@ -296,6 +309,7 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_TLS_KEY"] { tls.key = v }
         if let v = env["BERTH_LOG_LEVEL"] { log.level = v }
         if let v = env["BERTH_LOG_ACCESS"] { log.access = v }
+        if let v = env["BERTH_METRICS_LISTEN"] { metrics.listen = v }
         if let v = env["BERTH_AUTH_HTPASSWD"] { auth.htpasswd = v }
         if let v = env["BERTH_AUTH_ANONYMOUS"] { auth.anonymous = try Self.envBool("BERTH_AUTH_ANONYMOUS", v, key: "auth.anonymous") }
         if let v = env["BERTH_OFFLINE"] { offline = try Self.envBool("BERTH_OFFLINE", v, key: "offline") }
@@ -456,6 +470,9 @@ public struct BerthConfig: Equatable, Sendable {
             }
             if tls.certificate.isEmpty { throw ConfigError(key: "tls.certificate", "required when tls.listen is set") }
             if tls.key.isEmpty { throw ConfigError(key: "tls.key", "required when tls.listen is set") }
+        }
+        if !metrics.listen.isEmpty, SocketAddress(metrics.listen) == nil || metrics.listen == listen || metrics.listen == tls.listen {
+            throw ConfigError(key: "metrics.listen", "\"\(metrics.listen)\" is not an address of its own: use \":9090\" or \"127.0.0.1:9090\"")
         }
         for (key, v) in [("server.header_timeout", server.headerTimeout), ("server.keepalive_timeout", server.keepaliveTimeout)] where !(v > 0) {
             throw ConfigError(key: key, "must be a positive duration such as 20s")

@@ -262,7 +262,11 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
     /// window (no room in the budget, or the disk refused a write). Nothing of
     /// this fill will be cached.
     public func relayOnly() {
-        state.withLock { $0.progress.isRelay = true }
+        let was = state.withLock { s -> Bool in
+            defer { s.progress.isRelay = true }
+            return s.progress.isRelay
+        }
+        if !was { registry.counts.relayed.add(1, ordering: .relaxed) }
     }
 
     /// Runs `body` on the owner loop once hashing has caught up.
@@ -322,6 +326,7 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
                 store.release(reserved)
             }
             registry.remove(digest, ifStill: self)
+            if ok { registry.counts.stored.add(1, ordering: .relaxed) } else { registry.counts.failed.add(1, ordering: .relaxed) }
             onCommitted(ok)
         }
     }
@@ -335,6 +340,7 @@ public final class BlobFill: @unchecked Sendable {  // mutable state behind `sta
             return true
         }
         guard changed else { return }
+        registry.counts.failed.add(1, ordering: .relaxed)
         notifyAll()
         dropWindow()
         let (path, digest, registry, store, reserved) = (tempPath, self.digest, self.registry, registry.store, self.reserved)
@@ -351,6 +357,23 @@ public final class FillRegistry: @unchecked Sendable {  // `fills` behind a lock
     let store: BlobStore
     let pool: BlockingPool
     private let fills = Mutex<[Digest: BlobFill]>([:])
+    let counts = Counts()
+
+    /// Since start, for metrics: fills started, requests that joined one,
+    /// fills verified and stored, turned into relays (nothing cached), failed.
+    public struct Totals: Sendable {
+        public var started, joined, stored, relayed, failed: Int
+    }
+
+    final class Counts: Sendable {
+        let started = Atomic<Int>(0), joined = Atomic<Int>(0), stored = Atomic<Int>(0), relayed = Atomic<Int>(0), failed = Atomic<Int>(0)
+    }
+
+    public var totals: Totals {
+        Totals(started: counts.started.load(ordering: .relaxed), joined: counts.joined.load(ordering: .relaxed),
+               stored: counts.stored.load(ordering: .relaxed), relayed: counts.relayed.load(ordering: .relaxed),
+               failed: counts.failed.load(ordering: .relaxed))
+    }
 
     public init(store: BlobStore, pool: BlockingPool) {
         self.store = store
@@ -369,10 +392,14 @@ public final class FillRegistry: @unchecked Sendable {  // `fills` behind a lock
     /// meanwhile is seen as cached, never started twice.
     public func lookup(_ digest: Digest, loop: EventLoop) throws -> Lookup {
         try fills.withLock { f in
-            if let existing = f[digest], existing.isJoinable { return .joined(existing) }
+            if let existing = f[digest], existing.isJoinable {
+                counts.joined.add(1, ordering: .relaxed)
+                return .joined(existing)
+            }
             if store.contains(digest) { return .cached }
             let (path, file) = try store.makeTempFile(for: digest)
             let fill = BlobFill(digest: digest, ownerLoop: loop, tempPath: path, file: file, registry: self)
+            counts.started.add(1, ordering: .relaxed)
             f[digest] = fill
             return .started(fill)
         }

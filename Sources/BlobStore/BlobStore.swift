@@ -29,6 +29,9 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
     public private(set) var budget: Budget
     private let tempSerial = Atomic<Int>(0)
     private let evicting = Atomic<Bool>(false)
+    private let evictions = Atomic<Int>(0), evictedBytes = Atomic<Int>(0)
+    /// Blobs evicted since start, and their bytes (metrics).
+    public var evicted: (count: Int, bytes: Int) { (evictions.load(ordering: .relaxed), evictedBytes.load(ordering: .relaxed)) }
     /// True while pinned bytes alone exceed the low watermark (logged once per change).
     private let pinnedOverLow = Atomic<Bool>(false)
     /// For every tag the upstream has moved, the blobs of its last this-many
@@ -124,6 +127,8 @@ public final class BlobStore: @unchecked Sendable {  // immutable after init but
     /// their files on the pool. Readers holding a file open finish from it.
     private func evict(_ victims: [(digest: Digest, size: UInt64)], reason: String) {
         for v in victims { index.removeBlob(v.digest) }
+        evictions.add(victims.count, ordering: .relaxed)
+        evictedBytes.add(Int(clamping: victims.reduce(0) { $0 + $1.size }), ordering: .relaxed)
         let paths = victims.map { path(for: $0.digest) }
         log("evicting \(victims.count) blobs (\(victims.reduce(0) { $0 + $1.size }) bytes): \(reason)")
         pool.submit { for p in paths { _ = try? Posix.unlink(path: p) } }

@@ -32,6 +32,9 @@ public final class ConnectionLimiter: Sendable {
     /// Connections open at once from one client; 0 = no per-client cap.
     public let maxPerClient: Int
     private let open = Atomic<Int>(0)
+    private let admitted = Atomic<Int>(0)
+    private let refusedServerFull = Atomic<Int>(0)
+    private let refusedClientFull = Atomic<Int>(0)
     private let perClient = Mutex<[ClientKey: Int]>([:])
     private let burst: Mutex<RefusalBurst>
 
@@ -45,22 +48,29 @@ public final class ConnectionLimiter: Sendable {
     /// Connections admitted and not yet released.
     public var openCount: Int { open.load(ordering: .relaxed) }
 
+    /// Since start: connections admitted, and refused over each cap (metrics).
+    public var totals: (admitted: Int, serverFull: Int, clientFull: Int) {
+        (admitted.load(ordering: .relaxed), refusedServerFull.load(ordering: .relaxed), refusedClientFull.load(ordering: .relaxed))
+    }
+
     /// Counts a new connection from `client` in, or says why not. Every
     /// admitted connection is `release`d exactly once with the same key.
     public func admit(_ client: ClientKey?) -> Refusal? {
         if open.wrappingAdd(1, ordering: .relaxed).newValue > maxConnections {
             open.subtract(1, ordering: .relaxed)
+            refusedServerFull.add(1, ordering: .relaxed)
             return .serverFull
         }
-        guard maxPerClient > 0, let client else { return nil }
+        guard maxPerClient > 0, let client else { self.admitted.add(1, ordering: .relaxed); return nil }
         let admitted = perClient.withLock { counts -> Bool in
             let n = counts[client, default: 0]
             guard n < maxPerClient else { return false }
             counts[client] = n + 1
             return true
         }
-        if admitted { return nil }
+        if admitted { self.admitted.add(1, ordering: .relaxed); return nil }
         open.subtract(1, ordering: .relaxed)
+        refusedClientFull.add(1, ordering: .relaxed)
         return .clientFull
     }
 

@@ -41,6 +41,11 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
         public var errorBody: (Int, String) -> (String, [UInt8]) = { _, reason in ("text/plain", Array((reason + "\n").utf8)) }
         /// One JSON line per request goes here when set.
         public var accessLog: AccessLog?
+        /// Sees every request as the access log would, on the connection's loop
+        /// (metrics); it must not block.
+        public var observer: (@Sendable (AccessRecord) -> Void)?
+        /// Requests are timed and their records built: an access log or an observer is set.
+        var isObserved: Bool { accessLog != nil || observer != nil }
         public init() {}
     }
 
@@ -247,6 +252,12 @@ final class LoopContext {
     }
 
     // MARK: access log
+
+    /// Hands a finished request's record to the observer and the access log.
+    func observe(_ record: AccessRecord) {
+        server.configuration.observer?(record)
+        if let log = server.configuration.accessLog { logAccess(record, to: log) }
+    }
 
     /// Renders `record` into this loop's chunk; the chunk goes to the log at
     /// 64 KiB or 100 ms after its first line, whichever comes first.

@@ -35,13 +35,13 @@ public final class ResponseWriter {
     /// Body bytes handed to the connection (none for HEAD).
     private(set) var bodyBytes: UInt64 = 0
 
-    /// An access log is on: the answer's `Cache-Status` is noted.
-    let isLogged: Bool
+    /// An access log or an observer is on: the answer's `Cache-Status` is noted.
+    let isObserved: Bool
 
-    init(request: RequestHead, requestID: String, isLogged: Bool, loop: EventLoop, connection: ServerConnection) {
+    init(request: RequestHead, requestID: String, isObserved: Bool, loop: EventLoop, connection: ServerConnection) {
         self.request = request
         self.requestID = requestID
-        self.isLogged = isLogged
+        self.isObserved = isObserved
         self.loop = loop
         self.connection = connection
     }
@@ -52,7 +52,7 @@ public final class ResponseWriter {
         for (name, value) in extraHeaders { head.headers.add(name, value) }
         head.headers.add(RequestID.header, requestID)
         status = head.status
-        if isLogged { notes.cacheStatus = head.headers["Cache-Status"] }
+        if isObserved { notes.cacheStatus = head.headers["Cache-Status"] }
         return head
     }
 

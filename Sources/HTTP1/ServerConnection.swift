@@ -39,7 +39,7 @@ final class ServerConnection: Selectable {
     var closeAfterResponse = false         // set by graceful shutdown
     private var headStarted = false        // some bytes of the next request have arrived
     private var isDriving = false          // `drive` is on the stack
-    private var dispatchedAt: UInt64 = 0   // monotonic, when the access log is on
+    private var dispatchedAt: UInt64 = 0   // monotonic, when the access log or an observer is on
 
     // Output, in order: `segments` (bytes and file ranges queued earlier), then
     // `out[outOffset...]`, the bytes queued since the last file range.
@@ -267,11 +267,11 @@ final class ServerConnection: Selectable {
         head.headers.add(RequestID.header, id)
         context.server.log(level, "request_id=\(id) refused request: \(status) \(reason)")
         current = nil
-        if let log = context.server.configuration.accessLog {
+        if context.server.configuration.isObserved {
             var r = AccessRecord(unixMillis: Clock.unixMillis(), requestID: id, client: peer, method: request?.method.name,
                                  target: request?.target, status: status, bodyBytes: UInt64(body.count), durationNanos: 0)
             r.notes.errorMessage = reason
-            context.logAccess(r, to: log)
+            context.observe(r)
         }
         send(head: head, body: body, file: nil)
     }
@@ -281,9 +281,9 @@ final class ServerConnection: Selectable {
         lastWriteProgress = context.loop.now
         responseEnded = false
         keepAlive = head.keepAlive && !closeAfterResponse
-        let isLogged = context.server.configuration.accessLog != nil
-        if isLogged { dispatchedAt = Clock.monotonicNanos() }
-        let writer = ResponseWriter(request: head, requestID: context.server.requestIDs.id(for: head.headers), isLogged: isLogged,
+        let isObserved = context.server.configuration.isObserved
+        if isObserved { dispatchedAt = Clock.monotonicNanos() }
+        let writer = ResponseWriter(request: head, requestID: context.server.requestIDs.id(for: head.headers), isObserved: isObserved,
                                     loop: context.loop, connection: self)
         current = (head, writer)
         context.server.handler(writer)
@@ -489,7 +489,7 @@ final class ServerConnection: Selectable {
     /// The access-log line of the request `writer` answered, or of one cut
     /// short (then its body bytes are those that had left the queue).
     private func logAccess(_ writer: ResponseWriter, isComplete: Bool) {
-        guard let log = context.server.configuration.accessLog else { return }
+        guard writer.isObserved else { return }
         let duration = Clock.monotonicNanos() &- dispatchedAt
         var bytes = writer.bodyBytes
         if !isComplete {
@@ -502,7 +502,7 @@ final class ServerConnection: Selectable {
                              bodyBytes: bytes, durationNanos: duration)
         r.isComplete = isComplete
         r.notes = writer.notes
-        context.logAccess(r, to: log)
+        context.observe(r)
     }
 
 

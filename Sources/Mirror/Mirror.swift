@@ -7,6 +7,7 @@ import OCI
 import BlobStore
 import TLS
 import Synchronization
+import Telemetry
 
 /// Settings of the proxy core.
 public struct MirrorConfiguration: Sendable {
@@ -24,6 +25,8 @@ public struct MirrorConfiguration: Sendable {
     public var pullRules = PullRules()
     /// Which repositories' manifests must carry a trusted signature (`signatures:`); empty: none.
     public var signaturePolicy = SignaturePolicy()
+    /// Prometheus metrics (`metrics.listen`); nil: off.
+    public var metrics: BerthMetrics?
 
     public init(upstreams: [UpstreamConfiguration]) { self.upstreams = upstreams }
     public init(upstream: UpstreamConfiguration) { self.init(upstreams: [upstream]) }
@@ -35,6 +38,7 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
     let config: UpstreamConfiguration
     let auth: UpstreamAuth
     let failover: Failover
+    let breaker: CircuitBreaker
     /// Tags this upstream answered 404 for, not asked again for `negativeTTLNanos`.
     let missingTags: ExpiringSet
     /// Tags (`key:tag`) with a revalidation in flight: one HEAD per tag at a
@@ -46,7 +50,7 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
     func beginRevalidation(_ tag: String) -> Bool { revalidating.withLock { $0.insert(tag).inserted } }
     func endRevalidation(_ tag: String) { _ = revalidating.withLock { $0.remove(tag) } }
 
-    init(config: UpstreamConfiguration, group: EventLoopGroup, pool: BlockingPool, deadlineNanos: UInt64) {
+    init(config: UpstreamConfiguration, group: EventLoopGroup, pool: BlockingPool, deadlineNanos: UInt64, metrics: UpstreamMetrics?) {
         self.config = config
         let auth = UpstreamAuth(config: config)
         self.auth = auth
@@ -54,10 +58,11 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
         self.failover = failover
         missingTags = ExpiringSet(ttlNanos: config.negativeTTLNanos, capacity: 10_000)
         let breaker = CircuitBreaker(name: config.name, windowNanos: config.breakerWindowNanos, maxBackoffNanos: config.maxBackoffNanos)
+        self.breaker = breaker
         let limiter = RequestLimiter(limit: config.maxRequests)
         perLoop = group.loops.map {
             Upstream(client: HTTPClient(loop: $0, pool: pool, tls: config.tls, proxy: config.proxy), auth: auth, failover: failover, breaker: breaker,
-                     limiter: limiter, deadlineNanos: deadlineNanos)
+                     limiter: limiter, deadlineNanos: deadlineNanos, metrics: metrics)
         }
     }
 
@@ -139,7 +144,10 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
         self.pool = pool
         self.log = log
         fills = FillRegistry(store: store, pool: pool)
-        registries = config.upstreams.map { Registry(config: $0, group: group, pool: pool, deadlineNanos: config.clientDeadlineNanos) }
+        registries = config.upstreams.map {
+            Registry(config: $0, group: group, pool: pool, deadlineNanos: config.clientDeadlineNanos, metrics: config.metrics?.upstream($0.name))
+        }
+        config.metrics?.addCollector { [registries, fills, store] out in Mirror.collect(registries, fills, store, into: &out) }
         router = UpstreamRouter(config.upstreams.map { .init(name: $0.name, prefix: $0.prefix, hosts: $0.hosts) },
                                 defaultIndex: config.upstreams.firstIndex { $0.isDefault })
     }

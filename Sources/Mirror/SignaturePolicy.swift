@@ -85,17 +85,25 @@ extension ManifestRequest {
     }
 
     private func decide(_ v: Verdict, _ rule: SignaturePolicy.Rule, _ digest: Digest, _ proceed: () -> Void) {
-        if v.isVerified { return proceed() }
+        let kind = String(v.code.prefix { $0 != ":" })
+        if v.isVerified { count(rule, kind, "served"); return proceed() }
         let why = "signature policy \(rule.name) for \(ctx.config.name)/\(repo): \(v)"
         guard rule.enforce else {
+            count(rule, kind, "warned")
             mirror.log(.warning, "serving \(name)@\(digest) unverified: \(why) (mode: warn)")
             return proceed()
         }
         if case .tag(let tag) = reference, let last = lastVerified(tag, rule, besides: digest) {
+            count(rule, kind, "last_verified")
             mirror.log(.warning, "\(name):\(tag) now names \(digest), refused by \(why); serving the last verified \(last.digest)")
             return sendCached(last.digest, last.mediaType, cacheStatus: "hit; detail=last-verified")
         }
+        count(rule, kind, "refused")
         Mirror.error(w, .denied, "\(name)@\(digest) refused by \(why)")
+    }
+
+    private func count(_ rule: SignaturePolicy.Rule, _ verdict: String, _ action: String) {
+        mirror.config.metrics?.signatureDecision(rule: rule.name, verdict: verdict, action: action)
     }
 
     /// The newest digest `tag` named before that this rule verified and the cache still holds (tag history).
@@ -110,9 +118,11 @@ extension ManifestRequest {
 
     private func refuseUnverifiable(_ rule: SignaturePolicy.Rule, _ digest: Digest, _ why: String, _ proceed: () -> Void) {
         guard rule.enforce else {
+            count(rule, "unavailable", "warned")
             mirror.log(.warning, "serving \(name)@\(digest) unverified: \(why) (\(rule.name), mode: warn)")
             return proceed()
         }
+        count(rule, "unavailable", "refused")
         Mirror.error(w, .unavailable, "\(name)@\(digest) cannot be verified for signature policy \(rule.name): \(why)", status: 503)
     }
 }

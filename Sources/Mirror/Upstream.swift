@@ -2,6 +2,7 @@ import Reactor
 import HTTP1
 import OCI
 import Synchronization
+import Telemetry
 
 /// Requests to the upstream from one loop, carrying valid credentials the
 /// first time: the challenge is learned once (a `/v2/` ping), a bearer token
@@ -13,6 +14,8 @@ final class Upstream {
     let failover: Failover
     let breaker: CircuitBreaker
     let limiter: RequestLimiter
+    /// Nil when metrics are off.
+    let metrics: UpstreamMetrics?
     var config: UpstreamConfiguration { auth.config }
     private var pingWaiters: [(Result<UpstreamAuth.Challenge, UpstreamError>) -> Void]?
     private var tokenWaiters: [String: [(Result<String?, UpstreamError>) -> Void]] = [:]
@@ -21,8 +24,9 @@ final class Upstream {
     let deadlineNanos: UInt64
 
     init(client: HTTPClient, auth: UpstreamAuth, failover: Failover, breaker: CircuitBreaker, limiter: RequestLimiter,
-         deadlineNanos: UInt64) {
+         deadlineNanos: UInt64, metrics: UpstreamMetrics? = nil) {
         self.client = client
+        self.metrics = metrics
         self.auth = auth
         self.failover = failover
         self.breaker = breaker
@@ -60,7 +64,12 @@ final class Upstream {
         var ping = request(.get, "/v2/", headTimeout: config.manifestHeadTimeoutNanos)
         let origin = ping.url
         ping.allowsRedirect = { $0.sameOrigin(origin) }
+        let sentAt = Clock.monotonicNanos()
         client.fetch(ping, maxBytes: 64 * 1024) { [self] result in
+            switch result {
+            case .failure(let e): metrics?.failed(e.kind.metricLabel)
+            case .success(let (head, _)): metrics?.responded(status: head.status, afterNanos: Clock.monotonicNanos() &- sentAt)
+            }
             if triesLeft > 0, Failover.shouldFailOver(result) {
                 failover.failed(origin)
                 return self.ping(triesLeft: triesLeft - 1)
@@ -135,6 +144,7 @@ final class Upstream {
                 outcome = .failure(UpstreamError(status: status, code: code, message: "token service answered \(head.status)",
                                                  retryAfter: head.headers["Retry-After"]))
             }
+            if case .success = outcome { metrics?.tokenFetched(ok: true) } else { metrics?.tokenFetched(ok: false) }
             let waiters = tokenWaiters.removeValue(forKey: scope) ?? []
             for w in waiters { w(outcome) }
         }
@@ -241,6 +251,12 @@ final class CircuitBreaker: @unchecked Sendable {  // all state behind `state`
     /// Whether requests are being held off now (cheap: no error built).
     func isOpen(now: UInt64) -> Bool { now < state.withLock { $0.until } }
 
+    /// Nil when closed; else whether for a rate limit (true) or an outage (false).
+    func heldOff(now: UInt64) -> Bool? {
+        let (until, _, limited) = state.withLock { $0 }
+        return now < until ? limited : nil
+    }
+
     /// The error to answer with instead of asking the upstream, nil when it may be asked.
     func refusal(now: UInt64) -> UpstreamError? {
         let (until, reason, limited) = state.withLock { $0 }
@@ -333,6 +349,8 @@ private final class RetryOn401: ClientResponseDelegate {
     var failoversLeft: Int
     var failingOver = false
     var headDelivered = false
+    /// For metrics: when the current attempt went out, when its head came, its body bytes.
+    var sentAt: UInt64 = 0, headAt: UInt64 = 0, bodyBytes: UInt64 = 0
 
     init(upstream: Upstream, method: HTTPMethod, path: String, repository: String, headers: HTTPHeaders,
          headTimeout: UInt64, delegate: UpstreamDelegate) {
@@ -373,12 +391,17 @@ private final class RetryOn401: ClientResponseDelegate {
                 if let authorization { h.set("Authorization", authorization) }
                 let r = upstream.request(method, path, headers: h, headTimeout: headTimeout)
                 origin = r.url
+                if upstream.metrics != nil { sentAt = Clock.monotonicNanos(); headAt = 0; bodyBytes = 0 }
                 upstream.client.execute(r, delegate: self)
             }
         }
     }
 
     func didReceiveHead(_ head: ResponseHead, url: HTTPURL, task: ClientTask) {
+        if let m = upstream.metrics {
+            headAt = Clock.monotonicNanos()
+            m.responded(status: head.status, afterNanos: headAt &- sentAt)
+        }
         // Only the upstream's own origin may teach a challenge; a 401 from a
         // storage host it redirected to is passed on as it is.
         let fromOrigin = origin.map { url.sameOrigin($0) } ?? false
@@ -398,6 +421,7 @@ private final class RetryOn401: ClientResponseDelegate {
             if head.status == 429 {
                 upstream.breaker.rateLimited(retryAfter: head.headers["Retry-After"], now: upstream.loop.now)
             } else if quota.spent {
+                upstream.metrics?.rateLimited.increment()
                 // This answer is good, the next would be a 429: wait now.
                 upstream.breaker.rateLimited(retryAfter: quota.reset, now: upstream.loop.now, reason: "ratelimit-remaining: 0")
             } else {
@@ -408,13 +432,20 @@ private final class RetryOn401: ClientResponseDelegate {
     }
 
     func didReceiveBody(_ bytes: UnsafeRawBufferPointer, task: ClientTask) -> Bool {
-        swallowing ? true : delegate.didReceiveBody(bytes, task: task)
+        bodyBytes &+= UInt64(bytes.count)
+        return swallowing ? true : delegate.didReceiveBody(bytes, task: task)
     }
 
     func didFinish(_ error: HTTPClientError?, task: ClientTask) {
+        if let m = upstream.metrics {
+            m.receivedBytes.increment(by: Int64(clamping: bodyBytes))
+            if let error { m.failed(error.kind.metricLabel) } else if headAt > 0 { m.bodyEnded(bytes: bodyBytes, afterNanos: Clock.monotonicNanos() &- headAt) }
+            bodyBytes = 0
+        }
         if failingOver || (!headDelivered && failoversLeft > 0 && error.map(Failover.isUnreachable) == true) {
             // This URL is down (unreachable, or 5xx): the next one, invisibly to `delegate`.
             if let origin { upstream.failover.failed(origin) }
+            upstream.metrics?.retried(failover: true)
             failoversLeft -= 1
             swallowing = false
             failingOver = false
@@ -433,6 +464,7 @@ private final class RetryOn401: ClientResponseDelegate {
                 delegate.upstreamFailed(UpstreamError(status: 502, code: .unauthorized, message: "upstream token realm is not allowed"))
                 return
             }
+            upstream.metrics?.retried(failover: false)
             attempt(refresh: true)
             return
         }
@@ -510,4 +542,23 @@ func percentEncoded(_ s: String) -> String {
         }
     }
     return out
+}
+
+extension HTTPClientError.Kind {
+    /// The `kind` label of `berth_upstream_errors_total`.
+    var metricLabel: String {
+        switch self {
+        case .invalidURL: "invalid_url"
+        case .resolveFailed: "resolve"
+        case .connectFailed: "connect"
+        case .connectTimeout: "connect_timeout"
+        case .headTimeout: "head_timeout"
+        case .idleTimeout: "idle_timeout"
+        case .tooManyRedirects: "redirects"
+        case .protocolError: "protocol"
+        case .closedEarly: "closed_early"
+        case .tls: "tls"
+        case .cancelled: "cancelled"
+        }
+    }
 }

@@ -136,6 +136,13 @@ public enum System {
         return Int(clamping: min(rl.rlim_cur, rlim_t(Int32.max)))
     }
 
+    /// User and system CPU time this process has used, in seconds (getrusage).
+    public static var cpuSeconds: Double {
+        var u = rusage()
+        guard getrusage(RUSAGE_SELF.rawValue, &u) == 0 else { return 0 }
+        return Double(u.ru_utime.tv_sec + u.ru_stime.tv_sec) + Double(u.ru_utime.tv_usec + u.ru_stime.tv_usec) / 1e6
+    }
+
     /// Resident set size in bytes, from /proc/self/statm.
     public static func residentBytes() -> Int {
         guard let f = fopen("/proc/self/statm", "r") else { return 0 }

@@ -44,6 +44,8 @@ struct Serve: ParsableCommand {
     var logLevel: String?
     @Option(name: .customLong("log-access"), help: "Access log, one JSON line per request: off, stdout or a file path (log.access).")
     var logAccess: String?
+    @Option(name: .customLong("metrics-listen"), help: "Serve Prometheus /metrics on this address, its own listener, e.g. 127.0.0.1:9090 (metrics.listen; off by default).")
+    var metricsListen: String?
     @Option(name: .customLong("drain-delay"), help: "After SIGTERM, /readyz answers 503 this long before the listeners close, e.g. 2s; skipped with no connection open (server.drain_delay).")
     var drainDelay: String?
     @Option(name: .long, help: "Upstream registry URL (upstream.url), e.g. https://ghcr.io.")
@@ -110,6 +112,7 @@ struct Serve: ParsableCommand {
             if let maxConnectionsPerClient { c.server.maxConnectionsPerClient = maxConnectionsPerClient }
             if let logLevel { c.log.level = logLevel }
             if let logAccess { c.log.access = logAccess }
+            if let metricsListen { c.metrics.listen = metricsListen }
             if let drainDelay { c.server.drainDelay = try BerthConfig.parseDuration(drainDelay, key: "server.drain_delay") }
             if let upstream { c.upstream.url = upstream }
             if let upstreamUser { c.upstream.username = upstreamUser }

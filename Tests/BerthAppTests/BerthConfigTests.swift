@@ -194,6 +194,17 @@ final class BerthConfigTests: XCTestCase {
         assertRefused("server:\n  drain_delay: -1s\n", key: "server.drain_delay")
     }
 
+    func testMetricsListenIsOffByDefaultAndAnAddressOfItsOwn() throws {
+        XCTAssertEqual(BerthConfig().metrics.listen, "")
+        var c = try BerthConfig.parse(yaml: "metrics:\n  listen: 127.0.0.1:9090\n")
+        XCTAssertEqual(c.metrics.listen, "127.0.0.1:9090")
+        try c.apply(environment: ["BERTH_METRICS_LISTEN": ":9100"])
+        XCTAssertEqual(c.metrics.listen, ":9100")
+        assertRefused("metrics:\n  listen: nowhere\n", key: "metrics.listen")
+        assertRefused("listen: :5000\nmetrics:\n  listen: :5000\n", key: "metrics.listen")
+        assertRefused("metrics:\n  port: 9090\n", key: "metrics.port")
+    }
+
     func testServerLimits() throws {
         let d = BerthConfig()
         XCTAssertEqual(d.server.headerTimeout, 20)

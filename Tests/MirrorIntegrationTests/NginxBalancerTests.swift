@@ -10,24 +10,10 @@ import TestSupport
 final class NginxBalancerTests: IntegrationTestCase {
     static let shippedConfig = repositoryRoot + "/conf/nginx/berth.conf"
 
-    /// The http-context file around `include`: what Debian's /etc/nginx/nginx.conf
-    /// provides, with every path in `directory` (workers run as root when the test
-    /// is root: nginx's default `nobody` could not read a 0700 temp dir).
-    static func mainConfig(including file: String, directory d: String) -> String {
-        """
-        daemon off;
-        \(geteuid() == 0 ? "user root;" : "")
-        worker_processes 2;
-        pid \(d)/nginx.pid;
-        error_log \(d)/error.log info;
-        events { worker_connections 1024; }
-        http {
-            access_log \(d)/access.log;
-            client_body_temp_path \(d)/body;
-            proxy_temp_path \(d)/proxy;
-            include \(file);
-        }
-        """
+    /// The shipped file included in an http block, as Debian's nginx.conf includes conf.d/*.conf.
+    static func mainConfig(including file: String, directory d: String) throws -> String {
+        try FileManager.default.createDirectory(atPath: d + "/tmp", withIntermediateDirectories: true)
+        return nginxMainConfig(directory: d, workers: 2, http: "include \(file);")
     }
 
     /// The shipped file with its listen lines replaced by one on `port` and the
@@ -77,37 +63,15 @@ final class NginxBalancerTests: IntegrationTestCase {
 
     func testBlobsAreFetchedOnceClusterWideAndPullsSurviveANodeKilled() throws {
         guard Subprocess.resolve("nginx") != nil else { throw XCTSkip("nginx is not installed (scripts/deps.sh TEST_PACKAGES)") }
-        let registry = try startRegistry()
-        let image = try builder.pushImage(to: registry, repository: "team/app", tag: "v1", layerSizes: [200_000, 150_000, 100_000, 50_000])
-        try Skopeo.copy("docker://\(registry.hostPort)/team/app:v1", "docker://\(registry.hostPort)/team/twin:v1",
-                        extra: ["--src-tls-verify=false", "--dest-tls-verify=false"], in: workDir)
-        let before = Dictionary(uniqueKeysWithValues: image.blobs.map { ($0, registry.count(method: "GET", pathContains: "/blobs/\($0)")) })
         // Prefetch off and no per-client cap, as the shipped file says.
         let environment: [String: String?] = ["BERTH_UPSTREAM_PREFETCH": "false", "BERTH_SERVER_MAX_CONNECTIONS_PER_CLIENT": "0"]
-        let nodes = try (0..<3).map { _ in try startBerth(upstream: registry.url, environment: environment) }
-        let balancer = "127.0.0.1:\(try startNginx(nodes))"
-        func pullThrough(_ reference: String) throws -> String {
-            let out = "\(workDir!)/lb-\(UUID().uuidString.prefix(8))"
-            try Skopeo.copy("docker://\(balancer)/\(reference)", "dir:\(out)", extra: ["--src-tls-verify=false"], in: workDir)
-            return out
+        try checkBlobsFetchedOnceClusterWide(environment: environment, startBalancer: startNginx) { cluster in
+            // A containerd-style ?ns= query does not move a blob: same node, no upstream fetch.
+            let blob = cluster.image.blobs[0]
+            let viaNs = try Curl.request("http://\(cluster.balancer)/v2/team/twin/blobs/\(blob)?ns=\(cluster.registry.hostPort)", in: self.workDir)
+            XCTAssertEqual(viaNs.status, 200)
+            XCTAssertEqual(sha256Hex(viaNs.body), String(blob.dropFirst(7)))
+            XCTAssertEqual(cluster.upstreamFetches(blob), 1, "?ns= hashed on the digest alone")
         }
-        for _ in 0..<3 { assertLayout(try pullThrough("team/app:v1"), image: image) }
-        assertLayout(try pullThrough("team/twin:v1"), image: image)
-        for d in image.blobs {
-            XCTAssertEqual(registry.count(method: "GET", pathContains: "/blobs/\(d)") - before[d]!, 1, "\(d) fetched once for the whole cluster")
-            XCTAssertEqual(nodes.filter { $0.isCached(d) }.count, 1, "\(d) lives on one node")
-        }
-        XCTAssertGreaterThan(Set(image.blobs.compactMap { d in nodes.firstIndex { $0.isCached(d) } }).count, 1, "blobs spread over the nodes")
-        // A containerd-style ?ns= query does not move a blob: same node, no upstream fetch.
-        let blob = image.blobs[0]
-        let viaNs = try Curl.request("http://\(balancer)/v2/team/twin/blobs/\(blob)?ns=\(registry.hostPort)", in: workDir)
-        XCTAssertEqual(viaNs.status, 200)
-        XCTAssertEqual(sha256Hex(viaNs.body), String(blob.dropFirst(7)))
-        XCTAssertEqual(registry.count(method: "GET", pathContains: "/blobs/\(blob)") - before[blob]!, 1, "?ns= hashed on the digest alone")
-
-        // A node dies hard: nginx redispatches its keys to the next node on the ring.
-        let victim = try XCTUnwrap(nodes.first { n in image.blobs.contains(where: n.isCached) })
-        victim.killHard()
-        for _ in 0..<2 { assertLayout(try pullThrough("team/app:v1"), image: image) }
     }
 }

@@ -95,6 +95,8 @@ let package = Package(
         .testTarget(name: "MirrorIntegrationTests", dependencies: [
             "TestSupport", "HTTP1", "Reactor", "TLS", "COpenSSL", "BlobStore", "OCI", "Archive",
             .product(name: "PropertyBased", package: "swift-property-based"),
+            // Deployment files (conf/kubernetes/, docker/compose.yaml) read as data.
+            .product(name: "Yams", package: "Yams"),
         ]),
         // Cache lifecycle end to end: the built `berth` binary against Debian's docker-registry,
         // with a small filesystem (ENOSPC), kill -9, eviction under a budget (needs root for mount).

@@ -29,29 +29,14 @@ final class NginxPeer {
         let d = directory
         try FileManager.default.createDirectory(atPath: d + "/www", withIntermediateDirectories: true)
         try FileManager.default.createDirectory(atPath: d + "/tmp", withIntermediateDirectories: true)
-        let user = geteuid() == 0 ? "user root;" : ""
-        let conf = """
-        daemon off;
-        \(user)
-        worker_processes 1;
-        pid \(d)/nginx.pid;
-        error_log \(d)/error.log info;
-        events { worker_connections 512; }
-        http {
-            access_log \(d)/access.log;
-            client_body_temp_path \(d)/tmp/body;
-            proxy_temp_path \(d)/tmp/proxy;
-            fastcgi_temp_path \(d)/tmp/fastcgi;
-            uwsgi_temp_path \(d)/tmp/uwsgi;
-            scgi_temp_path \(d)/tmp/scgi;
+        let conf = nginxMainConfig(directory: d, http: """
             default_type application/octet-stream;
             gzip off;
             root \(d)/www;
             sendfile on;
             \(http)
             \(servers(ports, d))
-        }
-        """
+            """)
         try conf.write(toFile: d + "/nginx.conf", atomically: true, encoding: .utf8)
     }
 

@@ -29,4 +29,22 @@ final class DeploymentFilesTests: XCTestCase {
         XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
         XCTAssertFalse((r.stdout + r.stderr).contains("WARNING"), r.stdout + r.stderr)
     }
+
+    /// `nginx -t` on the shipped http-context file, included as Debian's nginx.conf includes conf.d/*.conf
+    /// (nginx -t parses and resolves addresses; it binds no port). Any [warn] fails.
+    func testNginxConfigIsValidAsShipped() throws {
+        guard Subprocess.resolve("nginx") != nil else { throw XCTSkip("nginx is not installed (scripts/deps.sh TEST_PACKAGES)") }
+        let dir = makeTemporaryDirectory("berth-nginx-t")
+        defer { try? FileManager.default.removeItem(atPath: dir) }
+        try NginxBalancerTests.mainConfig(including: Self.root + "/conf/nginx/berth.conf", directory: dir)
+            .write(toFile: dir + "/nginx.conf", atomically: true, encoding: .utf8)
+        let r = try Subprocess.run(["nginx", "-t", "-p", dir + "/", "-e", dir + "/error.log", "-c", dir + "/nginx.conf"], in: dir, timeout: 30, check: false)
+        XCTAssertEqual(r.status, 0, r.stdout + r.stderr)
+        XCTAssertFalse((r.stdout + r.stderr).contains("[warn]"), r.stdout + r.stderr)
+        let shipped = try String(contentsOfFile: Self.root + "/conf/nginx/berth.conf", encoding: .utf8)
+        for rule in ["hash $berth_key consistent;", "proxy_buffering off;", "proxy_http_version 1.1;",
+                     "proxy_next_upstream error timeout http_502 http_503 http_504;"] {
+            XCTAssertTrue(shipped.contains(rule), rule)
+        }
+    }
 }

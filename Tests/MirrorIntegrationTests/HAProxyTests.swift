@@ -44,32 +44,7 @@ final class HAProxyTests: IntegrationTestCase {
 
     func testBlobsAreFetchedOnceClusterWideAndPullsSurviveANodeKilled() throws {
         guard Subprocess.resolve("haproxy") != nil else { throw XCTSkip("haproxy is not installed (scripts/deps.sh TEST_PACKAGES)") }
-        let registry = try startRegistry()
-        let image = try builder.pushImage(to: registry, repository: "team/app", tag: "v1", layerSizes: [200_000, 150_000, 100_000, 50_000])
-        // The same image under a second repository.
-        try Skopeo.copy("docker://\(registry.hostPort)/team/app:v1", "docker://\(registry.hostPort)/team/twin:v1",
-                        extra: ["--src-tls-verify=false", "--dest-tls-verify=false"], in: workDir)
-        let before = Dictionary(uniqueKeysWithValues: image.blobs.map { ($0, registry.count(method: "GET", pathContains: "/blobs/\($0)")) })  // skopeo reads the config copying
         // Prefetch off, as the shipped file says: a node prefetching a manifest's blobs would fetch what other nodes own.
-        let nodes = try (0..<3).map { _ in try startBerth(upstream: registry.url, environment: ["BERTH_UPSTREAM_PREFETCH": "false"]) }
-        let port = try startHAProxy(nodes)
-        let balancer = "127.0.0.1:\(port)"
-        func pullThrough(_ reference: String) throws -> String {
-            let out = "\(workDir!)/lb-\(UUID().uuidString.prefix(8))"
-            try Skopeo.copy("docker://\(balancer)/\(reference)", "dir:\(out)", extra: ["--src-tls-verify=false"], in: workDir)
-            return out
-        }
-        for _ in 0..<3 { assertLayout(try pullThrough("team/app:v1"), image: image) }
-        assertLayout(try pullThrough("team/twin:v1"), image: image)
-        for d in image.blobs {
-            XCTAssertEqual(registry.count(method: "GET", pathContains: "/blobs/\(d)") - before[d]!, 1, "\(d) fetched once for the whole cluster")
-            XCTAssertEqual(nodes.filter { $0.isCached(d) }.count, 1, "\(d) lives on one node")
-        }
-        XCTAssertGreaterThan(Set(image.blobs.compactMap { d in nodes.firstIndex { $0.isCached(d) } }).count, 1, "blobs spread over the nodes")
-
-        // A node dies hard: its keys go to the others (redispatch at once, the health check soon after).
-        let victim = try XCTUnwrap(nodes.first { n in image.blobs.contains(where: n.isCached) })
-        victim.killHard()
-        for _ in 0..<2 { assertLayout(try pullThrough("team/app:v1"), image: image) }
+        try checkBlobsFetchedOnceClusterWide(environment: ["BERTH_UPSTREAM_PREFETCH": "false"], startBalancer: startHAProxy)
     }
 }

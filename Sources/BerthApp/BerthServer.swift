@@ -14,7 +14,7 @@ import Telemetry
 
 /// Wires configuration to the runtime: event loops, the blocking pool, the
 /// HTTP(S) server and the router; handles SIGTERM/SIGINT (graceful stop) and
-/// SIGHUP (certificate reload).
+/// SIGHUP (configuration reload).
 public final class BerthServer: @unchecked Sendable {  // set up once in `start`; afterwards only loop-thread and atomic state
     public let config: BerthConfig
     let logger: Logger
@@ -35,6 +35,10 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     private let finished = OneShot()
     /// How long in-flight responses may run after SIGTERM.
     public var shutdownGraceNanos: UInt64 = 15_000_000_000
+    /// Builds the configuration anew for SIGHUP, as at start (the file,
+    /// `BERTH_*`, the flags given); nil: SIGHUP re-reads the certificate only.
+    public var configurationLoader: (() throws -> BerthConfig)?
+    private let isReloading = Atomic<Bool>(false)
 
     public init(config: BerthConfig, logger: Logger) throws {
         self.config = config
@@ -121,7 +125,10 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         }
     }
 
-    private func makeMirror(log: @escaping (HTTPServer.LogLevel, String) -> Void) throws -> Mirror {
+    /// The proxy core's settings from `config`, with every file it names read
+    /// (passwords, CA bundles, client certificates, htpasswd, signature keys):
+    /// at start, and again for each reload.
+    private func makeMirrorConfiguration(_ config: BerthConfig) throws -> MirrorConfiguration {
         let list = config.effectiveUpstreams
         let section = { [config] (i: Int) in config.upstreams.isEmpty ? "upstream" : "upstreams[\(i)]" }
         var upstreams: [UpstreamConfiguration] = []
@@ -155,10 +162,15 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             up.tls = try TLSContext.makeClient(extraCAPath: u.ca.isEmpty ? nil : u.ca,
                                                certificatePath: u.certificate.isEmpty ? nil : u.certificate,
                                                privateKeyPath: u.key.isEmpty ? nil : u.key)
+            // A reload keeps this upstream's tokens and connections while none of this changes
+            // (whether it is the default is compared apart: with one upstream it always is).
+            var section = u
+            section.isDefault = false
+            let files = [u.ca, u.certificate, u.key].map { $0.isEmpty ? "" : readFile($0) ?? "" }
+            up.fingerprint = SHA256Hasher.hex(Array("\(section)\u{0}\(password)\u{0}\(config.offline)\u{0}\(files)".utf8))
             upstreams.append(up)
         }
         var mc = MirrorConfiguration(upstreams: upstreams)
-        mc.metrics = metrics
         if !config.auth.htpasswd.isEmpty {
             guard let text = readFile(config.auth.htpasswd) else { throw ConfigError(key: "auth.htpasswd", "cannot read \(config.auth.htpasswd)") }
             do {
@@ -179,6 +191,12 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
                                         repositories: r.repositories, exempt: r.exempt, keys: keys, enforce: r.mode == "enforce")
         })
         mc.tagTTLNanos = UInt64(config.cache.tagTTL * 1e9)
+        mc.metrics = metrics
+        return mc
+    }
+
+    private func makeMirror(log: @escaping (HTTPServer.LogLevel, String) -> Void) throws -> Mirror {
+        let mc = try makeMirrorConfiguration(config)
         let budget = config.makeBudget()
         let store = try BlobStore(root: config.cache.dir, pool: pool, budget: budget, keepHistory: config.cache.keepHistory)
         store.log = { [logger] in logger.warning("\($0)") }
@@ -334,14 +352,13 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     private func signal(_ signo: Int32) {
         switch signo {
         case SIGHUP:
-            guard let tls else { logger.info("SIGHUP: no TLS configured, nothing to reload"); return }
-            pool.submit { [logger] in
-                do {
-                    try tls.reload()
-                    logger.info("SIGHUP: TLS certificate reloaded")
-                } catch {
-                    logger.error("SIGHUP: TLS reload failed, keeping the old certificate: \(error)")
+            // Files are read and TLS contexts built: on the pool.
+            pool.submit { [self] in
+                guard !isReloading.exchange(true, ordering: .acquiring) else {
+                    return logger.warning("SIGHUP: a reload is under way; this signal is ignored")
                 }
+                defer { isReloading.store(false, ordering: .releasing) }
+                reload()
             }
         default:
             let delay = http.connectionCount > 0 ? config.server.drainDelay : 0
@@ -391,6 +408,45 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             group.loops[0].schedule(afterNanos: 50_000_000, check)
         }
         group.loops[0].execute(check)
+    }
+
+    /// Reloads the configuration (upstreams, credentials, CA bundles, client
+    /// auth and rules, signature policy, TTLs, upstream limits, the TLS
+    /// certificate) without dropping connections or fills. Everything is built
+    /// before anything is swapped: a configuration that does not load, or names
+    /// a file that cannot be read, is refused whole and the running one stays.
+    /// Keys that need a restart keep their running values, with a warning. Pool thread.
+    private func reload() {
+        guard let loader = configurationLoader, let mirror else {
+            guard let tls else { return logger.info("SIGHUP: no TLS configured, nothing to reload") }
+            do {
+                try tls.reload()
+                logger.info("SIGHUP: TLS certificate reloaded")
+            } catch {
+                logger.error("SIGHUP: TLS reload failed, keeping the old certificate: \(error)")
+            }
+            return
+        }
+        do {
+            let new = try loader()
+            let certificate = try tls.map { _ in
+                try TLSContext.makeServer(certificateChainPath: new.tls.certificate, privateKeyPath: new.tls.key)
+            }
+            let mc = try makeMirrorConfiguration(new)
+            if let tls, let certificate {
+                tls.replace(with: certificate, certificateChainPath: new.tls.certificate, privateKeyPath: new.tls.key)
+            }
+            let summary = mirror.reload(mc)
+            logger.info("SIGHUP: configuration reloaded", metadata: [
+                "upstreams": "\(summary)", "tls": "\(tls == nil ? "off" : "certificate re-read")",
+            ])
+            let pending = config.restartOnlyChanges(to: new)
+            if !pending.isEmpty {
+                logger.warning("SIGHUP: \(pending.joined(separator: ", ")) changed; these take effect at the next start (the running values stay)")
+            }
+        } catch {
+            logger.error("SIGHUP: new configuration refused, the running one stays: \(error)")
+        }
     }
 
     /// Blocks the calling thread until `stop` has finished, then stops the loops.

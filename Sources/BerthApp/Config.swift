@@ -459,6 +459,20 @@ public struct BerthConfig: Equatable, Sendable {
         }
     }
 
+    /// The keys that differ in `new` and take effect only at a start: the
+    /// listeners, loops, server limits, cache, metrics, logs and preload. The
+    /// rest (upstreams, auth, signatures, `cache.tag_ttl`, the TLS files) reload.
+    public func restartOnlyChanges(to new: BerthConfig) -> [String] {
+        var cache = new.cache
+        cache.tagTTL = self.cache.tagTTL
+        let changed: [(String, Bool)] = [
+            ("listen", listen != new.listen), ("workers", workers != new.workers), ("tls.listen", tls.listen != new.tls.listen),
+            ("server", server != new.server), ("cache", self.cache != cache), ("metrics", metrics != new.metrics),
+            ("log", log != new.log), ("preload", preload != new.preload),
+        ]
+        return changed.filter(\.1).map(\.0)
+    }
+
     /// Checks values that parse but cannot work.
     public func validate() throws {
         guard SocketAddress(listen) != nil else {

@@ -67,6 +67,8 @@ public final class HTTPClient {
     private var idle: [String: [ClientConnection]] = [:]
     var idleTimeoutNanos: UInt64 = 30_000_000_000
     private var sweeping = false
+    /// Set by `retire`: no connection is pooled any more.
+    private var isRetired = false
 
     /// An HTTP proxy every connection goes through, as a `CONNECT` tunnel to
     /// the origin (https and http alike); nil: direct.
@@ -110,7 +112,7 @@ public final class HTTPClient {
     func release(_ c: ClientConnection) {
         let key = c.origin.poolKey
         var list = idle[key] ?? []
-        guard list.count < maxIdlePerOrigin else { c.close(); return }
+        guard !isRetired, list.count < maxIdlePerOrigin else { c.close(); return }
         list.append(c)
         idle[key] = list
         if !sweeping { sweep() }
@@ -121,6 +123,14 @@ public final class HTTPClient {
         guard var list = idle[key], let i = list.firstIndex(where: { $0 === c }) else { return }
         list.remove(at: i)
         idle[key] = list.isEmpty ? nil : list
+    }
+
+    /// The client is no longer used for new requests (its upstream was
+    /// reconfigured): idle connections close now, busy ones when they finish.
+    public func retire() {
+        isRetired = true
+        for list in idle.values { for c in list { c.close() } }
+        idle = [:]
     }
 
     /// Closes pooled connections idle past the timeout, every few seconds while any exist.

@@ -68,6 +68,12 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
 
     func upstream(for loop: EventLoop) -> Upstream { perLoop[loop.index] }
 
+    /// A reload dropped this upstream or changed its settings: its clients
+    /// close their idle connections; requests in flight finish on them.
+    func retire() {
+        for u in perLoop { u.loop.execute { u.client.retire() } }
+    }
+
     /// The repository name as the upstream knows it (Docker Hub's `library/`).
     func upstreamName(_ name: String) -> String {
         guard config.dockerHubNames, !name.contains("/") else { return name }
@@ -113,14 +119,32 @@ extension RepositoryHandler {
     var index: CacheIndex { ctx.index }
 }
 
+/// What a configuration reload replaces, as one immutable value: a request
+/// works with the one it started with.
+final class MirrorState: Sendable {
+    let config: MirrorConfiguration
+    let registries: [Registry]
+    let router: UpstreamRouter
+
+    init(config: MirrorConfiguration, registries: [Registry]) {
+        self.config = config
+        self.registries = registries
+        router = UpstreamRouter(config.upstreams.map { .init(name: $0.name, prefix: $0.prefix, hosts: $0.hosts) },
+                                defaultIndex: config.upstreams.firstIndex { $0.isDefault })
+    }
+}
+
 /// The `/v2/` pull-through proxy: routes each request to one of the
 /// configured upstreams, answers from the cache when it can, and otherwise
 /// fetches from that upstream, streaming to the client while filling the cache.
 ///
 /// Shared by every loop; per-loop parts (the HTTP clients and their pools) are
 /// picked by the request's loop.
-public final class Mirror: @unchecked Sendable {  // immutable after init; per-loop state used on its loop only
-    let config: MirrorConfiguration
+public final class Mirror: @unchecked Sendable {  // `state` swapped under its lock (reload); per-loop state used on its loop only
+    private let state: Mutex<MirrorState>
+    /// The configuration in force (a reload swaps it).
+    var current: MirrorState { state.withLock { $0 } }
+    var config: MirrorConfiguration { current.config }
     let store: BlobStore
     let fills: FillRegistry
     let pool: BlockingPool
@@ -129,8 +153,7 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
     /// Signature verdicts per manifest digest (`signatures:`), in the cache index.
     var verdicts: VerdictCache { VerdictCache(index: store.index) }
     let log: (HTTPServer.LogLevel, String) -> Void
-    let registries: [Registry]
-    let router: UpstreamRouter
+    private let group: EventLoopGroup
     /// Set when shutdown begins: `/readyz` answers 503 from then on.
     private let draining = Atomic<Bool>(false)
 
@@ -139,17 +162,57 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
         precondition(!config.upstreams.isEmpty, "at least one upstream")
         var config = config
         if config.upstreams.count == 1 { config.upstreams[0].isDefault = true }
-        self.config = config
         self.store = store
         self.pool = pool
         self.log = log
-        fills = FillRegistry(store: store, pool: pool)
-        registries = config.upstreams.map {
+        self.group = group
+        let fills = FillRegistry(store: store, pool: pool)
+        self.fills = fills
+        state = Mutex(MirrorState(config: config, registries: config.upstreams.map {
             Registry(config: $0, group: group, pool: pool, deadlineNanos: config.clientDeadlineNanos, metrics: config.metrics?.upstream($0.name))
+        }))
+        config.metrics?.addCollector { [weak self] out in
+            guard let self else { return }
+            Mirror.collect(self.current.registries, fills, store, into: &out)
         }
-        config.metrics?.addCollector { [registries, fills, store] out in Mirror.collect(registries, fills, store, into: &out) }
-        router = UpstreamRouter(config.upstreams.map { .init(name: $0.name, prefix: $0.prefix, hosts: $0.hosts) },
-                                defaultIndex: config.upstreams.firstIndex { $0.isDefault })
+    }
+
+    /// What a reload changed, by upstream name.
+    public struct ReloadSummary: Sendable, CustomStringConvertible {
+        public var added: [String] = [], changed: [String] = [], removed: [String] = [], kept: [String] = []
+        public var description: String {
+            [("added", added), ("changed", changed), ("removed", removed), ("unchanged", kept)]
+                .filter { !$0.1.isEmpty }.map { "\($0.0) \($0.1.joined(separator: ", "))" }.joined(separator: "; ")
+        }
+    }
+
+    /// Swaps in a new configuration (SIGHUP). An upstream whose name, default
+    /// and fingerprint are unchanged keeps its tokens, connections and breaker;
+    /// the others start afresh. Requests and fills in flight finish on what
+    /// they started with; a dropped upstream's idle connections close.
+    @discardableResult
+    public func reload(_ new: MirrorConfiguration) -> ReloadSummary {
+        precondition(!new.upstreams.isEmpty, "at least one upstream")
+        var config = new
+        if config.upstreams.count == 1 { config.upstreams[0].isDefault = true }
+        let old = current
+        var summary = ReloadSummary()
+        let registries = config.upstreams.map { u -> Registry in
+            if let r = old.registries.first(where: { $0.config.name == u.name }) {
+                if !u.fingerprint.isEmpty && r.config.fingerprint == u.fingerprint && r.config.isDefault == u.isDefault {
+                    summary.kept.append(u.name)
+                    return r
+                }
+                summary.changed.append(u.name)
+            } else {
+                summary.added.append(u.name)
+            }
+            return Registry(config: u, group: group, pool: pool, deadlineNanos: config.clientDeadlineNanos, metrics: config.metrics?.upstream(u.name))
+        }
+        summary.removed = old.registries.map(\.config.name).filter { n in !config.upstreams.contains { $0.name == n } }
+        state.withLock { $0 = MirrorState(config: config, registries: registries) }
+        for r in old.registries where !registries.contains(where: { $0 === r }) { r.retire() }
+        return summary
     }
 
     /// Shutdown has begun: `/readyz` turns 503 so that balancers stop sending
@@ -164,6 +227,7 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
     /// The HTTP server's handler.
     public func handle(_ w: ResponseWriter) {
         let req = w.request
+        let state = current
         switch req.method {
         case .get, .head: break
         default:
@@ -186,7 +250,7 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             w.respond(head, body: Array((ready ? #"{"status":"ready"}"# : #"{"status":"draining"}"#).utf8))
             return
         }
-        guard let auth = config.clientAuth else { return route(w, path, query, user: "anonymous") }
+        guard let auth = state.config.clientAuth else { return route(w, path, query, user: "anonymous", state) }
         auth.check(req.headers["Authorization"], loop: w.loop, pool: pool) { [self] outcome in
             if case .allowed(let user) = outcome { w.notes.user = user }
             switch outcome {
@@ -196,7 +260,7 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
                 // use them. Anonymous content requests still pass.
                 refuse(w, "authentication required (anonymous pulls are allowed)")
             case .allowed(let user):
-                route(w, path, query, user: user)
+                route(w, path, query, user: user, state)
             case .refused(let why):
                 refuse(w, why)
             }
@@ -211,7 +275,7 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
         Mirror.error(w, .unauthorized, why, head: head)
     }
 
-    private func route(_ w: ResponseWriter, _ path: Substring, _ query: Substring, user: String) {
+    private func route(_ w: ResponseWriter, _ path: Substring, _ query: Substring, user: String, _ state: MirrorState) {
         w.notes.user = user
         switch Routes.parse(path: path) {
         case .failure(let e):
@@ -229,21 +293,22 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
             Mirror.error(w, .unsupported, "Berth verifies sha256 digests only; \(digest.algorithm.rawValue) content is not served", status: 400)
         case .success(.manifest(let name, let reference)):
             w.notes.reference = reference.description
-            context(w, name, query, user: user).map { ManifestRequest($0, reference: reference).run() }
+            context(w, name, query, user: user, state).map { ManifestRequest($0, reference: reference).run() }
         case .success(.blob(let name, let digest)):
             w.notes.reference = digest.description
-            context(w, name, query, user: user).map { BlobRequest($0, digest: digest).run() }
+            context(w, name, query, user: user, state).map { BlobRequest($0, digest: digest).run() }
         case .success(.tagsList(let name)):
-            context(w, name, query, user: user).map { TagsRequest($0, query: query).run() }
+            context(w, name, query, user: user, state).map { TagsRequest($0, query: query).run() }
         case .success(.referrers(let name, let digest)):
             w.notes.reference = digest.description
-            context(w, name, query, user: user).map { ReferrersRequest($0, digest: digest, query: query).run() }
+            context(w, name, query, user: user, state).map { ReferrersRequest($0, digest: digest, query: query).run() }
         }
     }
 
     /// Selects the upstream for `name`; answers 404 `NAME_UNKNOWN` itself when none is configured for it.
-    private func context(_ w: ResponseWriter, _ name: String, _ query: Substring, user: String) -> RequestContext? {
-        switch router.select(name: name, ns: queryValue(query, "ns"), host: w.request.headers["Host"]) {
+    private func context(_ w: ResponseWriter, _ name: String, _ query: Substring, user: String, _ state: MirrorState) -> RequestContext? {
+        let config = state.config
+        switch state.router.select(name: name, ns: queryValue(query, "ns"), host: w.request.headers["Host"]) {
         case .unknown(let message):
             log(.info, w, "404 NAME_UNKNOWN \(message)")
             Mirror.error(w, .nameUnknown, message)
@@ -251,7 +316,7 @@ public final class Mirror: @unchecked Sendable {  // immutable after init; per-l
         case .upstream(let i, let repository, let namespace):
             // Only a name the configuration holds is echoed: never bytes the client sent.
             if let namespace { w.extraHeaders.add("OCI-Namespace", namespace) }
-            let registry = registries[i]
+            let registry = state.registries[i]
             let repo = registry.upstreamName(repository)
             w.notes.upstream = registry.config.name
             w.notes.repository = repo

@@ -8,6 +8,10 @@ import TLS
 public struct UpstreamConfiguration: Sendable {
     /// The registry name clients use (`docker.io`, `ghcr.io`, `127.0.0.1:5999`): matched against `ns=` and `Host`.
     public var name: String
+    /// What the settings were made from (the section, secrets and files read), as the
+    /// configuration's owner sees it: a reload keeps the running upstream (tokens,
+    /// connections, breaker) when name, default and fingerprint are unchanged. Empty: never kept.
+    public var fingerprint = ""
     /// Path prefix selecting this upstream (`/v2/<prefix>/<repo>/…`); nil for none.
     public var prefix: String?
     /// Further names `ns=` or `Host` may use.

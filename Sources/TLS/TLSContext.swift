@@ -136,27 +136,36 @@ public final class TLSContext: @unchecked Sendable {  // immutable after the fac
 /// A server context that can be replaced at runtime (SIGHUP reload): new
 /// connections get the new context, existing ones keep the one they started
 /// with (each `SSL` holds a reference to its `SSL_CTX`).
-public final class ReloadableServerContext: @unchecked Sendable {  // the paths are immutable; the context is read and swapped under `lock`
-    /// The certificate chain file re-read by `reload`.
-    public let certificateChainPath: String
-    /// The private key file re-read by `reload`.
-    public let privateKeyPath: String
-    private let lock: Mutex<TLSContext>
+public final class ReloadableServerContext: @unchecked Sendable {  // the context and its paths are read and swapped under `lock`
+    private struct State {
+        var context: TLSContext
+        var certificateChainPath: String
+        var privateKeyPath: String
+    }
+    private let lock: Mutex<State>
 
     /// Builds the first context; throws when the files do not make one.
     public init(certificateChainPath: String, privateKeyPath: String) throws {
-        self.certificateChainPath = certificateChainPath
-        self.privateKeyPath = privateKeyPath
-        lock = Mutex(try TLSContext.makeServer(certificateChainPath: certificateChainPath, privateKeyPath: privateKeyPath))
+        lock = Mutex(State(context: try TLSContext.makeServer(certificateChainPath: certificateChainPath, privateKeyPath: privateKeyPath),
+                           certificateChainPath: certificateChainPath, privateKeyPath: privateKeyPath))
     }
 
     /// The context for a connection accepted now.
-    public var current: TLSContext { lock.withLock { $0 } }
+    public var current: TLSContext { lock.withLock { $0.context } }
+
+    /// The certificate chain and key files the context came from.
+    public var paths: (certificateChain: String, privateKey: String) { lock.withLock { ($0.certificateChainPath, $0.privateKeyPath) } }
 
     /// Re-reads both files and swaps the context in. On failure the old
     /// context stays and the error is thrown. Reads files: call off the loop.
     public func reload() throws {
-        let fresh = try TLSContext.makeServer(certificateChainPath: certificateChainPath, privateKeyPath: privateKeyPath)
-        lock.withLock { $0 = fresh }
+        let (chain, key) = paths
+        let fresh = try TLSContext.makeServer(certificateChainPath: chain, privateKeyPath: key)
+        lock.withLock { $0.context = fresh }
+    }
+
+    /// Swaps in a context built from other files (a configuration reload).
+    public func replace(with context: TLSContext, certificateChainPath: String, privateKeyPath: String) {
+        lock.withLock { $0 = State(context: context, certificateChainPath: certificateChainPath, privateKeyPath: privateKeyPath) }
     }
 }

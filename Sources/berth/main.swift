@@ -98,45 +98,9 @@ struct Serve: ParsableCommand {
     var authAnonymous = false
 
     func run() throws {
-        var c: BerthConfig
+        let c: BerthConfig
         do {
-            c = try loadConfig(file: config)
-            if let listen { c.listen = listen }
-            if let tlsListen { c.tls.listen = tlsListen }
-            if let tlsCertificate { c.tls.certificate = tlsCertificate }
-            if let tlsKey { c.tls.key = tlsKey }
-            if let workers { c.workers = workers }
-            if let headerTimeout { c.server.headerTimeout = try BerthConfig.parseDuration(headerTimeout, key: "server.header_timeout") }
-            if let keepaliveTimeout { c.server.keepaliveTimeout = try BerthConfig.parseDuration(keepaliveTimeout, key: "server.keepalive_timeout") }
-            if let maxConnections { c.server.maxConnections = try BerthConfig.parseConnectionCap(maxConnections, key: "server.max_connections") }
-            if let maxConnectionsPerClient { c.server.maxConnectionsPerClient = maxConnectionsPerClient }
-            if let logLevel { c.log.level = logLevel }
-            if let logAccess { c.log.access = logAccess }
-            if let metricsListen { c.metrics.listen = metricsListen }
-            if let drainDelay { c.server.drainDelay = try BerthConfig.parseDuration(drainDelay, key: "server.drain_delay") }
-            if let upstream { c.upstream.url = upstream }
-            if let upstreamUser { c.upstream.username = upstreamUser }
-            if let upstreamPasswordFile { c.upstream.passwordFile = upstreamPasswordFile }
-            if let upstreamCA { c.upstream.ca = upstreamCA }
-            if let upstreamCertificate { c.upstream.certificate = upstreamCertificate }
-            if let upstreamKey { c.upstream.key = upstreamKey }
-            if !realmAllow.isEmpty { c.upstream.realmAllow = realmAllow }
-            if let upstreamDockerhub { c.upstream.dockerhub = upstreamDockerhub }
-            let durations = [("connect_timeout", upstreamConnectTimeout), ("manifest_timeout", upstreamManifestTimeout),
-                             ("blob_timeout", upstreamBlobTimeout), ("idle_timeout", upstreamIdleTimeout),
-                             ("negative_ttl", upstreamNegativeTTL), ("breaker_window", upstreamBreakerWindow),
-                             ("backoff_max", upstreamBackoffMax)]
-            for case let (key, text?) in durations { try c.setUpstreamDuration(key, text) }
-            if let upstreamMaxRequests { c.upstream.maxRequests = upstreamMaxRequests }
-            if let upstreamProxy { c.upstream.proxy = upstreamProxy }
-            if let cacheDir { c.cache.dir = cacheDir }
-            if let cacheMaxSize { c.cache.maxSize = cacheMaxSize }
-            if !pin.isEmpty { c.cache.pinned = pin }
-            if offline { c.offline = true }
-            if let authHtpasswd { c.auth.htpasswd = authHtpasswd }
-            if authAnonymous { c.auth.anonymous = true }
-            if let tagTTL { c.cache.tagTTL = try BerthConfig.parseDuration(tagTTL, key: "cache.tag_ttl") }
-            try c.validate()
+            c = try makeConfig()
         } catch let e as ConfigError {
             FileOut.stderr("berth: \(e)\n")
             throw ExitCode(2)
@@ -144,11 +108,55 @@ struct Serve: ParsableCommand {
         SignalSource.blockProcessSignals()
         let logger = makeLogger(level: c.log.level)
         let server = try BerthServer(config: c, logger: logger)
+        // SIGHUP builds the configuration again the same way: the file and BERTH_* as they are then, these flags.
+        server.configurationLoader = { try makeConfig() }
         do { try server.start() } catch {
             logger.critical("cannot start: \(error)")
             throw ExitCode(1)
         }
         server.waitUntilStopped()
+    }
+
+    /// The embedded defaults, the file, `BERTH_*`, then the flags; validated.
+    func makeConfig() throws -> BerthConfig {
+        var c = try loadConfig(file: config)
+        if let listen { c.listen = listen }
+        if let tlsListen { c.tls.listen = tlsListen }
+        if let tlsCertificate { c.tls.certificate = tlsCertificate }
+        if let tlsKey { c.tls.key = tlsKey }
+        if let workers { c.workers = workers }
+        if let headerTimeout { c.server.headerTimeout = try BerthConfig.parseDuration(headerTimeout, key: "server.header_timeout") }
+        if let keepaliveTimeout { c.server.keepaliveTimeout = try BerthConfig.parseDuration(keepaliveTimeout, key: "server.keepalive_timeout") }
+        if let maxConnections { c.server.maxConnections = try BerthConfig.parseConnectionCap(maxConnections, key: "server.max_connections") }
+        if let maxConnectionsPerClient { c.server.maxConnectionsPerClient = maxConnectionsPerClient }
+        if let logLevel { c.log.level = logLevel }
+        if let logAccess { c.log.access = logAccess }
+        if let metricsListen { c.metrics.listen = metricsListen }
+        if let drainDelay { c.server.drainDelay = try BerthConfig.parseDuration(drainDelay, key: "server.drain_delay") }
+        if let upstream { c.upstream.url = upstream }
+        if let upstreamUser { c.upstream.username = upstreamUser }
+        if let upstreamPasswordFile { c.upstream.passwordFile = upstreamPasswordFile }
+        if let upstreamCA { c.upstream.ca = upstreamCA }
+        if let upstreamCertificate { c.upstream.certificate = upstreamCertificate }
+        if let upstreamKey { c.upstream.key = upstreamKey }
+        if !realmAllow.isEmpty { c.upstream.realmAllow = realmAllow }
+        if let upstreamDockerhub { c.upstream.dockerhub = upstreamDockerhub }
+        let durations = [("connect_timeout", upstreamConnectTimeout), ("manifest_timeout", upstreamManifestTimeout),
+                         ("blob_timeout", upstreamBlobTimeout), ("idle_timeout", upstreamIdleTimeout),
+                         ("negative_ttl", upstreamNegativeTTL), ("breaker_window", upstreamBreakerWindow),
+                         ("backoff_max", upstreamBackoffMax)]
+        for case let (key, text?) in durations { try c.setUpstreamDuration(key, text) }
+        if let upstreamMaxRequests { c.upstream.maxRequests = upstreamMaxRequests }
+        if let upstreamProxy { c.upstream.proxy = upstreamProxy }
+        if let cacheDir { c.cache.dir = cacheDir }
+        if let cacheMaxSize { c.cache.maxSize = cacheMaxSize }
+        if !pin.isEmpty { c.cache.pinned = pin }
+        if offline { c.offline = true }
+        if let authHtpasswd { c.auth.htpasswd = authHtpasswd }
+        if authAnonymous { c.auth.anonymous = true }
+        if let tagTTL { c.cache.tagTTL = try BerthConfig.parseDuration(tagTTL, key: "cache.tag_ttl") }
+        try c.validate()
+        return c
     }
 }
 

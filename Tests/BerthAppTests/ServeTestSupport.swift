@@ -10,6 +10,17 @@ func isListening(_ port: UInt16) -> Bool {
     (try? RawClient(port: port, timeoutSeconds: 1)) != nil
 }
 
+/// Connections on local port `port` the server has not closed yet
+/// (ESTABLISHED or CLOSE_WAIT in /proc/net/tcp).
+func openServerSockets(port: UInt16) -> Int {
+    guard let table = try? String(contentsOfFile: "/proc/net/tcp", encoding: .utf8) else { return 0 }
+    let local = String(format: ":%04X", port)
+    return table.split(separator: "\n").dropFirst().filter { line in
+        let f = line.split(separator: " ")
+        return f.count > 3 && f[1].hasSuffix(local) && (f[3] == "01" || f[3] == "08")
+    }.count
+}
+
 /// `berth serve` as a child process, stopped by its PID.
 final class BerthProcess {
     let child: Subprocess

@@ -105,14 +105,19 @@ final class FakeUpstream {
         }
     }
 
+    /// Starts a blob answer of `length` bytes; false for a HEAD (nothing more to send).
+    private static func startBlob(_ w: ResponseWriter, length: Int, digest: String) -> Bool {
+        var head = ResponseHead(status: 200)
+        head.headers.add("Content-Type", "application/octet-stream")
+        head.headers.add("Docker-Content-Digest", digest)
+        w.start(head, contentLength: UInt64(length))
+        return w.request.method == .get
+    }
+
     /// Declares the whole length, sends the first `sent` bytes, then cuts the connection.
     static func cut(_ bytes: [UInt8], after sent: Int, digest: String) -> Route {
         { w in
-            var head = ResponseHead(status: 200)
-            head.headers.add("Content-Type", "application/octet-stream")
-            head.headers.add("Docker-Content-Digest", digest)
-            w.start(head, contentLength: UInt64(bytes.count))
-            guard w.request.method == .get else { return }
+            guard startBlob(w, length: bytes.count, digest: digest) else { return }
             bytes[0..<sent].withUnsafeBytes { _ = w.write($0) }
             // Let the first half reach the peer before the cut.
             _ = w.loop.schedule(afterNanos: 300_000_000) { w.abort() }
@@ -122,16 +127,34 @@ final class FakeUpstream {
     /// Declares the whole length, sends the first `sent` bytes, stalls `stallNanos`, then sends the rest.
     static func stall(_ bytes: [UInt8], after sent: Int, stallNanos: UInt64, digest: String) -> Route {
         { w in
-            var head = ResponseHead(status: 200)
-            head.headers.add("Content-Type", "application/octet-stream")
-            head.headers.add("Docker-Content-Digest", digest)
-            w.start(head, contentLength: UInt64(bytes.count))
-            guard w.request.method == .get else { return }
+            guard startBlob(w, length: bytes.count, digest: digest) else { return }
             bytes[0..<sent].withUnsafeBytes { _ = w.write($0) }
             _ = w.loop.schedule(afterNanos: stallNanos) {
                 bytes[sent...].withUnsafeBytes { _ = w.write($0) }
                 w.end()
             }
+        }
+    }
+
+    /// A flag a test raises to let a `held` body finish.
+    final class Gate: @unchecked Sendable {  // `isOpen` under `lock`
+        private let lock = NSLock()
+        private var open = false
+        var isOpen: Bool { lock.withLock { open } }
+        func release() { lock.withLock { open = true } }
+    }
+
+    /// Declares the whole length, sends the first `sent` bytes, then the rest once `gate` is released.
+    static func held(_ bytes: [UInt8], after sent: Int, until gate: Gate, digest: String) -> Route {
+        { w in
+            guard startBlob(w, length: bytes.count, digest: digest) else { return }
+            bytes[0..<sent].withUnsafeBytes { _ = w.write($0) }
+            func finishWhenOpen() {
+                guard gate.isOpen else { _ = w.loop.schedule(afterNanos: 10_000_000, finishWhenOpen); return }
+                bytes[sent...].withUnsafeBytes { _ = w.write($0) }
+                w.end()
+            }
+            finishWhenOpen()
         }
     }
 

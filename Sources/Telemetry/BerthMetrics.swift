@@ -1,4 +1,7 @@
 public import Prometheus
+#if canImport(Glibc)
+import Glibc
+#endif
 import Synchronization
 
 /// Berth's Prometheus metrics (`metrics.listen`): event metrics recorded as
@@ -113,22 +116,31 @@ public final class BerthMetrics: Sendable {
 public enum Route: UInt8, CaseIterable, Sendable {
     case base, manifest, blob, tags, referrers, health, other
 
+    /// Read from the target's bytes: this runs for every request.
     public init(target: String) {
-        var path = Substring(target)
-        if let q = path.firstIndex(of: "?") { path = path[..<q] }
-        if path == "/v2/" || path == "/v2" { self = .base; return }
-        if path == "/healthz" || path == "/readyz" { self = .health; return }
-        guard path.hasPrefix("/v2/"), let slash = path.lastIndex(of: "/") else { self = .other; return }
+        var target = target
+        self = target.withUTF8 { Route(path: $0) }
+    }
+
+    private init(path bytes: UnsafeBufferPointer<UInt8>) {
+        let path = UnsafeBufferPointer(rebasing: bytes[..<(bytes.firstIndex(of: UInt8(ascii: "?")) ?? bytes.count)])
+        if Self.equal(path, "/v2/") || Self.equal(path, "/v2") { self = .base; return }
+        if Self.equal(path, "/healthz") || Self.equal(path, "/readyz") { self = .health; return }
+        guard path.count > 4, Self.equal(UnsafeBufferPointer(rebasing: path[..<4]), "/v2/"),
+              let slash = path.lastIndex(of: UInt8(ascii: "/")) else { self = .other; return }
         let head = path[..<slash]
-        let last = path[path.index(after: slash)...]
-        let parent = head.lastIndex(of: "/").map { head[head.index(after: $0)...] } ?? head
-        switch parent {
-        case "manifests": self = .manifest
-        case "blobs": self = .blob
-        case "referrers": self = .referrers
-        case "tags" where last == "list": self = .tags
-        default: self = .other
-        }
+        let parentStart = (head.lastIndex(of: UInt8(ascii: "/")) ?? head.startIndex - 1) + 1
+        let parent = UnsafeBufferPointer(rebasing: path[parentStart..<slash])
+        let last = UnsafeBufferPointer(rebasing: path[(slash + 1)...])
+        if Self.equal(parent, "manifests") { self = .manifest }
+        else if Self.equal(parent, "blobs") { self = .blob }
+        else if Self.equal(parent, "referrers") { self = .referrers }
+        else if Self.equal(parent, "tags") && Self.equal(last, "list") { self = .tags }
+        else { self = .other }
+    }
+
+    private static func equal(_ bytes: UnsafeBufferPointer<UInt8>, _ literal: StaticString) -> Bool {
+        bytes.count == literal.utf8CodeUnitCount && memcmp(bytes.baseAddress!, literal.utf8Start, bytes.count) == 0
     }
 
     public var label: String {
@@ -151,11 +163,20 @@ public enum CacheLabel: String, Sendable {
     case hit, stale, miss, none
 
     public init(_ cacheStatus: String?) {
-        guard let s = cacheStatus else { self = .none; return }
-        if s.contains("fwd=stale") { self = .stale }
-        else if s.hasPrefix("Berth; hit") { self = .hit }
-        else if s.contains("fwd=miss") { self = .miss }
-        else { self = .none }
+        guard var s = cacheStatus else { self = .none; return }
+        self = s.withUTF8 { b in
+            if Self.find(b, "fwd=stale") { return .stale }
+            if b.starts(with: "Berth; hit".utf8) { return .hit }
+            if Self.find(b, "fwd=miss") { return .miss }
+            return .none
+        }
+    }
+
+    private static func find(_ b: UnsafeBufferPointer<UInt8>, _ needle: StaticString) -> Bool {
+        let n = needle.utf8CodeUnitCount
+        guard b.count >= n else { return false }
+        for i in 0...(b.count - n) where b[i] == needle.utf8Start[0] && memcmp(b.baseAddress! + i, needle.utf8Start, n) == 0 { return true }
+        return false
     }
 }
 

@@ -436,13 +436,13 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             if let tls, let certificate {
                 tls.replace(with: certificate, certificateChainPath: new.tls.certificate, privateKeyPath: new.tls.key)
             }
-            let summary = mirror.reload(mc)
-            logger.info("SIGHUP: configuration reloaded", metadata: [
-                "upstreams": "\(summary)", "tls": "\(tls == nil ? "off" : "certificate re-read")",
-            ])
-            let pending = config.restartOnlyChanges(to: new)
-            if !pending.isEmpty {
-                logger.warning("SIGHUP: \(pending.joined(separator: ", ")) changed; these take effect at the next start (the running values stay)")
+            // Logged once every loop serves with it: a request sent after the line sees the new configuration.
+            let (logger, pending, tlsNote) = (logger, config.restartOnlyChanges(to: new), tls == nil ? "off" : "certificate re-read")
+            mirror.reload(mc) { summary in
+                logger.info("SIGHUP: configuration reloaded", metadata: ["upstreams": "\(summary)", "tls": "\(tlsNote)"])
+                if !pending.isEmpty {
+                    logger.warning("SIGHUP: \(pending.joined(separator: ", ")) changed; these take effect at the next start (the running values stay)")
+                }
             }
         } catch {
             logger.error("SIGHUP: new configuration refused, the running one stays: \(error)")

@@ -333,7 +333,7 @@ final class FillReader {
 
     func start() {
         w.onClose = { [self] in stop() }
-        deadline = w.loop.schedule(afterNanos: request.mirror.config.clientDeadlineNanos) { [self] in
+        deadline = w.loop.schedule(afterNanos: request.settings.clientDeadlineNanos) { [self] in
             guard plan == nil, !isChunked, w.isActive else { return }
             stop()
             request.mirror.error(w, UpstreamError(status: 504, code: .unavailable, message: "upstream did not answer for \(request.digest) in time"))

@@ -93,7 +93,7 @@ final class ReferrersRequest: RepositoryHandler {
         var path = "/v2/\(repo)/referrers/\(digest)"
         if let t = artifactType { path += "?artifactType=\(t)" }
         ctx.upstream.fetch(.get, path, repository: repo, headTimeout: ctx.config.manifestHeadTimeoutNanos,
-                                           maxBytes: mirror.config.maxManifestBytes, for: w) { [self] result in
+                                           maxBytes: settings.maxManifestBytes, for: w) { [self] result in
             switch result {
             case .success(let (up, body)) where up.status == 200:
                 var head = indexHead(cacheStatus: "fwd=miss")
@@ -119,7 +119,7 @@ final class ReferrersRequest: RepositoryHandler {
         if artifactType != nil { head.headers.add("OCI-Filters-Applied", "artifactType") }
         let known = index.referrers(key, of: digest)
         if known.isEmpty { return w.respond(head, body: Self.emptyIndex) }
-        let (store, memo, max, index, subject, type, w) = (mirror.store, mirror.manifests, mirror.config.maxManifestBytes, index, digest, artifactType, w)
+        let (store, memo, max, index, subject, type, w) = (mirror.store, mirror.manifests, settings.maxManifestBytes, index, digest, artifactType, w)
         mirror.pool.submit {
             let candidates = known.compactMap { d -> ReferrersIndex.Candidate? in
                 guard let mediaType = index.mediaType(of: d),

@@ -59,7 +59,7 @@ final class ManifestRequest: RepositoryHandler {
             }
             let age = unixNow() - rec.confirmedAt
             if ctx.config.isOffline { return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit; detail=offline") }
-            if age >= 0 && UInt64(age) * 1_000_000_000 < ctx.config.tagTTLNanos ?? mirror.config.tagTTLNanos {
+            if age >= 0 && UInt64(age) * 1_000_000_000 < ctx.config.tagTTLNanos ?? settings.tagTTLNanos {
                 return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit")
             }
             // One revalidation per tag at a time; requests meanwhile get the cached
@@ -151,7 +151,7 @@ final class ManifestRequest: RepositoryHandler {
             return ctx.config.isOffline ? offlineMiss() : fetch(stale: nil)
         }
         w.respond(head, file: file, range: 0..<size)
-        let (store, memo, max) = (mirror.store, mirror.manifests, mirror.config.maxManifestBytes)
+        let (store, memo, max) = (mirror.store, mirror.manifests, settings.maxManifestBytes)
         mirror.pool.submit {
             if let bytes = try? store.read(digest, maxBytes: max), SHA256Hasher.hex(bytes) == digest.hex { memo.put(digest, bytes) }
         }
@@ -160,7 +160,7 @@ final class ManifestRequest: RepositoryHandler {
     /// GET from the upstream, verify, store, answer. `stale` is served if the upstream fails.
     private func fetch(stale: CacheIndex.TagRecord?) {
         upstream.fetch(.get, path, repository: repo, headers: acceptHeaders(), headTimeout: ctx.config.manifestHeadTimeoutNanos,
-                       maxBytes: mirror.config.maxManifestBytes, for: w) { [self] result in
+                       maxBytes: settings.maxManifestBytes, for: w) { [self] result in
             switch result {
             case .failure(let e):
                 if let stale, e.allowsStale { return serveStale(stale, reason: e.message) }

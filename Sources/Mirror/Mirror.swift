@@ -92,6 +92,8 @@ final class Registry: @unchecked Sendable {  // immutable after init; each Upstr
 /// request selected, and the repository's three spellings.
 struct RequestContext {
     let mirror: Mirror
+    /// The configuration the request started with (a reload does not change it midway).
+    let state: MirrorState
     let w: ResponseWriter
     let registry: Registry
     /// As the client wrote it (prefix included): error messages, `Link` headers, tag-list names.
@@ -112,6 +114,7 @@ protocol RepositoryHandler {
 
 extension RepositoryHandler {
     var mirror: Mirror { ctx.mirror }
+    var settings: MirrorConfiguration { ctx.state.config }
     var w: ResponseWriter { ctx.w }
     var name: String { ctx.name }
     var repo: String { ctx.repo }
@@ -140,11 +143,17 @@ final class MirrorState: Sendable {
 ///
 /// Shared by every loop; per-loop parts (the HTTP clients and their pools) are
 /// picked by the request's loop.
-public final class Mirror: @unchecked Sendable {  // `state` swapped under its lock (reload); per-loop state used on its loop only
-    private let state: Mutex<MirrorState>
-    /// The configuration in force (a reload swaps it).
-    var current: MirrorState { state.withLock { $0 } }
+public final class Mirror: @unchecked Sendable {  // `latest` under its lock; `slots[i]` on loop i only; per-loop state on its loop
+    /// The configuration in force, for readers off the loops (a reload swaps it).
+    private let latest: Mutex<MirrorState>
+    var current: MirrorState { latest.withLock { $0 } }
     var config: MirrorConfiguration { current.config }
+    /// Each loop's copy of `latest`, read by every request without a lock.
+    private final class Slot {
+        var state: MirrorState
+        init(_ state: MirrorState) { self.state = state }
+    }
+    private let slots: [Slot]
     let store: BlobStore
     let fills: FillRegistry
     let pool: BlockingPool
@@ -168,9 +177,11 @@ public final class Mirror: @unchecked Sendable {  // `state` swapped under its l
         self.group = group
         let fills = FillRegistry(store: store, pool: pool)
         self.fills = fills
-        state = Mutex(MirrorState(config: config, registries: config.upstreams.map {
+        let initial = MirrorState(config: config, registries: config.upstreams.map {
             Registry(config: $0, group: group, pool: pool, deadlineNanos: config.clientDeadlineNanos, metrics: config.metrics?.upstream($0.name))
-        }))
+        })
+        latest = Mutex(initial)
+        slots = group.loops.map { _ in Slot(initial) }
         config.metrics?.addCollector { [weak self] out in
             guard let self else { return }
             Mirror.collect(self.current.registries, fills, store, into: &out)
@@ -190,8 +201,8 @@ public final class Mirror: @unchecked Sendable {  // `state` swapped under its l
     /// and fingerprint are unchanged keeps its tokens, connections and breaker;
     /// the others start afresh. Requests and fills in flight finish on what
     /// they started with; a dropped upstream's idle connections close.
-    @discardableResult
-    public func reload(_ new: MirrorConfiguration) -> ReloadSummary {
+    /// `applied` runs, on a loop, once every loop serves with the new configuration.
+    public func reload(_ new: MirrorConfiguration, applied: @escaping @Sendable (ReloadSummary) -> Void) {
         precondition(!new.upstreams.isEmpty, "at least one upstream")
         var config = new
         if config.upstreams.count == 1 { config.upstreams[0].isDefault = true }
@@ -210,9 +221,17 @@ public final class Mirror: @unchecked Sendable {  // `state` swapped under its l
             return Registry(config: u, group: group, pool: pool, deadlineNanos: config.clientDeadlineNanos, metrics: config.metrics?.upstream(u.name))
         }
         summary.removed = old.registries.map(\.config.name).filter { n in !config.upstreams.contains { $0.name == n } }
-        state.withLock { $0 = MirrorState(config: config, registries: registries) }
+        let state = MirrorState(config: config, registries: registries)
+        let done = summary
+        latest.withLock { $0 = state }
+        let waiting = Atomic<Int>(slots.count)
+        for (slot, loop) in zip(slots, group.loops) {
+            loop.execute {
+                slot.state = state
+                if waiting.subtract(1, ordering: .acquiringAndReleasing).newValue == 0 { applied(done) }
+            }
+        }
         for r in old.registries where !registries.contains(where: { $0 === r }) { r.retire() }
-        return summary
     }
 
     /// Shutdown has begun: `/readyz` turns 503 so that balancers stop sending
@@ -227,7 +246,7 @@ public final class Mirror: @unchecked Sendable {  // `state` swapped under its l
     /// The HTTP server's handler.
     public func handle(_ w: ResponseWriter) {
         let req = w.request
-        let state = current
+        let state = slots[w.loop.index].state
         switch req.method {
         case .get, .head: break
         default:
@@ -327,7 +346,7 @@ public final class Mirror: @unchecked Sendable {  // `state` swapped under its l
                 Mirror.error(w, .denied, "\(user) may not pull \(registry.config.name)/\(repo) (auth.rules)")
                 return nil
             }
-            return RequestContext(mirror: self, w: w, registry: registry, name: name, repo: repo, key: registry.indexName(repo))
+            return RequestContext(mirror: self, state: state, w: w, registry: registry, name: name, repo: repo, key: registry.indexName(repo))
         }
     }
 

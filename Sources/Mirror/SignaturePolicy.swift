@@ -65,8 +65,8 @@ extension ManifestRequest {
     /// policy and the reason (503 when the signatures cannot be fetched). A
     /// verified index's children count as verified: cosign signs the index.
     func signatureGate(_ digest: Digest, children: [Digest] = [], _ proceed: @escaping () -> Void) {
-        guard !mirror.config.signaturePolicy.rules.isEmpty,
-              let rule = mirror.config.signaturePolicy.rule(for: ctx.config.name.lowercased() + "/" + repo) else { return proceed() }
+        guard !settings.signaturePolicy.rules.isEmpty,
+              let rule = settings.signaturePolicy.rule(for: ctx.config.name.lowercased() + "/" + repo) else { return proceed() }
         if case .tag(let t) = reference, isCosignArtifactTag(t) { return proceed() }
         if let v = mirror.verdicts.get(digest, rule: rule.id) { return decide(v, rule, digest, proceed) }
         if ctx.config.isOffline { return refuseUnverifiable(rule, digest, "no verdict recorded and the mirror is offline", proceed) }
@@ -103,7 +103,7 @@ extension ManifestRequest {
     }
 
     private func count(_ rule: SignaturePolicy.Rule, _ verdict: String, _ action: String) {
-        mirror.config.metrics?.signatureDecision(rule: rule.name, verdict: verdict, action: action)
+        settings.metrics?.signatureDecision(rule: rule.name, verdict: verdict, action: action)
     }
 
     /// The newest digest `tag` named before that this rule verified and the cache still holds (tag history).

@@ -43,8 +43,11 @@ final class MetricsTests: IntegrationTestCase {
         XCTAssertGreaterThan(try XCTUnwrap(before["berth_connections_max"]), 0)
 
         assertLayout(try pull(berth, "team/app:v1"), image: image)
-        // Blobs are stored on the pool after the last byte went out: wait (bounded) for the fills to end.
-        XCTAssertTrue(waitUntil(10) { (try? self.scrape(port))?[#"berth_fills_total{event="stored"}"#] == Double(sizes.count) })
+        // Blobs and the manifest are stored on the pool after the last byte went out: wait (bounded) for that.
+        XCTAssertTrue(waitUntil(10) {
+            let m = try? self.scrape(port)
+            return m?[#"berth_fills_total{event="stored"}"#] == Double(sizes.count) && m?["berth_cache_blobs"] == Double(sizes.count + 1)
+        })
         let cold = try scrape(port)
         XCTAssertEqual(cold[blobMiss], Double(sizes.count))
         XCTAssertNil(cold[blobHit])
@@ -63,6 +66,7 @@ final class MetricsTests: IntegrationTestCase {
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(cold[#"berth_request_duration_seconds_count{route="blob"}"#]), Double(sizes.count))
         XCTAssertGreaterThanOrEqual(try XCTUnwrap(cold["berth_connections_accepted_total"]), 1)
 
+        registry.settle()
         let upstreamBefore = registry.requests().count
         assertLayout(try pull(berth, "team/app:v1"), image: image)
         let warm = try scrape(port)
@@ -72,6 +76,7 @@ final class MetricsTests: IntegrationTestCase {
         XCTAssertEqual(warm[#"berth_fills_total{event="started"}"#], Double(sizes.count))
         XCTAssertEqual(warm["berth_upstream_received_bytes_total{\(up)}"], cold["berth_upstream_received_bytes_total{\(up)}"])
         // What the upstream saw and what Berth counted agree: the upstream's requests since the cold pull.
+        registry.settle()
         let upstreamDuring = registry.requests().count - upstreamBefore
         let counted = warm.filter { $0.key.hasPrefix("berth_upstream_responses_total{\(up)") }.values.reduce(0, +)
             - cold.filter { $0.key.hasPrefix("berth_upstream_responses_total{\(up)") }.values.reduce(0, +)

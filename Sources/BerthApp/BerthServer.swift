@@ -83,11 +83,11 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             sc.accessLog = accessLog
         }
         if !config.metrics.listen.isEmpty {
-            let metrics = BerthMetrics()
+            let metrics = BerthMetrics(shards: group.loops.count)
             self.metrics = metrics
-            sc.observer = { r in
-                metrics.requestEnded(target: r.target, method: r.method, status: r.status, cacheStatus: r.notes.cacheStatus,
-                                     bytes: r.bodyBytes, durationNanos: r.durationNanos)
+            sc.observer = { r, loop in
+                metrics.requestEnded(shard: loop, target: r.target, method: r.method, status: r.status,
+                                     cacheStatus: r.notes.cacheStatus, bytes: r.bodyBytes, durationNanos: r.durationNanos)
             }
         }
         let mirror = try makeMirror(log: logSink)

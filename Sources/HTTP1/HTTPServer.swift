@@ -41,9 +41,9 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
         public var errorBody: (Int, String) -> (String, [UInt8]) = { _, reason in ("text/plain", Array((reason + "\n").utf8)) }
         /// One JSON line per request goes here when set.
         public var accessLog: AccessLog?
-        /// Sees every request as the access log would, on the connection's loop
-        /// (metrics); it must not block.
-        public var observer: (@Sendable (AccessRecord) -> Void)?
+        /// Sees every request as the access log would, on the connection's loop,
+        /// with that loop's index (metrics keep a shard per loop); it must not block.
+        public var observer: (@Sendable (AccessRecord, Int) -> Void)?
         /// Requests are timed and their records built: an access log or an observer is set.
         var isObserved: Bool { accessLog != nil || observer != nil }
         public init() {}
@@ -255,7 +255,7 @@ final class LoopContext {
 
     /// Hands a finished request's record to the observer and the access log.
     func observe(_ record: AccessRecord) {
-        server.configuration.observer?(record)
+        server.configuration.observer?(record, loop.index)
         if let log = server.configuration.accessLog { logAccess(record, to: log) }
     }
 

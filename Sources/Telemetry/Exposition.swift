@@ -29,6 +29,26 @@ public struct Exposition {
         family(name, kind, help, [([], value)])
     }
 
+    /// A histogram family: per label set, the count in each bucket (not
+    /// cumulative; one more than `bounds`, the last for +Inf) and the sum.
+    public mutating func histogram(_ name: String, _ help: String, bounds: [Double],
+                                   _ series: [(labels: [(String, String)], counts: [Int], sum: Double)]) {
+        line("# HELP \(name) \(help)")
+        line("# TYPE \(name) histogram")
+        for (labels, counts, sum) in series {
+            let base = labels.map { "\($0.0)=\"\(Self.escape($0.1))\"" }
+            var cumulative = 0
+            for (i, n) in counts.enumerated() {
+                cumulative += n
+                let le = i < bounds.count ? Self.format(bounds[i]) : "+Inf"
+                line("\(name)_bucket{" + (base + ["le=\"\(le)\""]).joined(separator: ",") + "} \(cumulative)")
+            }
+            let braces = base.isEmpty ? "" : "{" + base.joined(separator: ",") + "}"
+            line("\(name)_sum\(braces) \(Self.format(sum))")
+            line("\(name)_count\(braces) \(cumulative)")
+        }
+    }
+
     public mutating func append(_ raw: [UInt8]) { bytes.append(contentsOf: raw) }
 
     private mutating func line(_ s: String) {

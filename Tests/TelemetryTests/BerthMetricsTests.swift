@@ -30,10 +30,11 @@ final class BerthMetricsTests: XCTestCase {
     }
 
     func testRequestsAreCountedByLabelsAndTheirBytesAndDurations() throws {
-        let m = BerthMetrics()
+        let m = BerthMetrics(shards: 2)
         let blob = "/v2/a/blobs/sha256:" + String(repeating: "c", count: 64)
-        m.requestEnded(target: blob, method: "GET", status: 200, cacheStatus: "Berth; hit", bytes: 1000, durationNanos: 2_000_000)
-        m.requestEnded(target: blob, method: "GET", status: 200, cacheStatus: "Berth; hit", bytes: 24, durationNanos: 2_000_000)
+        // Two loops' shards are summed.
+        m.requestEnded(shard: 0, target: blob, method: "GET", status: 200, cacheStatus: "Berth; hit", bytes: 1000, durationNanos: 2_000_000)
+        m.requestEnded(shard: 1, target: blob, method: "GET", status: 200, cacheStatus: "Berth; hit", bytes: 24, durationNanos: 2_000_000)
         m.requestEnded(target: blob, method: "GET", status: 200, cacheStatus: "Berth; fwd=miss; stored", bytes: 7, durationNanos: 40_000_000)
         m.requestEnded(target: "/v2/", method: "BREW", status: 501, cacheStatus: nil, bytes: 0, durationNanos: 0)
         let text = try scrape(m)
@@ -43,7 +44,10 @@ final class BerthMetricsTests: XCTestCase {
         XCTAssertEqual(text[#"berth_response_body_bytes_total{route="blob",cache="hit"}"#], 1024)
         XCTAssertEqual(text[#"berth_response_body_bytes_total{route="blob",cache="miss"}"#], 7)
         XCTAssertEqual(text[#"berth_request_duration_seconds_count{route="blob"}"#], 3)
+        XCTAssertEqual(text[#"berth_request_duration_seconds_bucket{route="blob",le="0.001"}"#], 0)
+        XCTAssertEqual(text[#"berth_request_duration_seconds_bucket{route="blob",le="0.002"}"#], 2, "a bound is inclusive")
         XCTAssertEqual(text[#"berth_request_duration_seconds_bucket{route="blob",le="0.005"}"#], 2)
+        XCTAssertEqual(text[#"berth_request_duration_seconds_bucket{route="blob",le="+Inf"}"#], 3)
         XCTAssertEqual(try XCTUnwrap(text[#"berth_request_duration_seconds_sum{route="blob"}"#]), 0.044, accuracy: 1e-9)
     }
 

@@ -41,8 +41,7 @@ public final class BerthMetrics: Sendable {
         let key = RequestKey(route: route, method: MethodLabel(method), cache: CacheLabel(cacheStatus), status: Int16(clamping: status))
         let bucket = Self.durationBucketNanos.firstIndex { durationNanos <= $0 } ?? Self.durationBuckets.count
         shards[shard % shards.count].counts.withLock { s in
-            s.requests[key, default: 0] += 1
-            s.bytes[BytesKey(route: route, cache: key.cache), default: 0] &+= bytes
+            s.requests[key, default: RequestTotals()].add(bytes: bytes)
             s.durations[Int(route.rawValue)].record(bucket: bucket, nanos: durationNanos)
         }
     }
@@ -52,15 +51,17 @@ public final class BerthMetrics: Sendable {
         var total = RequestShard()
         for shard in shards {
             let s = shard.counts.withLock { $0 }
-            total.requests.merge(s.requests, uniquingKeysWith: +)
-            total.bytes.merge(s.bytes, uniquingKeysWith: &+)
+            total.requests.merge(s.requests) { a, b in RequestTotals(count: a.count + b.count, bytes: a.bytes &+ b.bytes) }
             for i in total.durations.indices { total.durations[i].add(s.durations[i]) }
         }
+        let requests = total.requests.sorted { $0.key < $1.key }
+        var bytes: [BytesKey: UInt64] = [:]
+        for (k, t) in requests { bytes[BytesKey(route: k.route, cache: k.cache), default: 0] &+= t.bytes }
         out.family("berth_requests_total", .counter, "Requests answered, by route, method, status and cache status (hit, stale, miss, none).",
-                   total.requests.sorted { $0.key < $1.key }.map { ($0.key.labels, Double($0.value)) })
+                   requests.map { ($0.key.labels, Double($0.value.count)) })
         out.family("berth_response_body_bytes_total", .counter,
                    "Response body bytes sent, by route and cache status: cache=\"hit\" and \"stale\" are bytes the upstream did not send again.",
-                   total.bytes.sorted { $0.key < $1.key }.map { ([("route", $0.key.route.label), ("cache", $0.key.cache.rawValue)], Double($0.value)) })
+                   bytes.sorted { $0.key < $1.key }.map { ([("route", $0.key.route.label), ("cache", $0.key.cache.rawValue)], Double($0.value)) })
         out.histogram("berth_request_duration_seconds", "Time from a complete request head to the last byte of its response, by route.",
                       bounds: Self.durationBuckets,
                       Route.allCases.map { r in
@@ -230,9 +231,18 @@ final class Shard: Sendable {
 
 /// One loop's request counts (see `BerthMetrics`).
 struct RequestShard {
-    var requests: [RequestKey: Int] = [:]
-    var bytes: [BytesKey: UInt64] = [:]
+    var requests: [RequestKey: RequestTotals] = [:]
     var durations = [DurationCounts](repeating: DurationCounts(), count: Route.allCases.count)
+}
+
+/// Requests of one label set and their body bytes.
+struct RequestTotals {
+    var count = 0
+    var bytes: UInt64 = 0
+    mutating func add(bytes: UInt64) {
+        count += 1
+        self.bytes &+= bytes
+    }
 }
 
 /// A histogram's counts per bucket (not cumulative; the last is +Inf) and its sum.

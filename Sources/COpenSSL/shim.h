@@ -37,4 +37,7 @@ static inline long berth_SSL_OP_CIPHER_SERVER_PREFERENCE(void) {
 static inline long berth_SSL_OP_NO_COMPRESSION(void) {
     return (long)SSL_OP_NO_COMPRESSION;
 }
+static inline long berth_SSL_OP_IGNORE_UNEXPECTED_EOF(void) {
+    return (long)SSL_OP_IGNORE_UNEXPECTED_EOF;
+}
 #endif

@@ -18,12 +18,6 @@ static inline long berth_SSL_CTX_set_mode(SSL_CTX *ctx, long mode) {
 static inline long berth_SSL_set_tlsext_host_name(SSL *ssl, const char *name) {
     return SSL_set_tlsext_host_name(ssl, name);
 }
-static inline long berth_BIO_get_mem_data(BIO *bio, char **data) {
-    return BIO_get_mem_data(bio, data);
-}
-static inline int berth_BIO_set_mem_eof_return(BIO *bio, int v) {
-    return (int)BIO_set_mem_eof_return(bio, v);
-}
 static inline long berth_SSL_CTX_set_options(SSL_CTX *ctx, long opts) {
     return (long)SSL_CTX_set_options(ctx, (uint64_t)opts);
 }
@@ -36,5 +30,8 @@ static inline long berth_SSL_OP_CIPHER_SERVER_PREFERENCE(void) {
 }
 static inline long berth_SSL_OP_NO_COMPRESSION(void) {
     return (long)SSL_OP_NO_COMPRESSION;
+}
+static inline long berth_SSL_OP_IGNORE_UNEXPECTED_EOF(void) {
+    return (long)SSL_OP_IGNORE_UNEXPECTED_EOF;
 }
 #endif

@@ -153,6 +153,9 @@ final class LoopContext {
     /// One read buffer per loop: a connection reads into it and keeps only what
     /// it cannot parse yet, so idle connections cost no buffer.
     let scratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
+    /// File bytes on their way into TLS (`ServerConnection.sendFile`): not
+    /// `scratch`, whose bytes a request being parsed may still point into.
+    let fileScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     /// Access-log lines rendered on this loop, handed to the log in chunks.
     private var logChunk: [UInt8] = []
     private var logChunkLines = 0
@@ -168,7 +171,10 @@ final class LoopContext {
         self.server = server
     }
 
-    deinit { scratch.deallocate() }
+    deinit {
+        scratch.deallocate()
+        fileScratch.deallocate()
+    }
 
     func addListener(fd: Int32, secure: Bool) {
         let l = Listener(fd: fd, secure: secure, context: self)

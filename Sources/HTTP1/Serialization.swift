@@ -30,20 +30,34 @@ extension HTTPHeaders {
     /// value that came from elsewhere (an upstream's manifest, a header it
     /// sent) can add a header line or end the head early.
     func write(into out: inout [UInt8]) {
-        for (name, value) in self where HTTPHeaders.isSafe(name: name, value: value) {
-            out.append(contentsOf: name.utf8)
-            out.append(contentsOf: [0x3a, 0x20])
-            out.append(contentsOf: value.utf8)
-            out.append(contentsOf: [0x0d, 0x0a])
+        // Over each string's contiguous UTF-8, checked and copied in one pass:
+        // appending the UTF8Views byte by byte was an eighth of a cached
+        // manifest answer's instructions.
+        for field in fields {
+            var name = field.name
+            var value = field.value
+            name.withUTF8 { n in
+                value.withUTF8 { v in
+                    guard HTTPHeaders.isSafe(name: n, value: v) else { return }
+                    out.append(contentsOf: n)
+                    out.append(0x3a)
+                    out.append(0x20)
+                    out.append(contentsOf: v)
+                    out.append(0x0d)
+                    out.append(0x0a)
+                }
+            }
         }
     }
 }
 
 extension HTTPHeaders {
     /// True when `name` is a non-empty token and `value` has no CR, LF or NUL.
-    static func isSafe(name: String, value: String) -> Bool {
-        guard !name.isEmpty, name.utf8.allSatisfy(isTokenByte) else { return false }
-        return !value.utf8.contains { $0 == 0x0d || $0 == 0x0a || $0 == 0x00 }
+    static func isSafe(name: UnsafeBufferPointer<UInt8>, value: UnsafeBufferPointer<UInt8>) -> Bool {
+        guard !name.isEmpty else { return false }
+        for b in name where !isTokenByte(b) { return false }
+        for b in value where b == 0x0d || b == 0x0a || b == 0x00 { return false }
+        return true
     }
 }
 

@@ -94,11 +94,12 @@ public enum RealmPolicy {
     /// `host:port` → `host`; `[v6]:port` → `[v6]`; a bare IPv6 literal is left alone.
     public static func stripPort(_ hostPort: String) -> String {
         if hostPort.hasPrefix("[") {
-            if let close = hostPort.firstIndex(of: "]") { return String(hostPort[...close]) }
+            if let close = hostPort.utf8.firstIndex(of: UInt8(ascii: "]")) { return String(hostPort[...close]) }
             return hostPort
         }
-        let colons = hostPort.utf8.filter { $0 == UInt8(ascii: ":") }.count
-        if colons == 1, let colon = hostPort.firstIndex(of: ":") { return String(hostPort[..<colon]) }
+        // UTF-8 view, no array: this runs on every request (the Host header).
+        let colons = hostPort.utf8.reduce(0) { $1 == UInt8(ascii: ":") ? $0 + 1 : $0 }
+        if colons == 1, let colon = hostPort.utf8.firstIndex(of: UInt8(ascii: ":")) { return String(hostPort[..<colon]) }
         return hostPort
     }
 

@@ -60,6 +60,19 @@ public enum Posix {
         try blocking("pread") { Glibc.pread(fd, buffer.baseAddress, buffer.count, offset) }
     }
 
+    /// A pread that never waits for the disk (preadv2 with RWF_NOWAIT), safe
+    /// on the event loop: `.wouldBlock` when the first bytes are not in the
+    /// page cache, or when the filesystem cannot say (EOPNOTSUPP); read on the
+    /// pool then. May return fewer bytes than asked (those that were cached).
+    public static func preadNoWait(fd: Int32, into buffer: UnsafeMutableRawBufferPointer, offset: off_t) throws -> IOResult<Int> {
+        var iov = iovec(iov_base: buffer.baseAddress, iov_len: buffer.count)
+        do {
+            return try retrying("preadv2") { CLinux.preadv2(fd, &iov, 1, offset, RWF_NOWAIT) }
+        } catch let error as IOError where error.errno == EOPNOTSUPP {
+            return .wouldBlock
+        }
+    }
+
     public static func close(fd: Int32) {
         // close(2) releases the descriptor even when it reports EINTR: never retry.
         let r = Glibc.close(fd)

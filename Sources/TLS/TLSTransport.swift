@@ -6,22 +6,26 @@ import Reactor
 
 /// TLS over a connected nonblocking socket, as a Reactor `Transport`.
 ///
-/// OpenSSL never touches the socket: it reads ciphertext from one memory BIO
-/// and writes ciphertext into another, and this class moves bytes between
-/// those BIOs and the socket. The handshake runs implicitly inside `read`,
-/// `write` and `flush`, whichever the owner calls first.
+/// OpenSSL talks to the socket only through this class's BIO (`SocketBIO`):
+/// its reads are socket reads straight into OpenSSL's record buffer (read-ahead
+/// on, so one syscall takes every record that arrived), and its writes append
+/// to a `CiphertextQueue` that this class writes to the socket, in batches of
+/// up to `pushThreshold`. No memory BIO: those zero-filled and copied every
+/// byte on the way in and once more on the way out (a third of the
+/// instructions per MiB of a blob). The handshake runs implicitly inside
+/// `read`, `write` and `flush`, whichever the owner calls first.
 ///
 /// Driving it under the Reactor's edge-triggered regime (register once for
 /// read and write, call `read` until `.wouldBlock`, `flush` on writability):
 /// - Every call that makes OpenSSL produce output (handshake flights, alerts,
 ///   key-update answers, close_notify) pushes that output to the socket at
-///   once; what the socket refuses stays in the outgoing BIO
-///   (`hasPendingOutput`) for `flush`. The outgoing BIO is unbounded, so
-///   OpenSSL never waits to write and `read` never stalls on output.
+///   once; what the socket refuses stays queued (`hasPendingOutput`) for
+///   `flush`. The queue is unbounded, so OpenSSL never waits to write and
+///   `read` never stalls on output.
 /// - Bytes are pulled from the socket only when OpenSSL asks for more, and
 ///   every pulled byte arrived with an edge the owner sees (or is handling),
-///   so data moved into the incoming BIO by `write`/`flush` during the
-///   handshake is always picked up by the owner's next `read`.
+///   so records read ahead by `write`/`flush` during the handshake are
+///   always picked up by the owner's next `read`.
 /// - `write` and `flush` advance an unfinished handshake too, so a client
 ///   that writes its request first, or only waits for writability, starts it.
 ///
@@ -36,17 +40,15 @@ public final class TLSTransport: Transport {
     public let fd: Int32
     /// Keeps the context's settings (and the `SSL_CTX`, also up-ref'd by `SSL_new`) alive.
     private let context: TLSContext
-    private let ssl: OpaquePointer        // SSL *, owned; frees both BIOs
-    private let networkIn: OpaquePointer  // BIO * OpenSSL reads ciphertext from; owned by `ssl`
-    private var networkOut: OpaquePointer // BIO * OpenSSL writes ciphertext to; owned by `ssl`
-    /// Most ciphertext held in `networkOut` since it was last empty.
-    private var pendingOutputPeak = 0
-    /// Socket reads land here before they go into `networkIn`; also the sink
-    /// for ciphertext discarded from `networkOut` after a socket write. One per
-    /// thread, not per connection: its bytes never outlive the call that
-    /// filled them, and a transport is used on one thread at a time (32 KiB
-    /// per connection up front made an idle HTTPS connection cost ~43 KiB).
-    private var scratch: UnsafeMutableRawBufferPointer { Self.threadScratch() }
+    private let ssl: OpaquePointer        // SSL *, owned; frees the BIO
+    private let bio: OpaquePointer        // BIO * over `fd` and `output`; owned by `ssl`
+    /// Ciphertext written by OpenSSL, not yet taken by the socket. Holds no
+    /// memory while empty.
+    private let output = CiphertextQueue()
+    /// The BIO's socket read returned 0 (TCP EOF).
+    private var sawEndOfFile = false
+    /// The BIO's socket read failed: thrown by the call that ran it.
+    private var readError: Error?
     private var isOpen = true
     /// The peer's close_notify arrived, or TCP EOF after the handshake.
     private var isInputClosed = false
@@ -59,14 +61,12 @@ public final class TLSTransport: Transport {
     /// No more plaintext is accepted while more ciphertext than this waits
     /// for the socket.
     static let pendingOutputLimit = 256 * 1024
-    /// A memory BIO keeps its largest buffer for life: after backing up past
-    /// this much, a drained `networkOut` is replaced so an idle connection
-    /// does not hold ~256 KiB. Above one write chunk, so a socket that keeps
-    /// up never pays for it.
-    static let outputShrinkThreshold = 128 * 1024
     /// Plaintext handed to one SSL_write: a few full records.
     static let writeChunk = 64 * 1024
-    static let scratchSize = 32 * 1024
+    /// `write` sends once this much ciphertext is queued (and at its end):
+    /// four 16 KiB records per socket write rather than one, a quarter of the
+    /// per-write cost on the TCP path.
+    static let pushThreshold = 64 * 1024
 
     // MARK: life cycle
 
@@ -110,48 +110,26 @@ public final class TLSTransport: Transport {
     private init(fd: Int32, context: TLSContext) throws {
         ERR_clear_error()
         guard let ssl = SSL_new(context.ctx) else { throw TLSError.drainingQueue("SSL_new failed") }
-        guard let input = BIO_new(BIO_s_mem()) else {
+        guard let bio = BIO_new(SocketBIO.method) else {
             SSL_free(ssl)
             throw TLSError.drainingQueue("BIO_new failed")
         }
-        guard let output = Self.makeOutputBIO() else {
-            BIO_free(input)
-            SSL_free(ssl)
-            throw TLSError.drainingQueue("BIO_new failed")
-        }
-        // An empty memory BIO means "nothing yet" (retry), not end of file:
-        // Berth decides about EOF itself from the socket.
-        _ = berth_BIO_set_mem_eof_return(input, -1)
-        SSL_set_bio(ssl, input, output)  // ssl now owns both
+        SSL_set_bio(ssl, bio, bio)  // ssl now owns it (one reference for both directions)
+        // One socket read takes every record that has arrived, not a 5-byte
+        // header and then its body.
+        SSL_set_read_ahead(ssl, 1)
+        // A TCP EOF without close_notify ends the stream quietly, as before:
+        // no fatal alert queued; `sawEndOfFile` tells `read` what happened.
+        _ = SSL_set_options(ssl, UInt64(berth_SSL_OP_IGNORE_UNEXPECTED_EOF()))
         self.fd = fd
         self.context = context
         self.ssl = ssl
-        networkIn = input
-        networkOut = output
-    }
-
-    private static let scratchKey: pthread_key_t = {
-        var key = pthread_key_t()
-        let r = pthread_key_create(&key) { p in p?.deallocate() }
-        precondition(r == 0, "pthread_key_create failed: \(r)")
-        return key
-    }()
-
-    /// This thread's scratch buffer, made on first use and freed when the thread ends.
-    private static func threadScratch() -> UnsafeMutableRawBufferPointer {
-        if let p = pthread_getspecific(scratchKey) { return UnsafeMutableRawBufferPointer(start: p, count: scratchSize) }
-        let b = UnsafeMutableRawBufferPointer.allocate(byteCount: scratchSize, alignment: 16)
-        pthread_setspecific(scratchKey, b.baseAddress)
-        return b
-    }
-
-    private static func makeOutputBIO() -> OpaquePointer? {
-        guard let bio = BIO_new(BIO_s_mem()) else { return nil }
-        _ = berth_BIO_set_mem_eof_return(bio, -1)
-        return bio
+        self.bio = bio
+        BIO_set_data(bio, Unmanaged.passUnretained(self).toOpaque())
     }
 
     deinit {
+        BIO_set_data(bio, nil)  // SSL_free must not call back into a dying object
         SSL_free(ssl)
         if isOpen { Posix.close(fd: fd) }
     }
@@ -173,7 +151,9 @@ public final class TLSTransport: Transport {
     /// "TLSv1.3" or "TLSv1.2".
     public var negotiatedVersion: String { String(cString: SSL_get_version(ssl)) }
 
-    private var pendingOutputCount: Int { Int(BIO_ctrl_pending(networkOut)) }
+    private var pendingOutputCount: Int { output.count }
+
+    fileprivate var queuedCiphertext: Int { output.count }
 
     /// Ciphertext waits for the socket: call `flush` when it turns writable.
     public var hasPendingOutput: Bool { pendingOutputCount > 0 }
@@ -199,21 +179,24 @@ public final class TLSTransport: Transport {
             let code = SSL_get_error(ssl, r)
             switch code {
             case SSL_ERROR_WANT_READ:
-                switch try pullFromSocket() {
-                case .more: continue
-                case .wouldBlock: return .wouldBlock
-                case .endOfFile:
-                    isInputClosed = true
-                    return .processed(0)
-                }
+                return .wouldBlock  // the BIO's socket read hit EAGAIN
             case SSL_ERROR_ZERO_RETURN:
+                if sawEndOfFile && !isHandshakeComplete { throw Self.closedDuringHandshake }
                 isInputClosed = true
                 return .processed(0)
             default:
+                if let error = readError { throw error }
+                if sawEndOfFile {
+                    if !isHandshakeComplete { throw Self.closedDuringHandshake }
+                    isInputClosed = true
+                    return .processed(0)
+                }
                 throw failure(code, during: "read")
             }
         }
     }
+
+    private static let closedDuringHandshake = TLSError(message: "TLS handshake failed: the peer closed the connection")
 
     /// Encrypts as much of `buffer` as the pending-output bound allows and
     /// pushes the ciphertext to the socket. `.wouldBlock` means either the
@@ -244,9 +227,9 @@ public final class TLSTransport: Transport {
                 throw failure(code, during: "write")
             }
             accepted += Int(r)
-            pendingOutputPeak = max(pendingOutputPeak, pendingOutputCount)
-            if !socketIsFull { socketIsFull = try !pushOutput() }
+            if !socketIsFull && pendingOutputCount >= Self.pushThreshold { socketIsFull = try !pushOutput() }
         }
+        if !socketIsFull { _ = try pushOutput() }
         return accepted == 0 ? .wouldBlock : .processed(accepted)
     }
 
@@ -293,55 +276,37 @@ public final class TLSTransport: Transport {
 
     // MARK: moving ciphertext
 
-    private enum Pull { case more, wouldBlock, endOfFile }
-
-    /// Reads one scratch buffer of ciphertext from the socket into `networkIn`.
-    private func pullFromSocket() throws -> Pull {
-        let scratch = self.scratch
-        switch try Posix.read(fd: fd, into: scratch) {
-        case .wouldBlock:
-            return .wouldBlock
-        case .processed(0):
-            if !isHandshakeComplete {
-                throw TLSError(message: "TLS handshake failed: the peer closed the connection")
+    /// The BIO's read: a socket read straight into OpenSSL's buffer.
+    fileprivate func bioRead(into buffer: UnsafeMutableRawBufferPointer) -> BIORead {
+        if sawEndOfFile { return .endOfFile }
+        do {
+            switch try Posix.read(fd: fd, into: buffer) {
+            case .wouldBlock: return .wouldBlock
+            case .processed(0):
+                sawEndOfFile = true
+                return .endOfFile
+            case .processed(let n): return .bytes(n)
             }
-            return .endOfFile
-        case .processed(let n):
-            let written = BIO_write(networkIn, scratch.baseAddress, Int32(n))
-            precondition(written == Int32(n), "memory BIO refused \(n) bytes")
-            return .more
+        } catch {
+            readError = error
+            return .failed
         }
     }
 
-    /// Writes pending ciphertext straight from `networkOut`'s buffer to the
-    /// socket. True when nothing remains.
+    /// The BIO's write: queued, sent by `pushOutput`.
+    fileprivate func bioWrite(_ bytes: UnsafeRawBufferPointer) {
+        output.append(bytes)
+    }
+
+    /// Writes queued ciphertext to the socket. True when nothing remains.
     private func pushOutput() throws -> Bool {
-        while true {
-            var data: UnsafeMutablePointer<CChar>?
-            let length = berth_BIO_get_mem_data(networkOut, &data)
-            guard length > 0, let data else {
-                if pendingOutputPeak > Self.outputShrinkThreshold, let fresh = Self.makeOutputBIO() {
-                    SSL_set0_wbio(ssl, fresh)  // frees the old, empty BIO
-                    networkOut = fresh
-                }
-                pendingOutputPeak = 0
-                return true
-            }
-            switch try Posix.write(fd: fd, UnsafeRawBufferPointer(start: data, count: Int(length))) {
-            case .wouldBlock:
-                return false
-            case .processed(let n):
-                // Memory BIOs cannot skip bytes, so the sent prefix is read
-                // out into scratch: one cache-hot copy, no allocation.
-                var left = n
-                let scratch = self.scratch
-                while left > 0 {
-                    let r = BIO_read(networkOut, scratch.baseAddress, Int32(min(left, scratch.count)))
-                    precondition(r > 0, "memory BIO lost pending bytes")
-                    left -= Int(r)
-                }
+        while !output.isEmpty {
+            switch try Posix.write(fd: fd, output.readable) {
+            case .wouldBlock: return false
+            case .processed(let n): output.consume(n)
             }
         }
+        return true
     }
 
     private func pushOutputDeferringErrors() {
@@ -357,13 +322,11 @@ public final class TLSTransport: Transport {
             pushOutputDeferringErrors()
             if r == 1 { break }
             let code = SSL_get_error(ssl, r)
+            if let error = readError { throw error }
+            if sawEndOfFile { throw Self.closedDuringHandshake }
             guard code == SSL_ERROR_WANT_READ else { throw failure(code, during: "handshake") }
             if let error = deferredWriteError { throw error }
-            switch try pullFromSocket() {
-            case .more: continue
-            case .wouldBlock: return false
-            case .endOfFile: return false  // not reached: pullFromSocket throws before the handshake ends
-            }
+            return false  // the BIO's socket read hit EAGAIN
         }
         return true
     }
@@ -384,5 +347,55 @@ public final class TLSTransport: Transport {
         case SSL_ERROR_SYSCALL: return .drainingQueue("\(stage): unexpected end of input")
         default: return .drainingQueue("\(stage) (SSL_get_error \(code))")
         }
+    }
+}
+
+// MARK: - the BIO
+
+fileprivate enum BIORead { case bytes(Int), wouldBlock, endOfFile, failed }
+
+/// A source/sink BIO whose reads and writes are `TLSTransport.bioRead` and
+/// `bioWrite` (the transport is the BIO's data pointer, unretained: the
+/// transport owns the `SSL`, which owns the BIO).
+private enum SocketBIO {
+    static let method: OpaquePointer = {
+        guard let m = BIO_meth_new(BIO_get_new_index() | BIO_TYPE_SOURCE_SINK, "berth socket") else {
+            preconditionFailure("BIO_meth_new failed")
+        }
+        _ = BIO_meth_set_create(m) { bio in
+            BIO_set_init(bio, 1)
+            return 1
+        }
+        _ = BIO_meth_set_write(m) { bio, data, length in
+            BIO_clear_flags(bio, BIO_FLAGS_READ | BIO_FLAGS_WRITE | BIO_FLAGS_IO_SPECIAL | BIO_FLAGS_SHOULD_RETRY)
+            guard let t = transport(bio), let data, length > 0 else { return length == 0 ? 0 : -1 }
+            t.bioWrite(UnsafeRawBufferPointer(start: data, count: Int(length)))
+            return length
+        }
+        _ = BIO_meth_set_read(m) { bio, data, length in
+            BIO_clear_flags(bio, BIO_FLAGS_READ | BIO_FLAGS_WRITE | BIO_FLAGS_IO_SPECIAL | BIO_FLAGS_SHOULD_RETRY)
+            guard let t = transport(bio), let data, length > 0 else { return length == 0 ? 0 : -1 }
+            switch t.bioRead(into: UnsafeMutableRawBufferPointer(start: data, count: Int(length))) {
+            case .bytes(let n): return Int32(n)
+            case .wouldBlock:
+                BIO_set_flags(bio, BIO_FLAGS_READ | BIO_FLAGS_SHOULD_RETRY)
+                return -1
+            case .endOfFile: return 0
+            case .failed: return -1
+            }
+        }
+        _ = BIO_meth_set_ctrl(m) { bio, command, _, _ in
+            switch command {
+            case BIO_CTRL_FLUSH: return 1  // the transport pushes after every call into OpenSSL
+            case BIO_CTRL_WPENDING: return transport(bio).map { $0.queuedCiphertext } ?? 0
+            default: return 0
+            }
+        }
+        return m
+    }()
+
+    private static func transport(_ bio: OpaquePointer?) -> TLSTransport? {
+        guard let p = BIO_get_data(bio) else { return nil }
+        return Unmanaged<TLSTransport>.fromOpaque(p).takeUnretainedValue()
     }
 }

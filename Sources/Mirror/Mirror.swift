@@ -339,7 +339,7 @@ public final class Mirror: @unchecked Sendable {  // `latest` under its lock; `s
             let repo = registry.upstreamName(repository)
             w.notes.upstream = registry.config.name
             w.notes.repository = repo
-            guard config.pullRules.allows(user: user, registry.config.name.lowercased() + "/" + repo) else {
+            guard config.pullRules.isEmpty || config.pullRules.allows(user: user, registry.config.name.lowercased() + "/" + repo) else {
                 // Without credentials, a challenge: the client may have some that are allowed.
                 if user == "anonymous", config.clientAuth != nil { refuse(w, "authentication required for \(registry.config.name)/\(repo)"); return nil }
                 log(.info, w, "403 DENIED \(user) may not pull \(registry.config.name)/\(repo) (auth.rules)")
@@ -380,8 +380,9 @@ public final class Mirror: @unchecked Sendable {  // `latest` under its lock; `s
     static func contentHead(status: Int, digest: Digest, mediaType: String, cacheStatus: String) -> ResponseHead {
         var head = ResponseHead(status: status)
         head.headers.add("Content-Type", mediaType)
-        head.headers.add("Docker-Content-Digest", digest.description)
-        head.headers.add("ETag", "\"\(digest)\"")
+        let text = digest.description
+        head.headers.add("Docker-Content-Digest", text)
+        head.headers.add("ETag", "\"" + text + "\"")
         head.headers.add("Docker-Distribution-API-Version", "registry/2.0")
         head.headers.add("Cache-Status", "Berth; " + cacheStatus)
         return head

@@ -77,7 +77,8 @@ public struct UpstreamRouter: Sendable {
             if entries.count == 1 { return .upstream(0, repository: name, namespace: nil) }
             return .unknown("no configured upstream for registry \(ns) (ns=\(ns))")
         }
-        if let host, let i = match(host) { return .upstream(i, repository: name, namespace: nil) }
+        // With one upstream (the default), the Host header cannot select another: not matched per request.
+        if entries.count > 1 || defaultIndex == nil, let host, let i = match(host) { return .upstream(i, repository: name, namespace: nil) }
         if let d = defaultIndex { return .upstream(d, repository: name, namespace: nil) }
         return .unknown("no configured upstream for repository \(name): use a path prefix (\(prefixList)) or ?ns=")
     }

@@ -26,10 +26,19 @@ public struct Digest: Hashable, Sendable, Comparable, CustomStringConvertible {
 
     /// Parses `sha256:<64 lowercase hex>` or `sha512:<128 lowercase hex>`; anything else is nil.
     public init?(_ text: String) {
-        guard let colon = text.utf8.firstIndex(of: UInt8(ascii: ":")),
-              let algorithm = DigestAlgorithm(rawValue: String(text[..<colon]))
-        else { return nil }
-        self.init(algorithm: algorithm, hex: String(text[text.utf8.index(after: colon)...]))
+        // Over the bytes: every request path with a digest comes through here.
+        var text = text
+        guard let (algorithm, hex) = text.withUTF8({ b -> (DigestAlgorithm, String)? in
+            guard let colon = b.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+            let name = UnsafeBufferPointer(rebasing: b[..<colon])
+            guard let algorithm = DigestAlgorithm.allCases.first(where: { name.elementsEqual($0.rawValue.utf8) }),
+                  b.count - colon - 1 == algorithm.hexLength else { return nil }
+            let hex = UnsafeBufferPointer(rebasing: b[(colon + 1)...])
+            for byte in hex where !Digest.isLowerHex(byte) { return nil }
+            return (algorithm, String(decoding: hex, as: UTF8.self))
+        }) else { return nil }
+        self.algorithm = algorithm
+        self.hex = hex
     }
 
     /// A digest from its parts; nil unless `hex` is lowercase hex of the algorithm's exact length.

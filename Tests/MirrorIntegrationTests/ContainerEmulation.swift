@@ -209,6 +209,8 @@ struct BerthSettings {
     var listen: String
     var listenFlagIndex: Int?
     var cacheDir: String
+    /// `metrics.listen` as the container would bind it; nil when off.
+    var metricsListen: String?
 
     init(argv: [String], environment: [String: String], fs: ContainerFilesystem, workingDirectory: String) throws {
         func flag(_ name: String) -> Int? { argv.firstIndex(of: name).map { $0 + 1 }.flatMap { $0 < argv.count ? $0 : nil } }
@@ -222,6 +224,8 @@ struct BerthSettings {
         listen = listenFlagIndex.map { argv[$0] } ?? environment["BERTH_LISTEN"] ?? yamlString(config, "listen") ?? ":5000"
         let dir = flag("--cache-dir").map { argv[$0] } ?? environment["BERTH_CACHE_DIR"] ?? yamlString(config, "cache.dir") ?? "./data"
         cacheDir = dir.hasPrefix("/") ? dir : URL(fileURLWithPath: dir, relativeTo: URL(fileURLWithPath: workingDirectory)).standardized.path
+        metricsListen = (flag("--metrics-listen").map { argv[$0] } ?? environment["BERTH_METRICS_LISTEN"] ?? yamlString(config, "metrics.listen"))
+            .flatMap { $0.isEmpty ? nil : $0 }
     }
 
     var port: Int? { listen.split(separator: ":").last.flatMap { Int($0) } }
@@ -233,6 +237,9 @@ final class BerthContainerRun {
     let port: UInt16
     let settings: BerthSettings
     let fs: ContainerFilesystem
+
+    /// Where its `/metrics` listens once rewritten to a free loopback port; nil when metrics are off.
+    private(set) var metricsPort: UInt16?
 
     private init(process: Subprocess, port: UInt16, settings: BerthSettings, fs: ContainerFilesystem) {
         self.process = process
@@ -254,9 +261,13 @@ final class BerthContainerRun {
         let port = freeLoopbackPort()
         var rewritten = spec
         if let i = settings.listenFlagIndex { rewritten.argv[i] = "127.0.0.1:\(port)" } else { rewritten.environment["BERTH_LISTEN"] = "127.0.0.1:\(port)" }
+        // The metrics listener too (the environment overrides the file; a flag would come last, so none is expected).
+        let metricsPort = settings.metricsListen.map { _ in freeLoopbackPort() }
+        if let metricsPort { rewritten.environment["BERTH_METRICS_LISTEN"] = "127.0.0.1:\(metricsPort)" }
         let p = try Subprocess(rewritten.launchArguments(fs), in: root, environment: rewritten.launchEnvironment(fs),
                                logPath: directory + "/berth-\(port).log")
-        let run = BerthContainerRun(process: p, port: port, settings: settings, fs: fs)
+        var run = BerthContainerRun(process: p, port: port, settings: settings, fs: fs)
+        run.metricsPort = metricsPort
         guard waitUntil(15, { !p.isRunning || probeStatus(port: port, path: "/healthz") == 200 }), p.isRunning else {
             p.terminate(grace: 2)
             throw Subprocess.Failure(description: "\(rewritten.launchArguments(fs)) did not become healthy: \(p.stdout.suffix(3000))")

@@ -186,7 +186,7 @@ final class KubernetesFilesTests: IntegrationTestCase {
     func testEveryBerthContainerServesWithItsExactCommandLineAndEnvironment() throws {
         let dockerfile = try Dockerfile(path: DockerFilesTests.dockerfilePath)
         chmod(workDir, 0o755)
-        var started = 0
+        var started = 0, metricsChecked = 0
         for (file, docs) in try Self.manifests() {
             for workload in docs where Self.workloadKinds.contains(workload["kind"] as? String ?? "") {
                 let pod = yamlMap(workload, "spec.template.spec")
@@ -206,6 +206,16 @@ final class KubernetesFilesTests: IntegrationTestCase {
                         let path = try XCTUnwrap(yamlString(c, "\(probe).httpGet.path"))
                         XCTAssertEqual(probeStatus(port: berth.port, path: path), 200, "\(file): \(probe) \(path)")
                     }
+                    // metrics.listen on: a container port named metrics, the scrape annotations, and /metrics answering.
+                    if let listen = berth.settings.metricsListen, let metricsPort = berth.metricsPort {
+                        let declared = Self.resolvePort("metrics", in: [c])
+                        XCTAssertEqual(declared, Int(listen.split(separator: ":").last ?? ""), "\(file): metrics.listen \(listen) is the port named metrics")
+                        let annotations = yamlMap(workload, "spec.template.metadata.annotations")
+                        XCTAssertEqual(annotations["prometheus.io/port"] as? String, declared.map(String.init), "\(file): scrape annotation port")
+                        XCTAssertEqual(probeStatus(port: metricsPort, path: annotations["prometheus.io/path"] as? String ?? "/metrics"), 200,
+                                       "\(file): /metrics")
+                        metricsChecked += 1
+                    }
                     let cache = try XCTUnwrap(berth.hostCacheDir)
                     XCTAssertTrue(waitUntil(5) { !((try? FileManager.default.contentsOfDirectory(atPath: cache)) ?? []).isEmpty },
                                   "\(file): berth wrote nothing in its cache volume")
@@ -215,6 +225,7 @@ final class KubernetesFilesTests: IntegrationTestCase {
             }
         }
         XCTAssertEqual(started, 3, "one Berth container in each of the three files")
+        XCTAssertGreaterThanOrEqual(metricsChecked, 1, "deployment.yaml turns metrics on")
     }
 
     /// Init containers run as their user (the DaemonSet's installs hosts.toml and chowns the cache);

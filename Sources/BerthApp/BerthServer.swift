@@ -429,15 +429,16 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         }
         do {
             let new = try loader()
-            let certificate = try tls.map { _ in
-                try TLSContext.makeServer(certificateChainPath: new.tls.certificate, privateKeyPath: new.tls.key)
+            // HTTPS switched off in the file: a restart-only change (tls.listen), the running certificate stays.
+            let certificate = try tls.flatMap { _ in
+                new.tls.listen.isEmpty ? nil : try TLSContext.makeServer(certificateChainPath: new.tls.certificate, privateKeyPath: new.tls.key)
             }
             let mc = try makeMirrorConfiguration(new)
             if let tls, let certificate {
                 tls.replace(with: certificate, certificateChainPath: new.tls.certificate, privateKeyPath: new.tls.key)
             }
             // Logged once every loop serves with it: a request sent after the line sees the new configuration.
-            let (logger, pending, tlsNote) = (logger, config.restartOnlyChanges(to: new), tls == nil ? "off" : "certificate re-read")
+            let (logger, pending, tlsNote) = (logger, config.restartOnlyChanges(to: new), tls == nil ? "off" : certificate == nil ? "running certificate kept" : "certificate re-read")
             mirror.reload(mc) { summary in
                 logger.info("SIGHUP: configuration reloaded", metadata: ["upstreams": "\(summary)", "tls": "\(tlsNote)"])
                 if !pending.isEmpty {

@@ -205,6 +205,20 @@ final class BerthConfigTests: XCTestCase {
         assertRefused("metrics:\n  port: 9090\n", key: "metrics.port")
     }
 
+    func testRestartOnlyChangesAreNamedAndReloadableOnesAreNot() throws {
+        let running = try BerthConfig.parse(yaml: "listen: :5000\ncache:\n  tag_ttl: 5m\n")
+        var next = running
+        next.upstream.url = "https://ghcr.io"
+        next.cache.tagTTL = 60
+        next.auth.htpasswd = "/etc/berth/htpasswd"
+        XCTAssertEqual(running.restartOnlyChanges(to: next), [], "upstreams, tag_ttl and auth reload")
+        next.listen = ":6000"
+        next.cache.maxSize = "1GiB"
+        next.server.drainDelay = 1
+        next.metrics.listen = ":9090"
+        XCTAssertEqual(running.restartOnlyChanges(to: next), ["listen", "server", "cache", "metrics"])
+    }
+
     func testServerLimits() throws {
         let d = BerthConfig()
         XCTAssertEqual(d.server.headerTimeout, 20)

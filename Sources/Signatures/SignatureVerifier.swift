@@ -98,6 +98,31 @@ public enum Verdict: Equatable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// The verdict on `digest` from cosign 3's Sigstore bundles, against `keys`:
+    /// verified when a trusted key signed an envelope whose statement names `digest`.
+    public static func of(_ digest: Digest, bundles: [SigstoreBundle], keys: [PublicKey]) -> Verdict {
+        guard bundles.contains(where: { !$0.signatures.isEmpty }) else { return .unsigned }
+        var mismatch: Digest?
+        var malformed: String?
+        for b in bundles {
+            let signed = b.signedBytes
+            for sig in b.signatures {
+                guard let k = keys.firstIndex(where: { $0.verify(signed, signature: sig) }) else { continue }
+                // Only a statement a trusted key signed is read.
+                do {
+                    let digests = try b.signedDigests()
+                    if digests.contains(digest) { return .verified(key: k) }
+                    mismatch = digests[0]
+                } catch {
+                    malformed = "\(error)"
+                }
+            }
+        }
+        if let mismatch { return .digestMismatch(mismatch) }
+        if let malformed { return .malformed(malformed) }
+        return .noTrustedSignature
+    }
+
     /// The verdict on `digest` from its signatures (payload bytes, raw signature), against `keys`.
     public static func of(_ digest: Digest, signatures: [(payload: [UInt8], signature: [UInt8])], keys: [PublicKey]) -> Verdict {
         guard !signatures.isEmpty else { return .unsigned }

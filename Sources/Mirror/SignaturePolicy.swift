@@ -155,15 +155,87 @@ final class SignatureCheck {
                        headTimeout: headTimeout, maxBytes: ManifestSummary.maxBytes, for: w) { [self] r in
             switch r {
             case .failure(let e): done(.failure(e))
-            case .success(let (head, _)) where head.status == 404: done(.success(.unsigned))
+            case .success(let (head, _)) where head.status == 404: bundles(besides: .unsigned, done)
             case .success(let (head, body)) where head.status == 200:
                 let signatures: [CosignSignature]
-                do { signatures = try CosignSignature.parse(body) } catch { return done(.success(.malformed("\(error)"))) }
-                payloads(signatures[...], [], done)
+                do { signatures = try CosignSignature.parse(body) } catch { return bundles(besides: .malformed("\(error)"), done) }
+                payloads(signatures[...], []) { [self] r in
+                    switch r {
+                    case .failure(let e): done(.failure(e))
+                    case .success(let v): v.isVerified ? done(.success(v)) : bundles(besides: v, done)
+                    }
+                }
             case .success(let (head, _)):
                 done(.failure(UpstreamError(status: 502, code: .unavailable, message: "the signature tag answered \(head.status)")))
             }
         }
+    }
+
+    // MARK: cosign 3: Sigstore bundles attached as OCI 1.1 referrers
+
+    /// The verdict from the image's Sigstore bundle referrers (the referrers
+    /// API; without it, the `sha256-<hex>` tag's index), or `tagVerdict` (the
+    /// `.sig` tag's) when no bundle verifies and that says more.
+    private func bundles(besides tagVerdict: Verdict, _ done: @escaping (Result<Verdict, UpstreamError>) -> Void) {
+        func judge(_ found: [SigstoreBundle], _ unreadable: String?) {
+            var verdict = Verdict.of(digest, bundles: found, keys: keys)
+            if verdict == .unsigned, let unreadable { verdict = .malformed(unreadable) }
+            done(.success(verdict.isVerified || tagVerdict == .unsigned ? verdict : tagVerdict))
+        }
+        var h = HTTPHeaders()
+        h.add("Accept", MediaType.ociIndex)
+        let type = percentEncoded("application/vnd.dev.sigstore.bundle.v0.3+json")
+        upstream.fetch(.get, "/v2/\(repo)/referrers/\(digest)?artifactType=\(type)", repository: repo, headers: h,
+                       headTimeout: headTimeout, maxBytes: ManifestSummary.maxBytes, for: w) { [self] r in
+            switch r {
+            case .failure(let e): done(.failure(e))
+            case .success(let (head, body)) where head.status == 200:
+                artifacts(body, judge)
+            case .success:
+                // No referrers API (404, or what a registry answers for a route it lacks): the tag scheme.
+                upstream.fetch(.get, "/v2/\(repo)/manifests/\(SigstoreBundle.referrersTag(for: digest))", repository: repo, headers: h,
+                               headTimeout: headTimeout, maxBytes: ManifestSummary.maxBytes, for: w) { [self] r in
+                    switch r {
+                    case .failure(let e): done(.failure(e))
+                    case .success(let (head, _)) where head.status == 404: judge([], nil)
+                    case .success(let (head, body)) where head.status == 200: artifacts(body, judge)
+                    case .success(let (head, _)):
+                        done(.failure(UpstreamError(status: 502, code: .unavailable, message: "the referrers tag answered \(head.status)")))
+                    }
+                }
+            }
+        }
+    }
+
+    /// Each bundle artifact the index lists: its manifest, then its bundle layer, every body checked against its digest.
+    private func artifacts(_ index: [UInt8], _ judge: @escaping ([SigstoreBundle], String?) -> Void) {
+        let listed: [Digest]
+        do { listed = try SigstoreBundle.artifacts(inIndex: index) } catch { return judge([], "\(error)") }
+        var found: [SigstoreBundle] = []
+        var unreadable: String?
+        func next(_ rest: ArraySlice<Digest>) {
+            guard let d = rest.first else { return judge(found, unreadable) }
+            var h = HTTPHeaders()
+            h.add("Accept", MediaType.ociManifest)
+            upstream.fetch(.get, "/v2/\(repo)/manifests/\(d)", repository: repo, headers: h, headTimeout: headTimeout,
+                           maxBytes: ManifestSummary.maxBytes, for: w) { [self] r in
+                guard case .success(let (head, body)) = r, head.status == 200, SHA256Hasher.hex(body) == d.hex,
+                      let layer = try? SigstoreBundle.layer(inManifest: body) else {
+                    unreadable = unreadable ?? "bundle artifact \(d) could not be read"
+                    return next(rest.dropFirst())
+                }
+                upstream.fetch(.get, "/v2/\(repo)/blobs/\(layer.digest)", repository: repo, headTimeout: headTimeout,
+                               maxBytes: SigstoreBundle.maxBytes, for: w) { r in
+                    if case .success(let (head, body)) = r, head.status == 200, SHA256Hasher.hex(body) == layer.digest.hex {
+                        do { found.append(try SigstoreBundle.parse(body)) } catch { unreadable = unreadable ?? "\(error)" }
+                    } else {
+                        unreadable = unreadable ?? "bundle \(layer.digest) could not be read"
+                    }
+                    next(rest.dropFirst())
+                }
+            }
+        }
+        next(listed[...])
     }
 
     private func payloads(_ rest: ArraySlice<CosignSignature>, _ got: [(payload: [UInt8], signature: [UInt8])],

@@ -102,6 +102,43 @@ public struct SigstoreBundle: Equatable, Sendable {
     }
 }
 
+extension SigstoreBundle {
+    /// Bundle artifacts read for one image, at most.
+    public static let maxArtifacts = 8
+
+    /// The tag a registry without the referrers API keeps an image's referrers index under.
+    public static func referrersTag(for digest: Digest) -> String { "\(digest.algorithm.rawValue)-\(digest.hex)" }
+
+    /// The bundle artifacts an index lists (the referrers API's answer, or the referrers tag's index).
+    public static func artifacts(inIndex bytes: [UInt8]) throws -> [Digest] {
+        struct Raw: Decodable {
+            struct Entry: Decodable { var digest: String; var artifactType: String? }
+            var manifests: [Entry]?
+        }
+        guard bytes.count <= ManifestSummary.maxBytes, let raw = try? JSONDecoder().decode(Raw.self, from: Data(bytes)) else {
+            throw SignatureFormatError("referrers index is not a JSON index")
+        }
+        return (raw.manifests ?? []).filter { $0.artifactType.map(mediaTypes.contains) == true }
+            .compactMap { Digest($0.digest) }.prefix(maxArtifacts).map { $0 }
+    }
+
+    /// The bundle layer of a bundle artifact's manifest.
+    public static func layer(inManifest bytes: [UInt8]) throws -> Descriptor {
+        struct Raw: Decodable {
+            struct Layer: Decodable { var mediaType: String?; var digest: String; var size: Int64 }
+            var layers: [Layer]?
+        }
+        guard bytes.count <= ManifestSummary.maxBytes, let raw = try? JSONDecoder().decode(Raw.self, from: Data(bytes)) else {
+            throw SignatureFormatError("bundle artifact is not a JSON manifest")
+        }
+        guard let l = raw.layers?.first(where: { $0.mediaType.map(mediaTypes.contains) == true }), let d = Digest(l.digest),
+              l.size >= 0, l.size <= Int64(maxBytes) else {
+            throw SignatureFormatError("bundle artifact has no bundle layer of a sane size")
+        }
+        return Descriptor(mediaType: l.mediaType ?? "", digest: d, size: l.size)
+    }
+}
+
 /// Any JSON value, skipped (a bundle's `messageSignature` is only recognised, never read).
 struct AnyDecodable: Decodable {
     init(from decoder: any Decoder) throws {}

@@ -40,6 +40,40 @@ final class SignaturePolicyTests: IntegrationTestCase {
         try builder.putManifest(manifest, mediaType: ImageBuilder.ociManifest, to: registry, repository: repository, reference: tag)
     }
 
+    /// Attaches a cosign 3 signature of `digest` (a statement about `claims`, default `digest`) the way cosign
+    /// does on a registry without the referrers API (Distribution 2.8): a Sigstore bundle (DSSE envelope, in-toto
+    /// statement, its pre-authentication encoding signed by `key`) as an OCI 1.1 artifact whose subject is the
+    /// image, listed in the index tagged `sha256-<hex>`.
+    private func signWithBundle(_ image: PushedImage, claims: String? = nil, in registry: Registry, repository: String, key: String) throws {
+        let claimed = (claims ?? image.digest).dropFirst("sha256:".count)
+        let statement = Array(#"{"_type":"https://in-toto.io/Statement/v1","subject":[{"name":"\#(registry.hostPort)/\#(repository)","digest":{"sha256":"\#(claimed)"}}],"predicateType":"https://sigstore.dev/cosign/sign/v1","predicate":{}}"#.utf8)
+        let type = "application/vnd.in-toto+json"
+        let file = "\(workDir!)/pae-\(UUID().uuidString.prefix(6))"
+        try Data(Array("DSSEv1 \(type.utf8.count) \(type) \(statement.count) ".utf8) + statement).write(to: URL(fileURLWithPath: file))
+        try openssl(["dgst", "-sha256", "-sign", key, "-out", file + ".sig", file])
+        let signature = try Data(contentsOf: URL(fileURLWithPath: file + ".sig")).base64EncodedString()
+        let bundleType = "application/vnd.dev.sigstore.bundle.v0.3+json"
+        let bundle = jsonBytes(["mediaType": bundleType, "verificationMaterial": ["publicKey": ["hint": "test"]],
+                                "dsseEnvelope": ["payload": Data(statement).base64EncodedString(), "payloadType": type,
+                                                 "signatures": [["sig": signature, "keyid": ""]]]] as [String: Any])
+        let bundleDigest = try builder.uploadBlob(bytes: bundle, to: registry, repository: repository)
+        let empty = Array("{}".utf8)
+        let emptyDigest = try builder.uploadBlob(bytes: empty, to: registry, repository: repository)
+        let artifact = jsonBytes([
+            "schemaVersion": 2, "mediaType": ImageBuilder.ociManifest, "artifactType": bundleType,
+            "config": ["mediaType": ImageBuilder.emptyConfig, "size": empty.count, "digest": emptyDigest],
+            "layers": [["mediaType": bundleType, "size": bundle.count, "digest": bundleDigest]],
+            "subject": ["mediaType": image.mediaType, "size": image.manifest.count, "digest": image.digest],
+        ] as [String: Any])
+        let artifactDigest = "sha256:" + sha256Hex(artifact)
+        try builder.putManifest(artifact, mediaType: ImageBuilder.ociManifest, to: registry, repository: repository, reference: artifactDigest)
+        let index = jsonBytes(["schemaVersion": 2, "mediaType": "application/vnd.oci.image.index.v1+json",
+                               "manifests": [["mediaType": ImageBuilder.ociManifest, "digest": artifactDigest, "size": artifact.count,
+                                              "artifactType": bundleType]]] as [String: Any])
+        try builder.putManifest(index, mediaType: "application/vnd.oci.image.index.v1+json", to: registry, repository: repository,
+                                reference: "sha256-" + image.digest.dropFirst("sha256:".count))
+    }
+
     private func config(_ registry: Registry, key: String, mode: String, tagTTL: String = "5m") throws -> String {
         let path = "\(workDir!)/berth-\(mode).yaml"
         try """
@@ -57,10 +91,14 @@ final class SignaturePolicyTests: IntegrationTestCase {
         return path
     }
 
-    func testEnforceServesSignedImagesAndRefusesTheRestWithTheReason() throws {
-        let registry = try startRegistry()
+    /// A registry and two key pairs: (registry, trusted private key, trusted public key, the other private key).
+    private func registryAndKeys() throws -> (Registry, String, String, String) {
         let (trustedKey, trustedPub) = try keyPair("trusted")
-        let (otherKey, _) = try keyPair("other")
+        return (try startRegistry(), trustedKey, trustedPub, try keyPair("other").0)
+    }
+
+    func testEnforceServesSignedImagesAndRefusesTheRestWithTheReason() throws {
+        let (registry, trustedKey, trustedPub, otherKey) = try registryAndKeys()
         let signed = try builder.pushImage(to: registry, repository: "team/signed", tag: "v1", layerSizes: [100_000])
         let unsigned = try builder.pushImage(to: registry, repository: "team/unsigned", tag: "v1", layerSizes: [50_000])
         let foreign = try builder.pushImage(to: registry, repository: "team/foreign", tag: "v1", layerSizes: [50_000])
@@ -89,6 +127,29 @@ final class SignaturePolicyTests: IntegrationTestCase {
         assertLayout(try pull(berth, "team/multi:v1", all: true), index: index)
         // A cached verdict: the refusal holds on a warm request and for the image by digest.
         XCTAssertEqual(try get(berth, "/v2/team/unsigned/manifests/\(unsigned.digest)", headers: ["Accept: \(allManifestTypes)"]).status, 403)
+    }
+
+    /// cosign 3's default: a Sigstore bundle attached as an OCI 1.1 referrer (here through the `sha256-<hex>`
+    /// tag, as on any registry without the referrers API) verifies like the `.sig` tag, and fails for the same reasons.
+    func testCosign3BundlesAttachedAsReferrersAreVerified() throws {
+        let (registry, trustedKey, trustedPub, otherKey) = try registryAndKeys()
+        let signed = try builder.pushImage(to: registry, repository: "team/bundled", tag: "v1", layerSizes: [60_000])
+        let foreign = try builder.pushImage(to: registry, repository: "team/bforeign", tag: "v1", layerSizes: [30_000])
+        let mismatch = try builder.pushImage(to: registry, repository: "team/bmismatch", tag: "v1", layerSizes: [30_000])
+        try signWithBundle(signed, in: registry, repository: "team/bundled", key: trustedKey)
+        try signWithBundle(foreign, in: registry, repository: "team/bforeign", key: otherKey)
+        try signWithBundle(mismatch, claims: signed.digest, in: registry, repository: "team/bmismatch", key: trustedKey)
+
+        let berth = try startBerth(upstream: "", arguments: ["--config", try config(registry, key: trustedPub, mode: "enforce")])
+        assertLayout(try pull(berth, "team/bundled:v1"), image: signed)
+        registry.settle()
+        XCTAssertGreaterThanOrEqual(registry.count(method: "GET", pathContains: "/manifests/sha256-" + signed.digest.dropFirst("sha256:".count)), 1,
+                                    "the referrers tag was read (Distribution 2.8 has no referrers API)")
+        for (repo, reason) in [("team/bforeign", "untrusted key"), ("team/bmismatch", "digest mismatch")] {
+            let r = try get(berth, "/v2/\(repo)/manifests/v1", headers: ["Accept: \(allManifestTypes)"])
+            XCTAssertEqual(r.status, 403, "\(repo): \(r.bodyText)")
+            XCTAssertTrue(r.bodyText.contains("DENIED") && r.bodyText.contains(reason), r.bodyText)
+        }
     }
 
     /// Issue 13's "Done when" for podman and containerd: both pull the signed image through Berth (as their

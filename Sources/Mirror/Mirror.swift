@@ -150,10 +150,35 @@ public final class Mirror: @unchecked Sendable {  // `latest` under its lock; `s
     var config: MirrorConfiguration { current.config }
     /// Each loop's copy of `latest`, read by every request without a lock.
     private final class Slot {
-        var state: MirrorState
+        var state: MirrorState {
+            didSet { verified = [:] }
+        }
+        /// Manifests this loop served as verified under `state`'s signature policy, by
+        /// repository key and digest, with their decision counter: a warm request skips
+        /// rule matching, the index's lock and the verdict's parse. A verified verdict
+        /// never changes for the same rule and keys; a reload empties this.
+        var verified: [VerifiedKey: (() -> Void)?] = [:]
         init(_ state: MirrorState) { self.state = state }
     }
+    struct VerifiedKey: Hashable {
+        let key: String
+        let digest: Digest
+    }
     private let slots: [Slot]
+
+    /// Loop thread only: whether `digest` under `key` was served as verified on this loop, and its counter.
+    func knownVerified(_ loop: EventLoop, _ key: String, _ digest: Digest) -> (() -> Void)?? {
+        slots[loop.index].verified[VerifiedKey(key: key, digest: digest)]
+    }
+
+    /// Loop thread only: remembers a verified decision made under `state` (bounded: a full table
+    /// starts over); one made under a configuration this loop has since replaced is not kept.
+    func noteVerified(_ loop: EventLoop, _ key: String, _ digest: Digest, under state: MirrorState, count: (() -> Void)?) {
+        let slot = slots[loop.index]
+        guard slot.state === state else { return }
+        if slot.verified.count >= 4096 { slot.verified = [:] }
+        slot.verified[VerifiedKey(key: key, digest: digest)] = count
+    }
     let store: BlobStore
     let fills: FillRegistry
     let pool: BlockingPool

@@ -65,8 +65,13 @@ extension ManifestRequest {
     /// policy and the reason (503 when the signatures cannot be fetched). A
     /// verified index's children count as verified: cosign signs the index.
     func signatureGate(_ digest: Digest, children: [Digest] = [], _ proceed: @escaping () -> Void) {
-        guard !settings.signaturePolicy.rules.isEmpty,
-              let rule = settings.signaturePolicy.rule(for: ctx.config.name.lowercased() + "/" + repo) else { return proceed() }
+        guard !settings.signaturePolicy.rules.isEmpty else { return proceed() }
+        // Warm: served as verified on this loop before (the request's state is the loop's).
+        if let count = mirror.knownVerified(w.loop, key, digest) {
+            count?()
+            return proceed()
+        }
+        guard let rule = settings.signaturePolicy.rule(for: ctx.config.name.lowercased() + "/" + repo) else { return proceed() }
         if case .tag(let t) = reference, isCosignArtifactTag(t) { return proceed() }
         if let v = mirror.verdicts.get(digest, rule: rule.id) { return decide(v, rule, digest, proceed) }
         if ctx.config.isOffline { return refuseUnverifiable(rule, digest, "no verdict recorded and the mirror is offline", proceed) }
@@ -86,7 +91,12 @@ extension ManifestRequest {
 
     private func decide(_ v: Verdict, _ rule: SignaturePolicy.Rule, _ digest: Digest, _ proceed: () -> Void) {
         let kind = String(v.code.prefix { $0 != ":" })
-        if v.isVerified { count(rule, kind, "served"); return proceed() }
+        if v.isVerified {
+            let counter = settings.metrics?.signatureDecisionCounter(rule: rule.name, verdict: kind, action: "served")
+            counter?()
+            mirror.noteVerified(w.loop, key, digest, under: ctx.state, count: counter)
+            return proceed()
+        }
         let why = "signature policy \(rule.name) for \(ctx.config.name)/\(repo): \(v)"
         guard rule.enforce else {
             count(rule, kind, "warned")
@@ -103,7 +113,7 @@ extension ManifestRequest {
     }
 
     private func count(_ rule: SignaturePolicy.Rule, _ verdict: String, _ action: String) {
-        settings.metrics?.signatureDecision(rule: rule.name, verdict: verdict, action: action)
+        settings.metrics?.signatureDecisionCounter(rule: rule.name, verdict: verdict, action: action)()
     }
 
     /// The newest digest `tag` named before that this rule verified and the cache still holds (tag history).

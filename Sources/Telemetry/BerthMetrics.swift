@@ -88,6 +88,11 @@ public final class BerthMetrics: Sendable {
     /// unsigned, mismatch, untrusted, malformed, unavailable) and `action`
     /// what Berth did (served, refused, warned, last_verified).
     public func signatureDecision(rule: String, verdict: String, action: String) {
+        signatureDecisionCounter(rule: rule, verdict: verdict, action: action)()
+    }
+
+    /// The increment of one decision's counter, to keep and call per request without a lookup.
+    public func signatureDecisionCounter(rule: String, verdict: String, action: String) -> @Sendable () -> Void {
         let key = rule + "\u{0}" + verdict + "\u{0}" + action
         let c = verdicts.withLock { table in
             if let c = table[key] { return c }
@@ -97,7 +102,7 @@ public final class BerthMetrics: Sendable {
             table[key] = c
             return c
         }
-        c.increment()
+        return { c.increment() }
     }
 
     // MARK: scrape

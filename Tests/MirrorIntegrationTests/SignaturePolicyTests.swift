@@ -150,6 +150,17 @@ final class SignaturePolicyTests: IntegrationTestCase {
             XCTAssertEqual(r.status, 403, "\(repo): \(r.bodyText)")
             XCTAssertTrue(r.bodyText.contains("DENIED") && r.bodyText.contains(reason), r.bodyText)
         }
+        // Warm verified answers are remembered per loop; a reload that trusts another key forgets them.
+        for _ in 0..<4 { XCTAssertEqual(try get(berth, "/v2/team/bundled/manifests/v1", headers: ["Accept: \(allManifestTypes)"]).status, 200) }
+        let otherPub = "\(workDir!)/other.pub"
+        try openssl(["pkey", "-in", "\(workDir!)/other.key", "-pubout", "-out", otherPub])
+        _ = try config(registry, key: otherPub, mode: "enforce")  // rewrites the file berth was started with
+        kill(try XCTUnwrap(berth.pid), SIGHUP)
+        XCTAssertTrue(waitUntil(10) { berth.log.contains("SIGHUP: configuration reloaded") }, berth.log)
+        for _ in 0..<4 {
+            let r = try get(berth, "/v2/team/bundled/manifests/v1", headers: ["Accept: \(allManifestTypes)"])
+            XCTAssertEqual(r.status, 403, "signed by a key no longer trusted: \(r.bodyText)")
+        }
     }
 
     /// Issue 13's "Done when" for podman and containerd: both pull the signed image through Berth (as their

@@ -7,7 +7,7 @@
 #   Benchmarks/e2e/signatures.sh [OUTPUT.md]   (default Benchmarks/results/signatures-YYYY-MM-DD.md)
 #
 # wrk -t2 -c64, REPS alternations (default 5) of WRK_SECONDS (default 10); any non-2xx fails the
-# run.
+# run. CALLGRIND=1 instead counts instructions per warm request of each (one connection, one loop).
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -47,8 +47,17 @@ signatures:
 YAML
 
 OFF=$(free_port); ON=$(free_port)
-"$BERTH" serve --listen "127.0.0.1:$OFF" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/off" --log-level error & PIDS+=($!)
-"$BERTH" serve --config "$TMP/policy.yaml" --listen "127.0.0.1:$ON" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/on" --log-level warning 2> "$TMP/on.log" & PIDS+=($!)
+RUN=(); WORKERS=2
+if [ -n "${CALLGRIND:-}" ]; then
+    WORKERS=1  # instructions per request instead of req/s: repeatable where wall clock is not
+    objcopy --strip-debug "$BERTH" "$TMP/berth-nodebug"; BERTH=$TMP/berth-nodebug  # valgrind 3.19 cannot read DWARF 5
+    RUN=(valgrind --tool=callgrind --dump-instr=no "--callgrind-out-file=$TMP/cg.%p")
+fi
+"${RUN[@]}" "$BERTH" serve --listen "127.0.0.1:$OFF" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/off" --log-level error --workers "$WORKERS" & PIDS+=($!)
+OFF_PID=$!
+"${RUN[@]}" "$BERTH" serve --config "$TMP/policy.yaml" --listen "127.0.0.1:$ON" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/on" --log-level warning --workers "$WORKERS" 2> "$TMP/on.log" & PIDS+=($!)
+ON_PID=$!
+for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$OFF/v2/" && curl -s -o /dev/null "http://127.0.0.1:$ON/v2/" && break; sleep 0.1; done
 wait_http "http://127.0.0.1:$OFF/v2/"; wait_http "http://127.0.0.1:$ON/v2/"
 URL_OFF="http://127.0.0.1:$OFF/v2/bench/app/manifests/v1"
 URL_ON="http://127.0.0.1:$ON/v2/bench/app/manifests/v1"
@@ -56,6 +65,22 @@ for u in "$URL_OFF" "$URL_ON"; do   # warm each (the signed one verifies here), 
     got=$(curl -sf -H "$ACCEPT" "$u" | sha256sum | cut -d' ' -f1)
     [ "sha256:$got" = "$DIGEST" ] || { log "$u answered other bytes (or was refused)"; exit 1; }
 done
+if [ -n "${CALLGRIND:-}" ]; then
+    N=${CG_REQUESTS:-1000}
+    for _ in $(seq 1 "$N"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$URL_OFF"; done > "$TMP/off.urls"
+    sed "s#$URL_OFF#$URL_ON#" "$TMP/off.urls" > "$TMP/on.urls"
+    ir() {  # PID URLS → instructions per request (counters zeroed after a warm-up)
+        curl -s -H "$ACCEPT" -K <(head -100 "$2") -w '%{http_code}\n' | grep -vq '^200$' && { log "non-200 during warm-up"; exit 1; }
+        callgrind_control -z "$1" >/dev/null
+        local bad; bad=$(curl -s -H "$ACCEPT" -K "$2" -w '%{http_code}\n' | grep -vc '^200$' || true)
+        [ "$bad" = 0 ] || { log "$bad non-200 answers"; exit 1; }
+        callgrind_control -d "$1" >/dev/null
+        awk '/^summary:|^totals:/ {print int($2 / '"$N"'); exit}' "$(ls -t "$TMP"/cg.$1* | head -1)"
+    }
+    IR_OFF=$(ir "$OFF_PID" "$TMP/off.urls"); IR_ON=$(ir "$ON_PID" "$TMP/on.urls")
+    echo "warm manifest by tag, Ir per request (callgrind, $N on one connection): no policy $IR_OFF, policy with a cached verdict $IR_ON ($(ratio "$IR_ON" "$IR_OFF")x)"
+    exit 0
+fi
 for u in "$URL_OFF" "$URL_ON"; do timeout 20 wrk -t2 -c64 -d2s -H "$ACCEPT" "$u" >/dev/null; done
 A=(); B=()
 for r in $(seq 1 "$REPS"); do

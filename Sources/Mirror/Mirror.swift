@@ -163,6 +163,20 @@ public final class Mirror: @unchecked Sendable {  // `latest` under its lock; `s
     struct VerifiedKey: Hashable {
         let key: String
         let digest: Digest
+        /// The digest's first 64 bits: already uniformly spread, hashed instead of 64 hex characters.
+        private let prefix: UInt64
+
+        init(key: String, digest: Digest) {
+            self.key = key
+            self.digest = digest
+            var hex = digest.hex
+            prefix = hex.withUTF8 { b in
+                b.prefix(16).reduce(0) { $0 << 4 | UInt64($1 <= 0x39 ? $1 &- 0x30 : $1 &- 0x57) }
+            }
+        }
+
+        func hash(into hasher: inout Hasher) { hasher.combine(prefix) }
+        static func == (a: Self, b: Self) -> Bool { a.prefix == b.prefix && a.digest == b.digest && a.key == b.key }
     }
     private let slots: [Slot]
 

@@ -147,7 +147,6 @@ public final class Mirror: @unchecked Sendable {  // `latest` under its lock; `s
     /// The configuration in force, for readers off the loops (a reload swaps it).
     private let latest: Mutex<MirrorState>
     var current: MirrorState { latest.withLock { $0 } }
-    var config: MirrorConfiguration { current.config }
     /// Each loop's copy of `latest`, read by every request without a lock.
     private final class Slot {
         var state: MirrorState {

@@ -87,11 +87,7 @@ public final class BerthMetrics: Sendable {
     /// A signature-policy decision: `verdict` is the verdict's kind (verified,
     /// unsigned, mismatch, untrusted, malformed, unavailable) and `action`
     /// what Berth did (served, refused, warned, last_verified).
-    public func signatureDecision(rule: String, verdict: String, action: String) {
-        signatureDecisionCounter(rule: rule, verdict: verdict, action: action)()
-    }
-
-    /// The increment of one decision's counter, to keep and call per request without a lookup.
+    /// Returns the increment of that decision's counter, to call now and keep for later requests without a lookup.
     public func signatureDecisionCounter(rule: String, verdict: String, action: String) -> @Sendable () -> Void {
         let key = rule + "\u{0}" + verdict + "\u{0}" + action
         let c = verdicts.withLock { table in

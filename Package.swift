@@ -88,8 +88,8 @@ let package = Package(
         .testTarget(name: "BenchTests", dependencies: ["Bench", "OCI"]),
         .testTarget(name: "ArchiveTests", dependencies: ["Archive"]),
         .testTarget(name: "TelemetryTests", dependencies: ["Telemetry", "TestSupport"]),
-        // Mirror logic as values, without sockets: routing.
-        .testTarget(name: "MirrorTests", dependencies: ["Mirror", "OCI", "BlobStore"]),
+        // Mirror logic as values, without sockets: routing, the peer ring (checked once against a real haproxy).
+        .testTarget(name: "MirrorTests", dependencies: ["Mirror", "OCI", "BlobStore", "TestSupport"]),
         .testTarget(name: "BlobStoreTests", dependencies: ["BlobStore", "OCI", "Reactor"]),
         .testTarget(name: "BerthAppTests", dependencies: ["TestSupport", "BerthApp", "Mirror", "HTTP1", "Reactor", "TLS", "BlobStore", "OCI"]),
         .testTarget(name: "MirrorIntegrationTests", dependencies: [

@@ -192,7 +192,43 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         })
         mc.tagTTLNanos = UInt64(config.cache.tagTTL * 1e9)
         mc.metrics = metrics
+        mc.peers = resolvePeers(config)
         return mc
+    }
+
+    /// `peers:` as members of the ring: each entry in order, a name with several
+    /// addresses as each of them (sorted), one that does not resolve as a member
+    /// never asked (so the others keep their places). A member whose port is one
+    /// this node listens on, at one of its own addresses, is this node.
+    private func resolvePeers(_ config: BerthConfig) -> [PeerAddress] {
+        guard !config.peers.isEmpty else { return [] }
+        let listens = [config.listen, config.tls.listen].compactMap { SocketAddress($0) }
+        let local = Set(Resolver.localAddresses().map(\.ip))
+        var members: [PeerAddress] = []
+        for entry in config.peers {
+            guard let (host, port) = BerthConfig.peerHostPort(entry) else { continue }  // validated
+            var found: [SocketAddress]
+            do {
+                let all = try Resolver.lookup(host: host, port: port)
+                found = all.filter { $0.family == AF_INET }
+                if found.isEmpty { found = all }
+                var seen = Set<String>()
+                found = found.filter { seen.insert($0.description).inserted }.sorted { $0.description < $1.description }
+            } catch {
+                logger.warning("peer \(entry) does not resolve: it keeps its place on the ring and is not asked (\(error))")
+                members.append(PeerAddress(name: entry, address: nil, isSelf: false, host: host, port: port))
+                continue
+            }
+            for a in found {
+                let isSelf = listens.contains { l in l.port == a.port && (l.ip == a.ip || local.contains(a.ip) || a.ip.hasPrefix("127.")) }
+                members.append(PeerAddress(name: found.count > 1 ? "\(entry)=\(a)" : entry, address: a, isSelf: isSelf))
+            }
+        }
+        logger.info("peers: \(members.map { $0.isSelf ? "\($0) (this node)" : "\($0)" }.joined(separator: ", "))")
+        if !members.contains(where: \.isSelf) {
+            logger.warning("peers: this node is not in the list (no member listens on \(listens.map(\.description).joined(separator: ", ")) here); blob misses still ask the owner first")
+        }
+        return members
     }
 
     private func makeMirror(log: @escaping (HTTPServer.LogLevel, String) -> Void) throws -> Mirror {

@@ -19,6 +19,9 @@ public struct BerthConfig: Equatable, Sendable {
     public var workers = 0
     /// Serve only what is cached, never dial an upstream (every upstream `offline`).
     public var offline = false
+    /// The cluster's Berth nodes, this one included, in the balancer's server order
+    /// (`host:port`; a name with several A records stands for each, sorted). Empty: no peers.
+    public var peers: [String] = []
     public var log = LogSection()
     public var metrics = MetricsSection()
     /// The single-upstream section of earlier versions (and its flags): used when `upstreams` is empty.
@@ -210,6 +213,7 @@ public struct BerthConfig: Equatable, Sendable {
             case "listen": c.listen = try string(v, key: "listen")
             case "workers": c.workers = try int(v, key: "workers")
             case "offline": c.offline = try bool(v, key: "offline")
+            case "peers": c.peers = try strings(v, key: "peers", of: "host:port addresses of the cluster's nodes")
             case "tls":
                 for (tk, tv) in try table(v, key: "tls") {
                     switch tk {
@@ -313,6 +317,7 @@ public struct BerthConfig: Equatable, Sendable {
         if let v = env["BERTH_AUTH_HTPASSWD"] { auth.htpasswd = v }
         if let v = env["BERTH_AUTH_ANONYMOUS"] { auth.anonymous = try Self.envBool("BERTH_AUTH_ANONYMOUS", v, key: "auth.anonymous") }
         if let v = env["BERTH_OFFLINE"] { offline = try Self.envBool("BERTH_OFFLINE", v, key: "offline") }
+        if let v = env["BERTH_PEERS"] { peers = v.split(separator: ",").map { $0.trimmingCharacters(in: .whitespaces) }.filter { !$0.isEmpty } }
         if let v = env["BERTH_SERVER_HEADER_TIMEOUT"] { server.headerTimeout = try Self.duration(v, key: "server.header_timeout") }
         if let v = env["BERTH_SERVER_KEEPALIVE_TIMEOUT"] { server.keepaliveTimeout = try Self.duration(v, key: "server.keepalive_timeout") }
         if let v = env["BERTH_SERVER_DRAIN_DELAY"] { server.drainDelay = try Self.duration(v, key: "server.drain_delay") }
@@ -419,6 +424,19 @@ public struct BerthConfig: Equatable, Sendable {
         return changed.filter(\.1).map(\.0)
     }
 
+    /// A `peers:` entry's host and port: `host:port`, `[v6]:port` or `http://` before either.
+    public static func peerHostPort(_ entry: String) -> (host: String, port: UInt16)? {
+        var t = Substring(entry)
+        if t.lowercased().hasPrefix("http://") { t = t.dropFirst(7) }
+        if t.hasSuffix("/") { t = t.dropLast() }
+        guard let colon = t.lastIndex(of: ":"), let port = UInt16(t[t.index(after: colon)...]), port > 0 else { return nil }
+        var host = t[..<colon]
+        if host.hasPrefix("[") && host.hasSuffix("]") { host = host.dropFirst().dropLast() }
+        let allowed = host.utf8.allSatisfy { $0 == 0x2e || $0 == 0x2d || $0 == 0x3a || $0 == 0x5f || (0x30...0x39).contains($0) || (0x41...0x5a).contains($0) || (0x61...0x7a).contains($0) }
+        guard !host.isEmpty, host.utf8.count <= 253, allowed else { return nil }
+        return (String(host), port)
+    }
+
     /// Checks values that parse but cannot work.
     public func validate() throws {
         guard SocketAddress(listen) != nil else {
@@ -444,6 +462,9 @@ public struct BerthConfig: Equatable, Sendable {
             throw ConfigError(key: "server.max_connections_per_client", "must be 0 (no cap) or a positive number")
         }
         guard (0...256).contains(workers) else { throw ConfigError(key: "workers", "\(workers) is out of range 0...256") }
+        for p in peers where Self.peerHostPort(p) == nil {
+            throw ConfigError(key: "peers", "\"\(p)\" is not a node's host:port (such as 10.0.0.12:5000, berth-1.berth:5000 or [fd00::12]:5000)")
+        }
         if !upstreams.isEmpty && upstream != UpstreamSection() {
             throw ConfigError(key: "upstream", "use either upstream: (and its flags) or upstreams:, not both")
         }

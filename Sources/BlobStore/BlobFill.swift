@@ -405,6 +405,15 @@ public final class FillRegistry: @unchecked Sendable {  // `fills` behind a lock
         }
     }
 
+    /// The fill under way for `digest`, joined; nil when there is none to join (none is started).
+    public func join(_ digest: Digest) -> BlobFill? {
+        fills.withLock { f in
+            guard let existing = f[digest], existing.isJoinable else { return nil }
+            counts.joined.add(1, ordering: .relaxed)
+            return existing
+        }
+    }
+
     /// Drops `fill` from the table (a newer fill for the same digest stays).
     func remove(_ digest: Digest, ifStill fill: BlobFill) {
         fills.withLock { f in

@@ -31,10 +31,14 @@ final class BlobRequest: RepositoryHandler {
     private var path: String { "/v2/\(repo)/blobs/\(digest)" }
     private var headTimeout: UInt64 { ctx.config.blobHeadTimeoutNanos }
 
+    /// A peer node asks (`Peers.header`): answered from this node's cache alone.
+    private var isPeerRequest: Bool { w.request.headers[Peers.header] != nil }
+
     func run() {
         if index.isLinked(key, digest), let file = mirror.store.open(digest) {
             return serveCached(file, cacheStatus: "hit")
         }
+        if isPeerRequest { return servePeer() }
         if ctx.config.isOffline {
             return mirror.error(w, UpstreamError(status: 404, code: .blobUnknown,
                                                  message: "blob \(name)@\(digest) is not cached, and the mirror is offline for \(ctx.config.name)"))
@@ -54,6 +58,7 @@ final class BlobRequest: RepositoryHandler {
             case .success(let (head, _)) where head.status == 200:
                 index.link(key, [digest])
                 if let file = mirror.store.open(digest) { return serveCached(file, cacheStatus: "hit; detail=access-checked") }
+                if isPeerRequest { return notHeldForPeer() }
                 if w.request.method == .get { return startOrJoinFill() }
                 var out = Mirror.contentHead(status: 200, digest: digest, mediaType: "application/octet-stream", cacheStatus: "fwd=miss")
                 out.headers.add("Accept-Ranges", "bytes")
@@ -71,6 +76,21 @@ final class BlobRequest: RepositoryHandler {
         }
     }
 
+    /// Not cached and not linked: a fill under way for this repository is joined,
+    /// a blob cached for another repository has its access checked upstream, and
+    /// anything else is the peer's to fetch (404), never this node's.
+    private func servePeer() {
+        if w.request.method == .get, index.isLinked(key, digest), let fill = mirror.fills.join(digest) {
+            return FillReader(request: self, fill: fill, cacheStatus: "fwd=miss; collapsed; detail=peer").start()
+        }
+        if mirror.store.contains(digest) { return headUpstream() }
+        notHeldForPeer()
+    }
+
+    private func notHeldForPeer() {
+        Mirror.error(w, .blobUnknown, "blob \(name)@\(digest) is not cached on this node (a peer asked: no upstream fetch)", status: 404)
+    }
+
     private func startOrJoinFill() {
         let lookup: FillRegistry.Lookup
         do { lookup = try mirror.fills.lookup(digest, loop: w.loop) } catch {
@@ -84,7 +104,16 @@ final class BlobRequest: RepositoryHandler {
             // Another repository may have started this fill: our access was not checked by its GET.
             if index.isLinked(key, digest) { FillReader(request: self, fill: fill, cacheStatus: "fwd=miss; collapsed").start() } else { headUpstream() }
         case .started(let fill):
-            BlobFetch(mirror: mirror, fill: fill, repo: repo, key: key).start(upstream: upstream, path: path, headTimeout: headTimeout, for: w)
+            let fetch = BlobFetch(mirror: mirror, fill: fill, repo: repo, key: key)
+            let (upstream, path, headTimeout) = (upstream, path, headTimeout)
+            let fromUpstream = { [weak w] in fetch.start(upstream: upstream, path: path, headTimeout: headTimeout, for: w) }
+            // The blob's owner in the cluster first: one that holds it spares the upstream a download.
+            if let peers = ctx.state.peers, let (m, address) = peers.pick(digest, now: w.loop.now),
+               let request = peers.request(to: address, target: w.request.target, authorization: w.request.headers["Authorization"], requestID: w.requestID) {
+                PeerFetch(fetch: fetch, peers: peers, member: m, loop: w.loop, fallback: fromUpstream).start(request)
+            } else {
+                fromUpstream()
+            }
             FillReader(request: self, fill: fill, cacheStatus: "fwd=miss; stored").start()
         }
     }

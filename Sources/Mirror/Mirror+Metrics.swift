@@ -36,4 +36,13 @@ extension Mirror {
         out.family("berth_cache_evictions_total", .counter, "Blobs evicted (least recently used first) since start.", Double(e.count))
         out.family("berth_cache_evicted_bytes_total", .counter, "Bytes of blobs evicted since start.", Double(e.bytes))
     }
+
+    /// With `peers:`: blob misses sent to the owner node first, by outcome.
+    static func collect(_ peers: PeerCounts, into out: inout Exposition) {
+        out.family("berth_peer_fetches_total", .counter,
+                   "Blob misses sent to a peer node (peers:) before the upstream, by outcome: filled (the peer held it), missing (it did not: fetched upstream), failed (no answer: fetched upstream, the peer skipped for 10 s).",
+                   [([("result", "filled")], Double(peers.filled.load(ordering: .relaxed))),
+                    ([("result", "missing")], Double(peers.missing.load(ordering: .relaxed))),
+                    ([("result", "failed")], Double(peers.failed.load(ordering: .relaxed)))])
+    }
 }

@@ -27,6 +27,8 @@ public struct MirrorConfiguration: Sendable {
     public var signaturePolicy = SignaturePolicy()
     /// Prometheus metrics (`metrics.listen`); nil: off.
     public var metrics: BerthMetrics?
+    /// The cluster's nodes in the balancer's order, this one included (`peers:`); empty: no peers.
+    public var peers: [PeerAddress] = []
 
     public init(upstreams: [UpstreamConfiguration]) { self.upstreams = upstreams }
     public init(upstream: UpstreamConfiguration) { self.init(upstreams: [upstream]) }
@@ -128,10 +130,13 @@ final class MirrorState: Sendable {
     let config: MirrorConfiguration
     let registries: [Registry]
     let router: UpstreamRouter
+    /// Nil without `peers:`.
+    let peers: Peers?
 
-    init(config: MirrorConfiguration, registries: [Registry]) {
+    init(config: MirrorConfiguration, registries: [Registry], peers: Peers?) {
         self.config = config
         self.registries = registries
+        self.peers = peers
         router = UpstreamRouter(config.upstreams.map { .init(name: $0.name, prefix: $0.prefix, hosts: $0.hosts) },
                                 defaultIndex: config.upstreams.firstIndex { $0.isDefault })
     }
@@ -197,6 +202,8 @@ public final class Mirror: @unchecked Sendable {  // `latest` under its lock; `s
     let pool: BlockingPool
     /// Manifests served recently, in memory.
     let manifests = ManifestMemo()
+    /// Blob misses sent to peers (`peers:`), across reloads.
+    let peerCounts = PeerCounts()
     /// Signature verdicts per manifest digest (`signatures:`), in the cache index.
     var verdicts: VerdictCache { VerdictCache(index: store.index) }
     let log: (HTTPServer.LogLevel, String) -> Void
@@ -217,12 +224,14 @@ public final class Mirror: @unchecked Sendable {  // `latest` under its lock; `s
         self.fills = fills
         let initial = MirrorState(config: config, registries: config.upstreams.map {
             Registry(config: $0, group: group, pool: pool, deadlineNanos: config.clientDeadlineNanos, metrics: config.metrics?.upstream($0.name))
-        })
+        }, peers: config.peers.isEmpty ? nil : Peers(config.peers, counts: peerCounts, group: group, pool: pool, log: log))
         latest = Mutex(initial)
         slots = group.loops.map { _ in Slot(initial) }
         config.metrics?.addCollector { [weak self] out in
             guard let self else { return }
-            Mirror.collect(self.current.registries, fills, store, into: &out)
+            let state = self.current
+            Mirror.collect(state.registries, fills, store, into: &out)
+            if state.peers != nil { Mirror.collect(self.peerCounts, into: &out) }
         }
     }
 
@@ -259,7 +268,9 @@ public final class Mirror: @unchecked Sendable {  // `latest` under its lock; `s
             return Registry(config: u, group: group, pool: pool, deadlineNanos: config.clientDeadlineNanos, metrics: config.metrics?.upstream(u.name))
         }
         summary.removed = old.registries.map(\.config.name).filter { n in !config.upstreams.contains { $0.name == n } }
-        let state = MirrorState(config: config, registries: registries)
+        // The same members keep their connections and failure marks.
+        let peers = config.peers.isEmpty ? nil : config.peers == old.config.peers ? old.peers : Peers(config.peers, counts: peerCounts, group: group, pool: pool, log: log)
+        let state = MirrorState(config: config, registries: registries, peers: peers)
         let done = summary
         latest.withLock { $0 = state }
         let waiting = Atomic<Int>(slots.count)
@@ -270,6 +281,7 @@ public final class Mirror: @unchecked Sendable {  // `latest` under its lock; `s
             }
         }
         for r in old.registries where !registries.contains(where: { $0 === r }) { r.retire() }
+        if let p = old.peers, p !== peers { p.retire() }
     }
 
     /// Shutdown has begun: `/readyz` turns 503 so that balancers stop sending

@@ -42,4 +42,23 @@ public enum Resolver {
         }
         return v4 + v6
     }
+
+    /// The IP addresses of this host's interfaces (port 0): how a node finds itself in a list of peers.
+    public static func localAddresses() -> [SocketAddress] {
+        var first: UnsafeMutablePointer<ifaddrs>?
+        guard getifaddrs(&first) == 0, let first else { return [] }
+        defer { freeifaddrs(first) }
+        var out: [SocketAddress] = []
+        var p: UnsafeMutablePointer<ifaddrs>? = first
+        while let ifa = p {
+            if let sa = ifa.pointee.ifa_addr, sa.pointee.sa_family == sa_family_t(AF_INET) || sa.pointee.sa_family == sa_family_t(AF_INET6) {
+                var st = sockaddr_storage()
+                let size = sa.pointee.sa_family == sa_family_t(AF_INET) ? MemoryLayout<sockaddr_in>.size : MemoryLayout<sockaddr_in6>.size
+                withUnsafeMutableBytes(of: &st) { dst in dst.copyMemory(from: UnsafeRawBufferPointer(start: sa, count: size)) }
+                out.append(SocketAddress(storage: st))
+            }
+            p = ifa.pointee.ifa_next
+        }
+        return out
+    }
 }

@@ -92,6 +92,8 @@ struct Serve: ParsableCommand {
     var pin: [String] = []
     @Flag(name: .long, help: "Serve only what is cached; never contact an upstream (offline).")
     var offline = false
+    @Option(name: .customLong("peer"), help: "A node of the cluster, host:port, in the balancer's server order (adds to peers); repeatable.")
+    var peer: [String] = []
     @Option(name: .customLong("auth-htpasswd"), help: "htpasswd file (bcrypt) clients authenticate against (auth.htpasswd).")
     var authHtpasswd: String?
     @Flag(name: .customLong("auth-anonymous"), help: "With --auth-htpasswd, also serve requests without credentials (auth.anonymous).")
@@ -152,6 +154,7 @@ struct Serve: ParsableCommand {
         if let cacheMaxSize { c.cache.maxSize = cacheMaxSize }
         if !pin.isEmpty { c.cache.pinned = pin }
         if offline { c.offline = true }
+        c.peers += peer
         if let authHtpasswd { c.auth.htpasswd = authHtpasswd }
         if authAnonymous { c.auth.anonymous = true }
         if let tagTTL { c.cache.tagTTL = try BerthConfig.parseDuration(tagTTL, key: "cache.tag_ttl") }

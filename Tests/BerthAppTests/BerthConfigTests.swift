@@ -71,6 +71,21 @@ final class BerthConfigTests: XCTestCase {
         assertRefused("tls:\n  listen: \"localhost:5443\"\n  certificate: c.pem\n  key: k.pem\n", key: "tls.listen")
     }
 
+    func testPeers() throws {
+        let c = try BerthConfig.parse(yaml: "peers: [\"10.0.0.11:5000\", berth-1.berth-nodes:5000, \"[fd00::13]:5000\", \"http://10.0.0.14:5001/\"]\n")
+        XCTAssertEqual(c.peers.count, 4)
+        XCTAssertEqual(BerthConfig.peerHostPort(c.peers[1])?.host, "berth-1.berth-nodes")
+        XCTAssertEqual(BerthConfig.peerHostPort(c.peers[2])?.host, "fd00::13")
+        XCTAssertEqual(BerthConfig.peerHostPort(c.peers[3])?.port, 5001)
+        for bad in ["10.0.0.11", "a b:5000", "x:0", "x:70000", ":5000", "user@x:5000", "https://x:5000"] {
+            assertRefused("peers: [\"\(bad)\"]\n", key: "peers")
+        }
+        assertRefused("peers: 10.0.0.11:5000\n", key: "peers")
+        var e = BerthConfig()
+        try e.apply(environment: ["BERTH_PEERS": "10.0.0.11:5000, 10.0.0.12:5000,"])
+        XCTAssertEqual(e.peers, ["10.0.0.11:5000", "10.0.0.12:5000"])
+    }
+
     func testBadLogLevel() {
         assertRefused("log:\n  level: loud\n", key: "log.level")
     }

@@ -25,7 +25,8 @@ extension IntegrationTestCase {
     /// (`startBalancer` returns its port), pulls through both repositories and
     /// checks every blob was fetched once and lives on one node; `more` adds
     /// checks; then a `kill -9` of a node holding blobs, and two more pulls.
-    func checkBlobsFetchedOnceClusterWide(environment: [String: String?], startBalancer: ([BerthProcess]) throws -> UInt16,
+    /// With `peers`, each node gets the three nodes' addresses in the balancer's order (`BERTH_PEERS`).
+    func checkBlobsFetchedOnceClusterWide(environment: [String: String?], peers: Bool = false, startBalancer: ([BerthProcess]) throws -> UInt16,
                                          more: (BalancedCluster) throws -> Void = { _ in }) throws {
         let registry = try startRegistry()
         let image = try builder.pushImage(to: registry, repository: "team/app", tag: "v1", layerSizes: [200_000, 150_000, 100_000, 50_000])
@@ -33,7 +34,10 @@ extension IntegrationTestCase {
         try Skopeo.copy("docker://\(registry.hostPort)/team/app:v1", "docker://\(registry.hostPort)/team/twin:v1",
                         extra: ["--src-tls-verify=false", "--dest-tls-verify=false"], in: workDir)
         let before = Dictionary(uniqueKeysWithValues: image.blobs.map { ($0, registry.count(method: "GET", pathContains: "/blobs/\($0)")) })  // skopeo reads the config copying
-        let nodes = try (0..<3).map { _ in try startBerth(upstream: registry.url, environment: environment) }
+        let ports = peers ? (0..<3).map { _ in freeLoopbackPort() } : [nil, nil, nil]
+        var environment = environment
+        if peers { environment["BERTH_PEERS"] = ports.map { "127.0.0.1:\($0!)" }.joined(separator: ",") }
+        let nodes = try ports.map { try startBerth(upstream: registry.url, environment: environment, port: $0) }
         let cluster = BalancedCluster(registry: registry, image: image, nodes: nodes, balancer: "127.0.0.1:\(try startBalancer(nodes))", fetchesBefore: before)
         func pullThrough(_ reference: String) throws -> String {
             let out = "\(workDir!)/lb-\(UUID().uuidString.prefix(8))"

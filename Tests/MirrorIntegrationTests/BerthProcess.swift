@@ -18,8 +18,9 @@ final class BerthProcess {
     var url: String { "http://127.0.0.1:\(port)" }
     var log: String { (try? String(contentsOfFile: logPath, encoding: .utf8)) ?? "" }
 
-    /// `arguments` are extra flags (`--tag-ttl 0s`, `--upstream-user u`); `environment` extra variables.
-    init(upstream: String, arguments: [String] = [], environment: [String: String?] = [:], workers: Int = 2) throws {
+    /// `arguments` are extra flags (`--tag-ttl 0s`, `--upstream-user u`); `environment` extra variables;
+    /// `port` one chosen beforehand (a cluster's nodes name each other), else a free one.
+    init(upstream: String, arguments: [String] = [], environment: [String: String?] = [:], workers: Int = 2, port fixed: UInt16? = nil) throws {
         self.upstream = upstream
         self.workers = workers
         self.arguments = arguments
@@ -27,8 +28,8 @@ final class BerthProcess {
         directory = makeTemporaryDirectory("berth-proc")
         cacheDir = directory + "/cache"
         var lastError: Error?
-        for _ in 0..<3 {
-            port = freeLoopbackPort()
+        for _ in 0..<(fixed == nil ? 3 : 1) {
+            port = fixed ?? freeLoopbackPort()
             do { try start(); return } catch { lastError = error }
         }
         throw lastError!

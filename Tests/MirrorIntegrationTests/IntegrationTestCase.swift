@@ -43,8 +43,8 @@ class IntegrationTestCase: XCTestCase {
     }
 
     func startBerth(upstream: String, arguments: [String] = [], environment: [String: String?] = [:],
-                    workers: Int = 2) throws -> BerthProcess {
-        let b = try BerthProcess(upstream: upstream, arguments: arguments, environment: environment, workers: workers)
+                    workers: Int = 2, port: UInt16? = nil) throws -> BerthProcess {
+        let b = try BerthProcess(upstream: upstream, arguments: arguments, environment: environment, workers: workers, port: port)
         berths.append(b)
         cleanups.append { b.remove() }
         return b

@@ -323,6 +323,8 @@ final class KubernetesFilesTests: IntegrationTestCase {
             XCTAssertTrue(s.count > 2 && s[2].hasPrefix("\(name)-\(i).\(service).") && s[2].hasSuffix(".svc.cluster.local:\(nodePort)"), "server \(s)")
         }
         XCTAssertEqual(Set(servers.map { $0[1] }).count, nodes, "distinct server names")
+        // The nodes' peers: the server addresses in the servers' order (the ring's ids).
+        XCTAssertEqual(yamlValue(berthYAML, "peers") as? [String], servers.map { $0[2] }, "peers: lists the server lines' addresses in order")
         let haproxy = try XCTUnwrap(docs.first { $0["kind"] as? String == "Deployment" })
         let bind = try XCTUnwrap(significant(embedded).first { $0.hasPrefix("bind ") })
         let haproxyPort = try XCTUnwrap(Self.resolvePort("http", in: yamlList(haproxy, "spec.template.spec.containers")))

@@ -39,10 +39,13 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     /// `BERTH_*`, the flags given); nil: SIGHUP re-reads the certificate only.
     public var configurationLoader: (() throws -> BerthConfig)?
     private let isReloading = Atomic<Bool>(false)
+    /// `server.drain_delay` in force, in nanoseconds (a reload may change it).
+    private let drainDelayNanos: Atomic<UInt64>
 
     public init(config: BerthConfig, logger: Logger) throws {
         self.config = config
         self.logger = logger
+        drainDelayNanos = Atomic(UInt64(config.server.drainDelay * 1e9))
         group = try EventLoopGroup(count: config.workers == 0 ? System.coreCount : config.workers)
         pool = BlockingPool(threads: 4)
     }
@@ -397,7 +400,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
                 reload()
             }
         default:
-            let delay = http.connectionCount > 0 ? config.server.drainDelay : 0
+            let delay = http.connectionCount > 0 ? Double(drainDelayNanos.load(ordering: .relaxed)) / 1e9 : 0
             logger.info("signal \(signo): stopping; /readyz answers 503, listeners close in \(delay) s, then in-flight responses get \(shutdownGraceNanos / 1_000_000_000) s")
             stop()
         }
@@ -415,7 +418,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             return
         }
         mirror?.beginDraining()
-        let until = Clock.monotonicNanos() + UInt64(config.server.drainDelay * 1e9)
+        let until = Clock.monotonicNanos() + drainDelayNanos.load(ordering: .relaxed)
         let announcing = http.connectionCount > 0
         func announce() {
             if announcing && Clock.monotonicNanos() < until && stopPhase.load(ordering: .relaxed) == .announcing {
@@ -447,8 +450,8 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
     }
 
     /// Reloads the configuration (upstreams, credentials, CA bundles, client
-    /// auth and rules, signature policy, TTLs, upstream limits, the TLS
-    /// certificate) without dropping connections or fills. Everything is built
+    /// auth and rules, signature policy, peers, TTLs, upstream and server limits,
+    /// the TLS certificate) without dropping connections or fills. Everything is built
     /// before anything is swapped: a configuration that does not load, or names
     /// a file that cannot be read, is refused whole and the running one stays.
     /// Keys that need a restart keep their running values, with a warning. Pool thread.
@@ -472,6 +475,17 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             let mc = try makeMirrorConfiguration(new)
             if let tls, let certificate {
                 tls.replace(with: certificate, certificateChainPath: new.tls.certificate, privateKeyPath: new.tls.key)
+            }
+            let cap = http.update(headTimeoutNanos: UInt64(new.server.headerTimeout * 1e9), idleTimeoutNanos: UInt64(new.server.keepaliveTimeout * 1e9),
+                                  maxConnections: new.server.maxConnections == 0 ? nil : new.server.maxConnections,
+                                  maxConnectionsPerClient: new.server.maxConnectionsPerClient)
+            drainDelayNanos.store(UInt64(new.server.drainDelay * 1e9), ordering: .relaxed)
+            if new.server != config.server {
+                logger.info("SIGHUP: server limits in force", metadata: [
+                    "header_timeout": "\(new.server.headerTimeout)", "keepalive_timeout": "\(new.server.keepaliveTimeout)",
+                    "max_connections": "\(cap)", "max_connections_per_client": "\(new.server.maxConnectionsPerClient)",
+                    "drain_delay": "\(new.server.drainDelay)",
+                ])
             }
             // Logged once every loop serves with it: a request sent after the line sees the new configuration.
             let (logger, pending, tlsNote) = (logger, config.restartOnlyChanges(to: new), tls == nil ? "off" : certificate == nil ? "running certificate kept" : "certificate re-read")

@@ -28,9 +28,11 @@ public final class ConnectionLimiter: Sendable {
     }
 
     /// Connections open at once, across loops.
-    public let maxConnections: Int
+    public var maxConnections: Int { maxOpen.load(ordering: .relaxed) }
     /// Connections open at once from one client; 0 = no per-client cap.
-    public let maxPerClient: Int
+    public var maxPerClient: Int { maxClient.load(ordering: .relaxed) }
+    private let maxOpen: Atomic<Int>
+    private let maxClient: Atomic<Int>
     private let open = Atomic<Int>(0)
     private let admitted = Atomic<Int>(0)
     private let refusedServerFull = Atomic<Int>(0)
@@ -40,9 +42,16 @@ public final class ConnectionLimiter: Sendable {
 
     public init(maxConnections: Int, maxPerClient: Int, burstQuietNanos: UInt64 = 10_000_000_000) {
         precondition(maxConnections > 0 && maxPerClient >= 0)
-        self.maxConnections = maxConnections
-        self.maxPerClient = maxPerClient
+        maxOpen = Atomic(maxConnections)
+        maxClient = Atomic(maxPerClient)
         burst = Mutex(RefusalBurst(quietNanos: burstQuietNanos))
+    }
+
+    /// New caps (a configuration reload): connections already open stay; new ones are counted against these.
+    public func update(maxConnections: Int, maxPerClient: Int) {
+        precondition(maxConnections > 0 && maxPerClient >= 0)
+        maxOpen.store(maxConnections, ordering: .relaxed)
+        maxClient.store(maxPerClient, ordering: .relaxed)
     }
 
     /// Connections admitted and not yet released.
@@ -61,10 +70,12 @@ public final class ConnectionLimiter: Sendable {
             refusedServerFull.add(1, ordering: .relaxed)
             return .serverFull
         }
-        guard maxPerClient > 0, let client else { self.admitted.add(1, ordering: .relaxed); return nil }
+        // Counted per client even without a cap: a reload may set one.
+        guard let client else { self.admitted.add(1, ordering: .relaxed); return nil }
+        let cap = maxPerClient
         let admitted = perClient.withLock { counts -> Bool in
             let n = counts[client, default: 0]
-            guard n < maxPerClient else { return false }
+            guard cap == 0 || n < cap else { return false }
             counts[client] = n + 1
             return true
         }
@@ -77,7 +88,7 @@ public final class ConnectionLimiter: Sendable {
     /// Counts a connection out.
     public func release(_ client: ClientKey?) {
         open.subtract(1, ordering: .relaxed)
-        guard maxPerClient > 0, let client else { return }
+        guard let client else { return }
         perClient.withLock { counts in
             let n = counts[client, default: 0]
             if n <= 1 { counts[client] = nil } else { counts[client] = n - 1 }

@@ -56,7 +56,10 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
     let logger: (LogLevel, String) -> Void
     /// The connection caps in force (`maxConnections` resolved against the open-file limit).
     public let limiter: ConnectionLimiter
-    let timeouts: ConnectionTimeouts
+    /// The connection deadlines in force (`update` replaces them).
+    var timeouts: ConnectionTimeouts { liveTimeouts.withLock { $0 } }
+    private let liveTimeouts: Mutex<ConnectionTimeouts>
+    private let ceiling: Int
     /// Ids for requests that bring no well-formed `X-Request-Id`.
     let requestIDs = RequestIDGenerator()
     private var contexts: [LoopContext] = []
@@ -73,10 +76,25 @@ public final class HTTPServer: @unchecked Sendable {  // mutable state is per lo
         self.logger = logger
         self.handler = handler
         let ceiling = Self.connectionCeiling(openFileLimit: System.openFileLimit, headroom: configuration.descriptorHeadroom)
+        self.ceiling = ceiling
         limiter = ConnectionLimiter(maxConnections: min(configuration.maxConnections ?? ceiling, ceiling),
                                     maxPerClient: max(configuration.maxConnectionsPerClient, 0))
-        timeouts = ConnectionTimeouts(headNanos: configuration.headTimeoutNanos, idleNanos: configuration.idleTimeoutNanos,
-                                      stallNanos: configuration.stallTimeoutNanos)
+        liveTimeouts = Mutex(ConnectionTimeouts(headNanos: configuration.headTimeoutNanos, idleNanos: configuration.idleTimeoutNanos,
+                                                stallNanos: configuration.stallTimeoutNanos))
+    }
+
+    /// New head and idle deadlines and connection caps (a configuration reload): open
+    /// connections keep going, bounded by the new deadlines from the next sweep on;
+    /// new connections are counted against the new caps. Returns the cap in force.
+    @discardableResult
+    public func update(headTimeoutNanos: UInt64, idleTimeoutNanos: UInt64, maxConnections: Int?, maxConnectionsPerClient: Int) -> Int {
+        liveTimeouts.withLock {
+            $0.headNanos = headTimeoutNanos
+            $0.idleNanos = idleTimeoutNanos
+        }
+        let cap = min(maxConnections ?? ceiling, ceiling)
+        limiter.update(maxConnections: cap, maxPerClient: max(maxConnectionsPerClient, 0))
+        return cap
     }
 
     /// The most connections a process with `openFileLimit` descriptors may
@@ -240,9 +258,9 @@ final class LoopContext {
     /// Every `sweepIntervalNanos`: ends the waits that ran out (see
     /// `ConnectionTimeouts`), and sums up a burst of refused connections once it is over.
     func startSweeping() {
-        let timeouts = server.timeouts
-        loop.schedule(afterNanos: timeouts.sweepIntervalNanos) { [weak self] in
+        loop.schedule(afterNanos: server.timeouts.sweepIntervalNanos) { [weak self] in
             guard let self else { return }
+            let timeouts = self.server.timeouts
             let now = Clock.monotonicNanos()
             // `close` and `requestTimeout` remove from `connections`: walk a snapshot.
             for c in self.connections.reversed() {

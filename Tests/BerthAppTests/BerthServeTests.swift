@@ -318,4 +318,37 @@ final class BerthServeTests: XCTestCase {
                                        "https://127.0.0.1:\(port)/v2/"], in: directory, timeout: 20)
         XCTAssertEqual(curl.stdout, "{}")
     }
+
+    /// `server.*` reloads: a per-client cap set by SIGHUP closes a client's second connection
+    /// at accept while its first one keeps being served; lifting it lets the next one in.
+    func testServerLimitsAreReloadedBySIGHUP() throws {
+        let config = "\(directory!)/berth.yaml"
+        let cacheDir = "\(directory!)/cache"
+        try "cache:\n  dir: \"\(cacheDir)\"\n".write(toFile: config, atomically: true, encoding: .utf8)
+        let b = try BerthProcess(directory: directory, extra: ["--config", config])
+        berth = b
+        let first = try RawClient(port: b.port)
+        first.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(first.readResponse()?.status, 200)
+        let second = try RawClient(port: b.port)
+        second.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(second.readResponse()?.status, 200, "no cap at start beyond the default 1,024")
+
+        try "cache:\n  dir: \"\(cacheDir)\"\nserver:\n  max_connections_per_client: 2\n  keepalive_timeout: 30s\n".write(toFile: config, atomically: true, encoding: .utf8)
+        b.signal(SIGHUP)
+        XCTAssertTrue(b.waitForLog("SIGHUP: server limits in force"), b.child.stderr)
+        XCTAssertTrue(b.waitForLog("max_connections_per_client=2"), b.child.stderr)
+        XCTAssertFalse(b.child.stderr.contains("server changed; these take effect at the next start"), b.child.stderr)
+        let third = try RawClient(port: b.port)
+        XCTAssertTrue(third.readsEOF(), "a third connection from 127.0.0.1 is closed at accept under the reloaded cap")
+        first.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(first.readResponse()?.status, 200, "connections already open keep being served")
+
+        try "cache:\n  dir: \"\(cacheDir)\"\nserver:\n  max_connections_per_client: 0\n".write(toFile: config, atomically: true, encoding: .utf8)
+        b.signal(SIGHUP)
+        XCTAssertTrue(b.waitForLog("max_connections_per_client=0"), b.child.stderr)
+        let fourth = try RawClient(port: b.port)
+        fourth.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(fourth.readResponse()?.status, 200, "the cap lifted by the next reload")
+    }
 }

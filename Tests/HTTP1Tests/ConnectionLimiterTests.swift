@@ -37,6 +37,25 @@ final class ConnectionLimiterTests: XCTestCase {
         XCTAssertEqual(l.clientCount, 0, "no entry stays for a client with no connection")
     }
 
+    /// A reload sets caps while connections are open: they were counted all along,
+    /// so the new cap holds at once, and lifting it leaves no stale count behind.
+    func testCapsChangedWhileConnectionsAreOpen() {
+        let l = ConnectionLimiter(maxConnections: 100, maxPerClient: 0)
+        for _ in 0..<3 { XCTAssertNil(l.admit(a)) }
+        l.update(maxConnections: 100, maxPerClient: 2)
+        XCTAssertEqual(l.admit(a), .clientFull, "three open already: over the new cap of 2")
+        XCTAssertNil(l.admit(b))
+        l.update(maxConnections: 4, maxPerClient: 0)
+        XCTAssertEqual(l.admit(b), .serverFull, "four open: the new global cap")
+        for _ in 0..<3 { l.release(a) }
+        l.release(b)
+        XCTAssertEqual(l.openCount, 0)
+        XCTAssertEqual(l.clientCount, 0, "no stale per-client entry")
+        l.update(maxConnections: 100, maxPerClient: 1)
+        XCTAssertNil(l.admit(a))
+        XCTAssertEqual(l.admit(a), .clientFull)
+    }
+
     func testUnixPeersAreOnlyGloballyCapped() {
         let l = ConnectionLimiter(maxConnections: 2, maxPerClient: 1)
         XCTAssertNil(l.admit(nil))

@@ -51,11 +51,14 @@ final class ReloadTests: IntegrationTestCase {
                 url: "\(registry.url)"
             server:
               drain_delay: 1s
+            cache:
+              keep_history: 5
             """)
         try hangUp(berth, expecting: "SIGHUP: configuration reloaded")
         XCTAssertTrue(berth.log.contains("added \(registry.hostPort)"), berth.log)
         XCTAssertTrue(berth.log.contains("unchanged slow"), "the running upstream is kept: \(berth.log)")
-        XCTAssertTrue(berth.log.contains("SIGHUP: server changed; these take effect at the next start"), berth.log)
+        XCTAssertTrue(berth.log.contains("SIGHUP: server limits in force"), "server.* reloads: \(berth.log)")
+        XCTAssertTrue(berth.log.contains("SIGHUP: cache changed; these take effect at the next start"), berth.log)
         assertLayout(try pull(berth, "b/team/app:v1"), image: image)
 
         // The download that started before the reload ends byte-exact, from the one upstream fetch.

@@ -161,22 +161,11 @@ wait_ok "http://127.0.0.1:$BP/v2/"
 warm_berth
 
 NP=$(free_port)
-cat >"$TMP/nginx/nginx.conf" <<EOF
-daemon off; worker_processes 1; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/error.log warn;
-events { worker_connections 1024; }
-http {
-    access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_requests 1000000; types { }
-    client_body_temp_path $TMP/nginx/body; proxy_temp_path $TMP/nginx/proxy; fastcgi_temp_path $TMP/nginx/fastcgi;
-    uwsgi_temp_path $TMP/nginx/uwsgi; scgi_temp_path $TMP/nginx/scgi;
-    server {
-        listen 127.0.0.1:$NP ssl; ssl_protocols TLSv1.3;
+nginx_conf 1 "        listen 127.0.0.1:$NP ssl; ssl_protocols TLSv1.3;
         ssl_certificate $TMP/cert.pem; ssl_certificate_key $TMP/key.pem;
         root $TMP/www;
         location /v2/bench/app/manifests/ { default_type application/vnd.docker.distribution.manifest.v2+json; }
-        location /v2/bench/app/blobs/ { default_type application/octet-stream; }
-    }
-}
-EOF
+        location /v2/bench/app/blobs/ { default_type application/octet-stream; }"
 taskset -c "$SERVER_CPU" "$NGINX" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" 2>>"$TMP/nginx/error.log" &
 NGINX_PID=$!; PIDS+=("$NGINX_PID")
 N_MANIFEST="https://127.0.0.1:$NP/v2/bench/app/manifests/$MANIFEST"

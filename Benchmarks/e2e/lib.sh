@@ -4,8 +4,12 @@
 # ROOT and PACKAGES before sourcing; traffic to 127.0.0.1 only.
 source "$ROOT/scripts/deps.sh"
 install_packages "${BUILD_PACKAGES[@]}" "${PACKAGES[@]}"
-(cd "$ROOT" && swift build -c release --product berth >&2)
-BERTH=$ROOT/.build/release/berth
+if [ -n "${BERTH_PREBUILT:-}" ]; then
+    BERTH=$BERTH_PREBUILT  # a binary given by the caller (a before/after comparison)
+else
+    (cd "$ROOT" && swift build -c release --product berth >&2)
+    BERTH=$ROOT/.build/release/berth
+fi
 log() { printf '[%s] %s\n' "$NAME" "$*" >&2; }
 TMP=$(mktemp -d "/tmp/berth-$NAME.XXXXXX")
 PIDS=()
@@ -56,4 +60,22 @@ rps() {  # URL
     local out; out=$(timeout $((WRK_SECONDS + 30)) wrk -t2 -c64 -d"${WRK_SECONDS}s" -H "$ACCEPT" "$1")
     if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then log "wrk saw failures on $1:"; echo "$out" >&2; exit 1; fi
     awk '/Requests\/sec/{print $2}' <<<"$out"
+}
+
+# Writes $TMP/nginx/nginx.conf: WORKERS worker processes, access log off, sendfile and
+# keep-alive as the benchmarks compare, and one server block holding SERVER (its body).
+nginx_conf() {  # WORKERS SERVER
+    mkdir -p "$TMP/nginx"
+    cat >"$TMP/nginx/nginx.conf" <<EOF
+daemon off; worker_processes $1; pid $TMP/nginx/nginx.pid; error_log $TMP/nginx/error.log warn;
+events { worker_connections 1024; }
+http {
+    access_log off; sendfile on; tcp_nopush on; tcp_nodelay on; keepalive_requests 1000000; types { }
+    client_body_temp_path $TMP/nginx/body; proxy_temp_path $TMP/nginx/proxy; fastcgi_temp_path $TMP/nginx/fastcgi;
+    uwsgi_temp_path $TMP/nginx/uwsgi; scgi_temp_path $TMP/nginx/scgi;
+    server {
+$2
+    }
+}
+EOF
 }

@@ -119,6 +119,13 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     }
 
     private let state = Mutex(State())
+    /// Bumped by every journaled change (tags, links, media types, blobs added or
+    /// removed, pins, referrers, verdicts): a reader that remembered a decision made
+    /// from the index (a loop's prepared manifest answers) checks it is still current.
+    private let changes = Atomic<UInt64>(0)
+
+    /// The count of journaled changes so far (see `changes`). Any thread.
+    public var generation: UInt64 { changes.load(ordering: .acquiring) }
     private let path: String
     private let pool: BlockingPool
     /// The open journal; held across its disk I/O (pool threads, shutdown), never by a hit.
@@ -479,6 +486,9 @@ public final class CacheIndex: @unchecked Sendable {  // all state behind `state
     private func journal(_ change: (inout State) -> String) {
         let schedule = state.withLock { s -> Bool in
             let line = change(&s)
+            // Inside the lock, so no reader sees the new state with the old generation
+            // after it has read the generation.
+            changes.add(1, ordering: .releasing)
             if line.isEmpty { return false }
             s.pending.append(contentsOf: line.utf8)
             s.dirtySinceSnapshot = true

@@ -24,15 +24,30 @@ public enum RequestID {
 /// restarts and replicas, and cheap: one relaxed atomic add per id.
 public final class RequestIDGenerator: Sendable {
     public let prefix: String
+    private let prefixBytes: [UInt8]
     private let counter = Atomic<UInt64>(0)
 
     /// `prefix` for tests; by default 12 random hex digits and a `-`.
     public init(prefix: String? = nil) {
         self.prefix = prefix ?? String(UInt64.random(in: 1 << 44 ..< 1 << 48), radix: 16) + "-"
+        prefixBytes = Array(self.prefix.utf8)
     }
 
     public func next() -> String {
-        prefix + String(counter.wrappingAdd(1, ordering: .relaxed).newValue, radix: 16)
+        // One allocation, written in place (concatenating two Strings cost three).
+        var n = counter.wrappingAdd(1, ordering: .relaxed).newValue
+        let digits = max(1, (UInt64.bitWidth - n.leadingZeroBitCount + 3) / 4)
+        return String(unsafeUninitializedCapacity: prefixBytes.count + digits) { buf in
+            _ = buf.initialize(from: prefixBytes)
+            var i = prefixBytes.count + digits
+            repeat {
+                i -= 1
+                let d = UInt8(n & 0xf)
+                buf[i] = d < 10 ? 0x30 + d : 0x57 + d
+                n >>= 4
+            } while i > prefixBytes.count
+            return prefixBytes.count + digits
+        }
     }
 
     /// The client's id from `headers` when well-formed, else a fresh one.

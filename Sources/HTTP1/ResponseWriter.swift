@@ -72,6 +72,34 @@ public final class ResponseWriter {
         c.send(head: head, body: isHeadOnly ? nil : body, file: nil)
     }
 
+    /// A head serialized once for a whole body of `bodyCount` bytes, to answer
+    /// many requests with (`respond(_:body:)` with a `PreparedHead`): what this
+    /// writer would send for `head`, `extraHeaders` and `Content-Length` included,
+    /// except `X-Request-Id` and `Connection: close`, which each answer adds.
+    public func prepare(_ head: ResponseHead, bodyCount: Int) -> PreparedHead {
+        var head = head
+        for (name, value) in extraHeaders { head.headers.add(name, value) }
+        head.headers.set("Content-Length", String(bodyCount))
+        var bytes: [UInt8] = []
+        head.write(into: &bytes)
+        bytes.removeLast(2)  // the empty line: the answer's own fields go before it
+        return PreparedHead(status: head.status, bytes: bytes, bodyCount: bodyCount, cacheStatus: head.headers["Cache-Status"])
+    }
+
+    /// A complete response from memory with a prepared head: the bytes are
+    /// copied out as they are, no field is built or checked per answer. The
+    /// head carries the `extraHeaders` of the writer it was prepared with; this
+    /// writer's are not added. `body` must be `prepared.bodyCount` bytes long.
+    public func respond(_ prepared: PreparedHead, body: [UInt8]) {
+        guard case .idle = phase, let c = connection else { return }
+        precondition(body.count == prepared.bodyCount, "body length differs from the prepared Content-Length")
+        status = prepared.status
+        if isObserved { notes.cacheStatus = prepared.cacheStatus }
+        phase = .done
+        if !isHeadOnly { bodyBytes += UInt64(body.count) }
+        c.send(prepared: prepared.bytes, requestID: requestID, body: isHeadOnly ? nil : body)
+    }
+
     /// `range` of `file` as the body. Sets `Content-Length` to the range's length.
     public func respond(_ head: ResponseHead, file: FileDescriptor, range: Range<UInt64>) {
         guard case .idle = phase, let c = connection else { return }
@@ -184,3 +212,16 @@ public final class ResponseWriter {
     }
 }
 
+
+/// A response head serialized once (`ResponseWriter.prepare`) and sent as is
+/// for many answers: a cached manifest's.
+public struct PreparedHead: Sendable {
+    /// The status code.
+    public let status: Int
+    /// Status line and fields, without the closing empty line.
+    let bytes: [UInt8]
+    /// The `Content-Length` it carries.
+    public let bodyCount: Int
+    /// Its `Cache-Status` value, for the access log.
+    public let cacheStatus: String?
+}

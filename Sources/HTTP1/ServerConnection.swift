@@ -301,6 +301,21 @@ final class ServerConnection: Selectable {
         flushOutput()
     }
 
+    /// A prepared head (`PreparedHead`), then the request's id, `Connection: close`
+    /// when the connection ends, and the body.
+    func send(prepared: [UInt8], requestID: String, body: [UInt8]?) {
+        out.append(contentsOf: prepared)
+        out.append(contentsOf: "X-Request-Id: ".utf8)
+        var id = requestID
+        id.withUTF8 { out.append(contentsOf: $0) }  // valid by construction (RequestID.isValid or generated)
+        out.append(contentsOf: [0x0d, 0x0a])
+        if !keepAlive { out.append(contentsOf: "Connection: close\r\n".utf8) }
+        out.append(contentsOf: [0x0d, 0x0a])
+        if let body { out.append(contentsOf: body) }
+        responseEnded = true
+        flushOutput()
+    }
+
     func sendHead(_ head: ResponseHead) {
         var head = head
         if !keepAlive { head.headers.set("Connection", "close") }

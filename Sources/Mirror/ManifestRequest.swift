@@ -17,11 +17,14 @@ final class ManifestRequest: RepositoryHandler {
     let ctx: RequestContext
     let reference: Reference
     let upstream: Upstream
+    /// The cache index's generation before this request read it: a prepared answer is valid while it holds.
+    let generation: UInt64
 
     init(_ ctx: RequestContext, reference: Reference) {
         self.ctx = ctx
         self.reference = reference
         upstream = ctx.upstream
+        generation = ctx.index.generation
     }
 
     private var path: String { "/v2/\(repo)/manifests/\(reference)" }
@@ -46,7 +49,7 @@ final class ManifestRequest: RepositoryHandler {
         switch reference {
         case .digest(let digest):
             guard let type = index.mediaType(of: digest), isAvailable(digest) else { return fetch(stale: nil) }
-            if index.isLinked(key, digest) { return serveCached(digest, type, cacheStatus: "hit") }
+            if index.isLinked(key, digest) { return serveCached(digest, type, cacheStatus: "hit", preparing: .digest) }
             if ctx.config.isOffline { return offlineMiss() }
             confirmAccess(digest, type)
         case .tag(let tag):
@@ -57,10 +60,10 @@ final class ManifestRequest: RepositoryHandler {
                 }
                 return fetch(stale: nil)
             }
-            let age = unixNow() - rec.confirmedAt
             if ctx.config.isOffline { return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit; detail=offline") }
-            if age >= 0 && UInt64(age) * 1_000_000_000 < ctx.config.tagTTLNanos ?? settings.tagTTLNanos {
-                return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit")
+            let freshness = PreparedManifests.Freshness(confirmedAt: rec.confirmedAt, ttlNanos: ctx.config.tagTTLNanos ?? settings.tagTTLNanos)
+            if freshness.isFresh(now: unixNow()) {
+                return serveCached(rec.digest, rec.mediaType, cacheStatus: "hit", preparing: freshness)
             }
             // One revalidation per tag at a time; requests meanwhile get the cached
             // answer at once (nginx's `proxy_cache_use_stale updating`).
@@ -139,14 +142,22 @@ final class ManifestRequest: RepositoryHandler {
 
     /// Answers from memory when the manifest was served recently, else from
     /// the cached file (sendfile), which is then read into memory on the pool.
-    private func serveCached(_ digest: Digest, _ type: String, cacheStatus: String) {
-        signatureGate(digest) { [self] in sendCached(digest, type, cacheStatus: cacheStatus) }
+    /// `preparing`: a plain hit, kept as a prepared answer (`PreparedManifests`) when served from memory.
+    private func serveCached(_ digest: Digest, _ type: String, cacheStatus: String, preparing: PreparedManifests.Freshness? = nil) {
+        signatureGate(digest) { [self] in sendCached(digest, type, cacheStatus: cacheStatus, preparing: preparing) }
     }
 
-    func sendCached(_ digest: Digest, _ type: String, cacheStatus: String) {
-        index.touch(digest, now: unixNow())
+    func sendCached(_ digest: Digest, _ type: String, cacheStatus: String, preparing: PreparedManifests.Freshness? = nil) {
+        let now = unixNow()
+        index.touch(digest, now: now)
         let head = Mirror.contentHead(status: 200, digest: digest, mediaType: type, cacheStatus: cacheStatus)
-        if let body = mirror.manifests.get(digest) { return w.respond(head, body: body) }
+        if let body = mirror.manifests.get(digest) {
+            guard let preparing else { return w.respond(head, body: body) }
+            let prepared = w.prepare(head, bodyCount: body.count)
+            mirror.notePrepared(w, state: ctx.state, generation: generation, key: key, digest: digest, freshness: preparing,
+                                head: prepared, body: body, now: now)
+            return w.respond(prepared, body: body)
+        }
         guard let file = mirror.store.open(digest), let size = try? file.size() else {
             return ctx.config.isOffline ? offlineMiss() : fetch(stale: nil)
         }

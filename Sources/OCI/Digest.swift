@@ -28,17 +28,20 @@ public struct Digest: Hashable, Sendable, Comparable, CustomStringConvertible {
     public init?(_ text: String) {
         // Over the bytes: every request path with a digest comes through here.
         var text = text
-        guard let (algorithm, hex) = text.withUTF8({ b -> (DigestAlgorithm, String)? in
-            guard let colon = b.firstIndex(of: UInt8(ascii: ":")) else { return nil }
-            let name = UnsafeBufferPointer(rebasing: b[..<colon])
-            guard let algorithm = DigestAlgorithm.allCases.first(where: { name.elementsEqual($0.rawValue.utf8) }),
-                  b.count - colon - 1 == algorithm.hexLength else { return nil }
-            let hex = UnsafeBufferPointer(rebasing: b[(colon + 1)...])
-            for byte in hex where !Digest.isLowerHex(byte) { return nil }
-            return (algorithm, String(decoding: hex, as: UTF8.self))
-        }) else { return nil }
+        guard let d = text.withUTF8({ Digest(utf8: $0) }) else { return nil }
+        self = d
+    }
+
+    /// `init(_:)` over UTF-8 bytes (a slice of a request path).
+    public init?(utf8 b: UnsafeBufferPointer<UInt8>) {
+        guard let colon = b.firstIndex(of: UInt8(ascii: ":")) else { return nil }
+        let name = UnsafeBufferPointer(rebasing: b[..<colon])
+        guard let algorithm = DigestAlgorithm.allCases.first(where: { name.elementsEqual($0.rawValue.utf8) }),
+              b.count - colon - 1 == algorithm.hexLength else { return nil }
+        let hex = UnsafeBufferPointer(rebasing: b[(colon + 1)...])
+        for byte in hex where !Digest.isLowerHex(byte) { return nil }
         self.algorithm = algorithm
-        self.hex = hex
+        self.hex = String(decoding: hex, as: UTF8.self)
     }
 
     /// A digest from its parts; nil unless `hex` is lowercase hex of the algorithm's exact length.

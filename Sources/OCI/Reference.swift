@@ -14,6 +14,17 @@ public enum Reference: Hashable, Sendable, CustomStringConvertible {
         }
     }
 
+    /// `init(_:)` over UTF-8 bytes (a slice of a request path).
+    public init?(utf8 b: UnsafeBufferPointer<UInt8>) {
+        if let digest = Digest(utf8: b) {
+            self = .digest(digest)
+        } else if Tag.isValid(utf8: b) {
+            self = .tag(String(decoding: b, as: UTF8.self))
+        } else {
+            return nil
+        }
+    }
+
     /// The reference as it appears in a path: the tag, or `sha256:…`.
     public var description: String {
         switch self {

@@ -10,12 +10,17 @@ public enum RepositoryName {
 
     /// True when `name` matches the OCI name grammar and is at most 255 bytes long.
     public static func isValid<S: StringProtocol>(_ name: S) -> Bool {
+        isValid(utf8: name.utf8)
+    }
+
+    /// `isValid` over the name's UTF-8 bytes (a request path's, without building a String).
+    public static func isValid<C: Sequence<UInt8>>(utf8 name: C) -> Bool {
         // After an alphanumeric run a separator may follow: one '.', one or
         // two '_', any number of '-', or '/' (a new component). Every
         // separator must be followed by another alphanumeric run.
         var state = NameScanState.expectAlnum
         var count = 0
-        for byte in name.utf8 {
+        for byte in name {
             count += 1
             if count > maxLength { return false }
             switch byte {
@@ -50,8 +55,13 @@ public enum Tag {
 
     /// True when `tag` matches the OCI tag grammar (1 to 128 bytes, no leading '.' or '-').
     public static func isValid<S: StringProtocol>(_ tag: S) -> Bool {
+        isValid(utf8: tag.utf8)
+    }
+
+    /// `isValid` over the tag's UTF-8 bytes.
+    public static func isValid<C: Sequence<UInt8>>(utf8 tag: C) -> Bool {
         var count = 0
-        for byte in tag.utf8 {
+        for byte in tag {
             count += 1
             if count > maxLength { return false }
             switch byte {

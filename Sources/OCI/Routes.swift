@@ -67,40 +67,54 @@ public enum Routes {
     ///   `DIGEST_INVALID` if it contains ':', else `TAG_INVALID`.
     /// - An invalid blob or referrers digest → `DIGEST_INVALID`.
     public static func parse<S: StringProtocol>(path: S) -> Result<Route, RouteError> {
-        let path = String(path)
-        if path == "/v2/" || path == "/v2" { return .success(.base) }
-        guard path.utf8.starts(with: "/v2/".utf8) else { return .failure(.notFound(path)) }
-        let rest = path[path.utf8.index(path.startIndex, offsetBy: 4)...]
+        // Over the path's bytes: only the name, the tag and the digest become Strings
+        // (by String slicing this was ~10k instructions of each cached manifest answer).
+        if let r = path.utf8.withContiguousStorageIfAvailable({ parse(utf8: $0) }) { return r }
+        var copy = String(path)
+        return copy.withUTF8 { parse(utf8: $0) }
+    }
+
+    /// `parse(path:)` over the raw path's UTF-8 bytes.
+    public static func parse(utf8 p: UnsafeBufferPointer<UInt8>) -> Result<Route, RouteError> {
+        func text(_ r: Range<Int>) -> String { String(decoding: UnsafeBufferPointer(rebasing: p[r]), as: UTF8.self) }
+        func slice(_ r: Range<Int>) -> UnsafeBufferPointer<UInt8> { UnsafeBufferPointer(rebasing: p[r]) }
+        let slash = UInt8(ascii: "/")
+        let isV2 = p.count >= 3 && p[0] == slash && p[1] == UInt8(ascii: "v") && p[2] == UInt8(ascii: "2")
+        if isV2 && (p.count == 3 || (p.count == 4 && p[3] == slash)) { return .success(.base) }
+        guard isV2 && p.count > 4 && p[3] == slash else { return .failure(.notFound(text(0..<p.count))) }
 
         // <name>/<kind>/<last>, split at the last two slashes.
-        guard let lastSlash = rest.utf8.lastIndex(of: UInt8(ascii: "/")) else { return .failure(.notFound(path)) }
-        let last = rest[rest.utf8.index(after: lastSlash)...]
-        let head = rest[..<lastSlash]
-        guard let kindSlash = head.utf8.lastIndex(of: UInt8(ascii: "/")) else { return .failure(.notFound(path)) }
-        let kind = head[head.utf8.index(after: kindSlash)...]
-        let name = head[..<kindSlash]
+        guard let lastSlash = p[4...].lastIndex(of: slash) else { return .failure(.notFound(text(0..<p.count))) }
+        guard let kindSlash = p[4..<lastSlash].lastIndex(of: slash) else { return .failure(.notFound(text(0..<p.count))) }
+        let last = (lastSlash + 1)..<p.count
+        let kind = slice((kindSlash + 1)..<lastSlash)
+        let name = 4..<kindSlash
 
         let shape: RouteShape
-        switch kind {
-        case "manifests": shape = .manifest
-        case "blobs": shape = .blob
-        case "referrers": shape = .referrers
-        case "tags" where last == "list": shape = .tags
-        default: return .failure(.notFound(path))
+        if kind.elementsEqual("manifests".utf8) {
+            shape = .manifest
+        } else if kind.elementsEqual("blobs".utf8) {
+            shape = .blob
+        } else if kind.elementsEqual("referrers".utf8) {
+            shape = .referrers
+        } else if kind.elementsEqual("tags".utf8) && slice(last).elementsEqual("list".utf8) {
+            shape = .tags
+        } else {
+            return .failure(.notFound(text(0..<p.count)))
         }
         // An empty final segment is a trailing slash, not an empty reference.
-        guard !last.isEmpty else { return .failure(.notFound(path)) }
-        guard RepositoryName.isValid(name) else { return .failure(.nameInvalid(String(name))) }
-        let repository = String(name)
+        guard !last.isEmpty else { return .failure(.notFound(text(0..<p.count))) }
+        guard RepositoryName.isValid(utf8: slice(name)) else { return .failure(.nameInvalid(text(name))) }
+        let repository = text(name)
 
         switch shape {
         case .tags:
             return .success(.tagsList(name: repository))
         case .manifest:
-            if let reference = Reference(last) { return .success(.manifest(name: repository, reference: reference)) }
-            return .failure(last.utf8.contains(UInt8(ascii: ":")) ? .digestInvalid(String(last)) : .tagInvalid(String(last)))
+            if let reference = Reference(utf8: slice(last)) { return .success(.manifest(name: repository, reference: reference)) }
+            return .failure(slice(last).contains(UInt8(ascii: ":")) ? .digestInvalid(text(last)) : .tagInvalid(text(last)))
         case .blob, .referrers:
-            guard let digest = Digest(String(last)) else { return .failure(.digestInvalid(String(last))) }
+            guard let digest = Digest(utf8: slice(last)) else { return .failure(.digestInvalid(text(last))) }
             return .success(shape == .blob ? .blob(name: repository, digest: digest) : .referrers(name: repository, digest: digest))
         }
     }

@@ -151,6 +151,8 @@ set +e
 STATUS=$?
 set -e
 [ "$STATUS" = 0 ] || log "berth bench exited $STATUS: some request was not 2xx or did not verify (see the failures column)"
+# Resident memory of the Berth endpoint after its last cold and warm passes (issue 11 target: ≤ 32 MiB).
+BERTH_RSS_KIB=$(ps -o rss= -p "$(cat "$TMP/berth.pid")" 2>/dev/null | tr -d ' ' || true)
 
 # --- report ------------------------------------------------------------------------------
 mkdir -p "$(dirname "$OUT")"
@@ -188,4 +190,6 @@ for p in r["passes"]:
           f"{p['manifestTTFB']['p50']:.1f} | {p['blobTTFB']['p50']:.1f} | {p['bytesPerSecond']/1e6:.0f} | {reqs} |")
 print()
 print(f"Failed requests in all: {r['failures']} (berth bench exit status $STATUS).")
+rss = "${BERTH_RSS_KIB:-}"
+print(f"Berth's resident memory after its last passes (ps rss): {int(rss) / 1024:.1f} MiB (target ≤ 32 MiB)." if rss else "Berth's resident memory: not read.")
 PY

@@ -119,6 +119,21 @@ func fuzzManifest(_ data: UnsafeRawBufferPointer) {
         if summary.isIndex { require(summary.config == nil && summary.layers.isEmpty) }
         if !summary.manifests.isEmpty { require(summary.isIndex) }
     }
+    // Signature material from an upstream: Sigstore bundles, the referrers index listing them,
+    // a bundle artifact's manifest, cosign's simple-signing payload and .sig manifests.
+    if let bundle = try? SigstoreBundle.parse(bytes) {
+        require(bundle.signatures.count <= SigstoreBundle.maxSignatures && bundle.signatures.allSatisfy { !$0.isEmpty && $0.count <= 4096 })
+        require(bundle.signedBytes.starts(with: Array("DSSEv1 ".utf8)) && bundle.signedBytes.count > bundle.payload.count)
+        if let digests = try? bundle.signedDigests() { require(!digests.isEmpty && digests.allSatisfy { Digest($0.description) == $0 }) }
+    }
+    if let artifacts = try? SigstoreBundle.artifacts(inIndex: bytes) {
+        require(artifacts.count <= SigstoreBundle.maxArtifacts && artifacts.allSatisfy { Digest($0.description) == $0 })
+    }
+    if let layer = try? SigstoreBundle.layer(inManifest: bytes) {
+        require(layer.size >= 0 && layer.size <= Int64(SigstoreBundle.maxBytes) && SigstoreBundle.mediaTypes.contains(layer.mediaType))
+    }
+    if let payload = try? SimpleSigningPayload.parse(bytes) { _ = payload }
+    _ = try? CosignSignature.parse(bytes)
     if let list = try? TagList.parse(bytes) {
         let again = try? TagList.parse(list.encoded())
         require(again == list, "tag list does not survive encoding")

@@ -451,7 +451,7 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
 
     /// Reloads the configuration (upstreams, credentials, CA bundles, client
     /// auth and rules, signature policy, peers, TTLs, upstream and server limits,
-    /// the TLS certificate) without dropping connections or fills. Everything is built
+    /// the log level, the TLS certificate) without dropping connections or fills. Everything is built
     /// before anything is swapped: a configuration that does not load, or names
     /// a file that cannot be read, is refused whole and the running one stays.
     /// Keys that need a restart keep their running values, with a warning. Pool thread.
@@ -480,6 +480,10 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
                                   maxConnections: new.server.maxConnections == 0 ? nil : new.server.maxConnections,
                                   maxConnectionsPerClient: new.server.maxConnectionsPerClient)
             drainDelayNanos.store(UInt64(new.server.drainDelay * 1e9), ordering: .relaxed)
+            if logger.logLevel.rawValue != new.log.level {
+                setLogLevel(new.log.level)
+                logger.notice("SIGHUP: log level \(new.log.level)")
+            }
             if new.server != config.server {
                 logger.info("SIGHUP: server limits in force", metadata: [
                     "header_timeout": "\(new.server.headerTimeout)", "keepalive_timeout": "\(new.server.keepaliveTimeout)",

@@ -411,15 +411,15 @@ public struct BerthConfig: Equatable, Sendable {
     }
 
     /// The keys that differ in `new` and take effect only at a start: the
-    /// listeners, loops, cache, metrics, logs and preload. The rest (upstreams,
-    /// auth, signatures, peers, server limits, `cache.tag_ttl`, the TLS files) reload.
+    /// listeners, loops, cache, metrics, the access log and preload. The rest (upstreams,
+    /// auth, signatures, peers, server limits, `cache.tag_ttl`, `log.level`, the TLS files) reload.
     public func restartOnlyChanges(to new: BerthConfig) -> [String] {
         var cache = new.cache
         cache.tagTTL = self.cache.tagTTL
         let changed: [(String, Bool)] = [
             ("listen", listen != new.listen), ("workers", workers != new.workers), ("tls.listen", tls.listen != new.tls.listen),
             ("cache", self.cache != cache), ("metrics", metrics != new.metrics),
-            ("log", log != new.log), ("preload", preload != new.preload),
+            ("log.access", log.access != new.log.access), ("preload", preload != new.preload),
         ]
         return changed.filter(\.1).map(\.0)
     }

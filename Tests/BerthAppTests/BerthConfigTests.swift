@@ -226,12 +226,16 @@ final class BerthConfigTests: XCTestCase {
         next.upstream.url = "https://ghcr.io"
         next.cache.tagTTL = 60
         next.auth.htpasswd = "/etc/berth/htpasswd"
-        XCTAssertEqual(running.restartOnlyChanges(to: next), [], "upstreams, tag_ttl and auth reload")
+        next.server.drainDelay = 1
+        next.server.maxConnectionsPerClient = 8
+        next.log.level = "debug"
+        next.peers = ["10.0.0.11:5000"]
+        XCTAssertEqual(running.restartOnlyChanges(to: next), [], "upstreams, tag_ttl, auth, server limits, log level and peers reload")
         next.listen = ":6000"
         next.cache.maxSize = "1GiB"
-        next.server.drainDelay = 1
         next.metrics.listen = ":9090"
-        XCTAssertEqual(running.restartOnlyChanges(to: next), ["listen", "server", "cache", "metrics"])
+        next.log.access = "stdout"
+        XCTAssertEqual(running.restartOnlyChanges(to: next), ["listen", "cache", "metrics", "log.access"])
     }
 
     func testServerLimits() throws {

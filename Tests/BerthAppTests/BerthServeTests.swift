@@ -351,4 +351,24 @@ final class BerthServeTests: XCTestCase {
         fourth.send("GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         XCTAssertEqual(fourth.readResponse()?.status, 200, "the cap lifted by the next reload")
     }
+
+    /// `log.level` reloads: lines under the old level were not written, lines at the new one are.
+    func testLogLevelIsReloadedBySIGHUP() throws {
+        let config = "\(directory!)/berth.yaml"
+        let body = "cache:\n  dir: \"\(directory!)/cache\"\nupstream:\n  url: \"http://127.0.0.1:1\"\n"
+        try (body + "log:\n  level: error\n").write(toFile: config, atomically: true, encoding: .utf8)
+        let b = try BerthProcess(directory: directory, extra: ["--config", config], logLevel: nil)
+        berth = b
+        let probe = try RawClient(port: b.port)
+        probe.send("GET /v2/team/app/manifests/v1 HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(probe.readResponse()?.status, 502, "the upstream is refused")
+        try (body + "log:\n  level: info\n").write(toFile: config, atomically: true, encoding: .utf8)
+        b.signal(SIGHUP)
+        XCTAssertTrue(b.waitForLog("SIGHUP: configuration reloaded"), b.child.stderr)
+        XCTAssertFalse(b.child.stderr.contains("GET /v2/team/app/manifests/v1: 502"), "a warning under level error: \(b.child.stderr)")
+        probe.send("GET /v2/team/app/manifests/v2 HTTP/1.1\r\nHost: x\r\n\r\n")
+        XCTAssertEqual(probe.readResponse()?.status, 502)
+        XCTAssertTrue(b.waitForLog("GET /v2/team/app/manifests/v2: 502"), "a warning under level info: \(b.child.stderr)")
+        XCTAssertFalse(b.child.stderr.contains("log.level"), "not reported as needing a restart")
+    }
 }

@@ -29,10 +29,11 @@ final class BerthProcess {
 
     /// Starts `berth serve` on 127.0.0.1 (a fresh port, and one for TLS when
     /// `tls` gives certificate and key paths) and waits until it listens.
-    init(directory: String, tls: (certificate: String, key: String)? = nil, extra: [String] = []) throws {
+    /// `logLevel` nil: no `--log-level` flag (the file's `log.level` holds, reloads included).
+    init(directory: String, tls: (certificate: String, key: String)? = nil, extra: [String] = [], logLevel: String? = "debug") throws {
         guard let binary = locateBerthBinary() else { throw Subprocess.Failure(description: "berth binary not found; run swift build") }
         port = freeLoopbackPort()
-        var args = [binary, "serve", "--listen", "127.0.0.1:\(port)", "--workers", "2", "--log-level", "debug"]
+        var args = [binary, "serve", "--listen", "127.0.0.1:\(port)", "--workers", "2"] + (logLevel.map { ["--log-level", $0] } ?? [])
         if let tls {
             let p = freeLoopbackPort()
             tlsPort = p

@@ -215,6 +215,8 @@ final class BlobFetch: UpstreamDelegate {
     private var startedAt: UInt64 = 0
     /// The upstream sent a Content-Length (else the budget is reserved as bytes come).
     private var hasLength = false
+    /// Called when the body ended but was not kept (it did not verify, or the write failed).
+    var onNotKept: (() -> Void)?
 
     /// The largest blob length Berth believes (1 TiB): no real layer comes
     /// near it, and every length sum below it stays far from overflow.
@@ -321,9 +323,11 @@ final class BlobFetch: UpstreamDelegate {
             return
         }
         guard ok else { return }
-        let (digest, log) = (fill.digest, mirror.log)
+        let (digest, log, notKept) = (fill.digest, mirror.log, onNotKept)
         fill.finish(store: mirror.store, pool: mirror.pool) { committed in
-            if !committed { log(.warning, "fill \(digest) was not kept (verification or write failed)") }
+            guard !committed else { return }
+            log(.warning, "fill \(digest) was not kept (verification or write failed)")
+            notKept?()
         }
     }
 

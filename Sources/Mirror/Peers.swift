@@ -178,6 +178,9 @@ final class PeerFetch: ClientResponseDelegate {
         }
         delivering = true
         peers.counts.filled.add(1, ordering: .relaxed)
+        // Bytes that do not verify: the next request for the blob goes upstream, not back to this peer.
+        let (peers, member, loop) = (peers, member, loop)
+        fetch.onNotKept = { loop.execute { peers.failed(member, now: loop.now, "its bytes were not kept (did not verify)") } }
         fetch.mirror.log(.info, "blob \(fetch.fill.digest): filled from peer \(peers.members[member].name)")
         fetch.didReceiveHead(head, url: url, task: task)
     }

@@ -11,6 +11,9 @@
 #     for WRK_SECONDS, REPS rounds of B N / N B; medians of req/s and of p99; every answer
 #     2xx. Clients share the 2 cores with the servers: the ratios are the result.
 #   - server CPU (user + sys from /proc, all threads; nginx master + workers) per request.
+#   PIN=1: both servers with one worker pinned to core SERVER_CPU (default 0), wrk -t1 pinned
+#   to CLIENT_CPU (default 1): no server thread competes with the client for a core, so the
+#   tail measures the server rather than the scheduler.
 #
 # CALLGRIND=1 instead runs `berth serve --workers 1` under valgrind --tool=callgrind and
 # prints, per cached manifest request (curl, one keep-alive connection, counters zeroed
@@ -30,6 +33,11 @@ CONNS=${CONNS:-64}
 CALLGRIND=${CALLGRIND:-}
 CG_REQUESTS=${CG_REQUESTS:-2000}
 CG_KEEP=${CG_KEEP:-/tmp}
+PIN=${PIN:-}
+SERVER_CPU=${SERVER_CPU:-0}
+CLIENT_CPU=${CLIENT_CPU:-1}
+if [ -n "$PIN" ]; then WORKERS=1; SERVER_WRAP=(taskset -c "$SERVER_CPU"); CLIENT_WRAP=(taskset -c "$CLIENT_CPU"); WRK_THREADS=1
+else WORKERS=2; SERVER_WRAP=(); CLIENT_WRAP=(); WRK_THREADS=2; fi
 
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
 BERTH_GIVEN=${BERTH:-}
@@ -139,7 +147,7 @@ EOF
 fi
 
 # --- wall clock -------------------------------------------------------------------------
-start_berth 2
+start_berth "$WORKERS" "${SERVER_WRAP[@]}"
 wait_ok "http://127.0.0.1:$BP/v2/"
 warm_berth
 
@@ -147,12 +155,12 @@ mkdir -p "$TMP/www/v2/bench/app/manifests"
 cp "$TMP/manifest" "$TMP/www/v2/bench/app/manifests/$DIGEST"
 chmod -R a+rX "$TMP/www"
 NP=$(free_port)
-nginx_conf 2 "        listen 127.0.0.1:$NP; root $TMP/www;
+nginx_conf "$WORKERS" "        listen 127.0.0.1:$NP; root $TMP/www;
         location /v2/bench/app/manifests/ {
             default_type application/vnd.docker.distribution.manifest.v2+json;
             add_header Docker-Content-Digest $DIGEST; add_header Docker-Distribution-API-Version registry/2.0;
         }"
-"$NGINX" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" 2>>"$TMP/nginx/error.log" &
+"${SERVER_WRAP[@]}" "$NGINX" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" 2>>"$TMP/nginx/error.log" &
 NGINX_PID=$!; PIDS+=("$NGINX_PID")
 B_URL="http://127.0.0.1:$BP/v2/bench/app/manifests/$DIGEST"
 N_URL="http://127.0.0.1:$NP/v2/bench/app/manifests/$DIGEST"
@@ -163,7 +171,7 @@ nginx_pids() { echo "$NGINX_PID" $(ps -o pid= --ppid "$NGINX_PID"); }
 # wrk → "req/s p50_ms p99_ms requests"; fails on any non-2xx or socket error.
 wrk_run() {  # URL
     local out
-    out=$(timeout $((WRK_SECONDS + 30)) wrk -t2 -c"$CONNS" -d"${WRK_SECONDS}s" --latency -H "$ACCEPT" "$1")
+    out=$(timeout $((WRK_SECONDS + 30)) "${CLIENT_WRAP[@]}" wrk -t"$WRK_THREADS" -c"$CONNS" -d"${WRK_SECONDS}s" --latency -H "$ACCEPT" "$1")
     if grep -qE 'Non-2xx|Socket errors' <<<"$out"; then log "wrk saw failures on $1:"; echo "$out" >&2; exit 1; fi
     awk 'function ms(v) { if (v ~ /us$/) return v / 1000; if (v ~ /ms$/) return v + 0; if (v ~ /s$/) return v * 1000; return v }
         / requests in / {n = $1}
@@ -173,7 +181,7 @@ wrk_run() {  # URL
 }
 
 log "warm-up"
-for url in "$B_URL" "$N_URL"; do timeout 20 wrk -t2 -c"$CONNS" -d2s -H "$ACCEPT" "$url" >/dev/null; done
+for url in "$B_URL" "$N_URL"; do timeout 20 "${CLIENT_WRAP[@]}" wrk -t"$WRK_THREADS" -c"$CONNS" -d2s -H "$ACCEPT" "$url" >/dev/null; done
 
 RB=(); RN=(); PB=(); PN=(); P50B=(); P50N=(); T_B=0; T_N=0; N_B=0; N_N=0
 for r in $(seq 1 "$REPS"); do
@@ -206,7 +214,7 @@ mkdir -p "$(dirname "$OUT")"
     else what="$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- Sources || echo ' + uncommitted changes')"; fi
     echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); berth: $what"
     echo "- machine: $(nproc) cores, kernel $(uname -r); load average $LOAD0 before, $LOAD1 after"
-    echo "- GET of a $MANIFEST_BYTES-byte manifest by digest; wrk -t2 -c$CONNS -d${WRK_SECONDS}s --latency; both servers 2 workers; $REPS rounds alternating; medians; every answer 2xx"
+    echo "- GET of a $MANIFEST_BYTES-byte manifest by digest; wrk -t$WRK_THREADS -c$CONNS -d${WRK_SECONDS}s --latency; both servers $WORKERS worker(s)${PIN:+, pinned to core $SERVER_CPU, wrk to core $CLIENT_CPU}; $REPS rounds alternating; medians; every answer 2xx"
     echo
     echo "| metric | Berth | nginx | Berth/nginx |"
     echo "|---|---:|---:|---:|"

@@ -110,6 +110,8 @@ final class ServerConnection: Selectable {
 
     /// Requests answered per `drive` before yielding to other connections.
     static let requestsPerTurn = 32
+    /// File bytes one connection sends per loop turn before yielding to the others.
+    static let fileBytesPerTurn = 2 << 20
 
     /// Reads and answers requests until the socket is drained, a response is
     /// waiting on its handler or the socket, or this turn's budget is spent.
@@ -427,12 +429,21 @@ final class ServerConnection: Selectable {
     /// in front of the rest of the range.
     private func sendFile(_ fd: FileDescriptor, next: inout UInt64, end: UInt64) throws -> Bool {
         if transport.canSendFile {
+            // At most `fileBytesPerTurn` per turn (nginx's sendfile_max_chunk): a reader
+            // that keeps up would otherwise hold the loop in one sendfile for the whole
+            // file, and the socket would go out in a trickle of small segments.
+            var budget = Self.fileBytesPerTurn
             while next < end {
+                if budget == 0 {
+                    context.loop.execute { [weak self] in self?.flushOutput() }
+                    return false
+                }
                 var offset = off_t(next)
-                let count = Int(min(end - next, 1 << 30))
+                let count = Int(min(end - next, UInt64(budget)))
                 guard case .processed(let n) = try transport.sendFile(from: fd.fd, offset: &offset, count: count) else { return false }
                 if n == 0 { throw IOError(errno: EIO, call: "sendfile: file shorter than its range") }
                 next += UInt64(n)
+                budget -= n
                 lastWriteProgress = context.loop.now
             }
             return true

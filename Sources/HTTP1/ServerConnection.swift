@@ -453,7 +453,12 @@ final class ServerConnection: Selectable {
         // A pool round trip per chunk cost two context switches and an
         // allocation; a cached blob never needs one.
         let buffer = context.fileScratch
+        var budget = Self.fileBytesPerTurn
         while next < end {
+            if budget <= 0 {
+                context.loop.execute { [weak self] in self?.flushOutput() }
+                return false
+            }
             let want = Int(min(end - next, UInt64(buffer.count)))
             guard case .processed(let n) = try Posix.preadNoWait(fd: fd.fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<want]),
                                                                   offset: off_t(next)) else { break }
@@ -461,6 +466,7 @@ final class ServerConnection: Selectable {
             var sent = 0
             while sent < n, case .processed(let w) = try transport.write(UnsafeRawBufferPointer(rebasing: buffer[sent..<n])) { sent += w }
             next += UInt64(sent)
+            budget -= sent
             if sent > 0 { lastWriteProgress = context.loop.now }
             if sent < n { return false }  // backed up: the rest is read again after `flush`
         }

@@ -60,11 +60,14 @@ rps() {  # URL
 
 # CALLGRIND=1 in a script: count instructions per request instead of timing. Sets WORKERS (1: one
 # loop), BERTH (a copy without DWARF, which valgrind 3.19 cannot read) and RUN, the prefix that
-# starts a Berth under callgrind; without CALLGRIND, WORKERS=2 and RUN empty.
+# starts a Berth under callgrind, with deterministic hashing; without CALLGRIND, WORKERS=2 and RUN empty.
 callgrind_setup() {
     WORKERS=2; RUN=()
     [ -n "${CALLGRIND:-}" ] || return 0
     WORKERS=1
+    # Swift seeds its hashing per process: dictionary probes, and so the counts, moved by
+    # ±1,000 instructions per request from run to run of the same binary.
+    export SWIFT_DETERMINISTIC_HASHING=1
     objcopy --strip-debug "$BERTH" "$TMP/berth-nodebug"; BERTH=$TMP/berth-nodebug
     RUN=(valgrind --tool=callgrind --dump-instr=no "--callgrind-out-file=$TMP/cg.%p")
 }

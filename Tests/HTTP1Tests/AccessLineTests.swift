@@ -75,6 +75,94 @@ final class AccessLineTests: XCTestCase {
         }
     }
 
+    /// One loop's buffer renders many lines in a row, its time formatted once
+    /// per second: seconds that repeat, go on, go back (a clock step) and jump.
+    func testOneBufferRendersALoopsLinesAsTheOldRendererDid() {
+        var rng = SplitMix(seed: 7)
+        let buffer = AccessLineBuffer(capacity: 64)  // grows, and shrinks back on removeAll
+        var old: [UInt8] = []
+        var millis: Int64 = 1_796_304_629_990
+        for i in 0..<5000 {
+            var r = Self.randomRecord(&rng)
+            switch rng.next() % 10 {
+            case 0: millis -= Int64(rng.next() % 3000)
+            case 1: millis += Int64(rng.next() % 100_000_000)
+            default: millis += Int64(rng.next() % 7)
+            }
+            r.unixMillis = millis
+            buffer.append(r)
+            old += LegacyAccessLine.line(r)
+            XCTAssertEqual(buffer.lines, i % 100 + 1)
+            if i % 100 == 99 {
+                XCTAssertEqual(Array(buffer.bytes), old, "lines \(i - 99)...\(i)")
+                buffer.removeAll()
+                old = []
+            }
+        }
+    }
+
+    /// A path longer than the buffer, every byte escaped: the buffer grows to fit.
+    func testALineLongerThanTheBufferFits() {
+        var r = Self.fixtures()[0]
+        r.target = "/v2/" + String(repeating: "\u{1}\"", count: 40_000)
+        let buffer = AccessLineBuffer(capacity: 1024)
+        buffer.append(r)
+        XCTAssertEqual(Array(buffer.bytes), LegacyAccessLine.line(r))
+        XCTAssertGreaterThan(buffer.count, 240_000)
+    }
+
+    func testJSONStringEscapes() {
+        func json(_ s: String) -> String {
+            var out = [UInt8](repeating: 0, count: 6 * s.utf8.count + 10)
+            let n = out.withUnsafeMutableBufferPointer { o in
+                var p = o.baseAddress!
+                withUTF8(s) { p.jsonString($0) }
+                return p - o.baseAddress!
+            }
+            return String(decoding: out[..<n], as: UTF8.self)
+        }
+        XCTAssertEqual(json(""), #""""#)
+        XCTAssertEqual(json("plain/path:1.0-x_y"), #""plain/path:1.0-x_y""#)
+        XCTAssertEqual(json("a\"b\\c"), #""a\"b\\c""#)
+        XCTAssertEqual(json("\n\r\t\u{8}\u{c}\u{0}\u{1f}\u{7f}"), #""\n\r\t\u0008\u000c\u0000\u001f\u007f""#)
+        XCTAssertEqual(json("ünï☃😀 \u{80}"), "\"ünï☃😀 \u{80}\"", "non-ASCII is copied as is")
+        XCTAssertEqual(json("/v2/a\\b/manifests/c\\d"), #""/v2/a\\b/manifests/c\\d""#, "a backslash in a path")
+        // Each escaped byte at each offset of a 40-byte run: the 16- and 8-byte scans and
+        // the last word's must see it wherever it is.
+        for bad in ["\"", "\\", "\n", "\u{1}", "\u{7f}"] {
+            for at in 0..<40 {
+                let s = String(repeating: "x", count: at) + bad + String(repeating: "y", count: 39 - at)
+                XCTAssertEqual(json(s), String(decoding: Self.legacyJSON(s), as: UTF8.self), s.debugDescription)
+            }
+        }
+    }
+
+    func testWordScanMatchesTheByteRule() {
+        var rng = SplitMix(seed: 3)
+        let interesting: [UInt8] = [0x00, 0x01, 0x1f, 0x20, 0x21, 0x22, 0x23, 0x5b, 0x5c, 0x5d, 0x7e, 0x7f, 0x80, 0x9f, 0xa2, 0xdc, 0xff]
+        for _ in 0..<100_000 {
+            var w: UInt64 = 0
+            for i in 0..<8 {
+                let b = rng.next() % 4 == 0 ? interesting[Int(rng.next() % UInt64(interesting.count))] : UInt8(truncatingIfNeeded: rng.next())
+                w |= UInt64(b) << (8 * i)
+            }
+            let expected = (0..<8).contains { i in
+                let b = UInt8(truncatingIfNeeded: w >> (8 * i))
+                return b < 0x20 || b == 0x22 || b == 0x5c || b == 0x7f
+            }
+            XCTAssertEqual(wordNeedsEscape(w), expected, String(w, radix: 16))
+            let clean: UInt64 = 0x4141_4141_4141_4141
+            XCTAssertEqual(vectorNeedsEscape(unsafeBitCast(SIMD2(w, clean), to: SIMD16<UInt8>.self)), expected)
+            XCTAssertEqual(vectorNeedsEscape(unsafeBitCast(SIMD2(clean, w), to: SIMD16<UInt8>.self)), expected)
+        }
+    }
+
+    private static func legacyJSON(_ s: String) -> [UInt8] {
+        var out: [UInt8] = []
+        LegacyAccessLine.appendJSONString(s[...], to: &out)
+        return out
+    }
+
     // MARK: random records
 
     /// Pieces that exercise the escaper (each class of byte, at every offset

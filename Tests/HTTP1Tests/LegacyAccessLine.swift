@@ -1,10 +1,12 @@
+import Foundation
 import HTTP1
 
 // The access-log renderer as it was before the line went straight into a
 // loop's byte buffer (commit 01dc4c0): kept verbatim as the reference that
 // `AccessLineTests` compares the fast renderer with, byte for byte (only
 // `appendDecimal` is spelled through `String` here: the same digits; the
-// path goes through the live `loggablePath`, tested on its own).
+// path goes through the live `loggablePath`, tested on its own; the time
+// through Foundation's formatter).
 // Do not "improve" it: its output is the format.
 
 enum LegacyAccessLine {
@@ -101,30 +103,21 @@ enum LegacyAccessLine {
         out.append(UInt8(0x30 + frac % 10))
     }
 
+    /// Foundation's formatter, not the arithmetic both renderers share: an
+    /// oracle of its own (the fixtures' times were checked against the old code).
     static func appendRFC3339(unixMillis: Int64, to out: inout [UInt8]) {
         let ms = unixMillis >= 0 ? unixMillis : 0
-        let secs = ms / 1000
-        let days = secs / 86_400
-        let rem = secs % 86_400
-        let z = days + 719_468
-        let era = z / 146_097
-        let doe = z - era * 146_097
-        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365
-        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100)
-        let mp = (5 * doy + 2) / 153
-        let day = doy - (153 * mp + 2) / 5 + 1
-        let month = mp < 10 ? mp + 3 : mp - 9
-        let year = yoe + era * 400 + (month <= 2 ? 1 : 0)
-        func two(_ v: Int64) { out.append(UInt8(0x30 + v / 10)); out.append(UInt8(0x30 + v % 10)) }
-        two(year / 100); two(year % 100)
-        out.append(0x2d); two(month)
-        out.append(0x2d); two(day)
-        out.append(0x54); two(rem / 3600)
-        out.append(0x3a); two(rem / 60 % 60)
-        out.append(0x3a); two(rem % 60)
-        out.append(0x2e)
+        let date = Date(timeIntervalSince1970: TimeInterval(ms / 1000))
+        out.append(contentsOf: formatter.string(from: date).utf8)
         let frac = ms % 1000
-        out.append(UInt8(0x30 + frac / 100)); two(frac % 100)
-        out.append(0x5a)
+        out.append(contentsOf: ".\(frac / 100)\(frac / 10 % 10)\(frac % 10)Z".utf8)
     }
+
+    nonisolated(unsafe) private static let formatter: DateFormatter = {  // the tests call it from one thread
+        let f = DateFormatter()
+        f.locale = Locale(identifier: "en_US_POSIX")
+        f.timeZone = TimeZone(identifier: "UTC")
+        f.dateFormat = "yyyy-MM-dd'T'HH:mm:ss"
+        return f
+    }()
 }

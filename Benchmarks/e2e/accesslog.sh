@@ -11,7 +11,9 @@
 # included, from /proc) per request: on a machine shared with other work it moves less than
 # req/s. The logged Berth's lines are counted (dropped lines are reported in its log).
 # ACCESS_LOG=/dev/null logs there instead of a file under the work directory (the rendering
-# and writing without the filesystem). Installs docker-registry, skopeo, wrk, curl; stops what it started.
+# and writing without the filesystem). CALLGRIND=1 instead counts instructions per warm request
+# of each (one keep-alive connection, one loop, the log writer's thread included; CG_REQUESTS,
+# default 2000). Installs docker-registry, skopeo, wrk, curl; stops what it started.
 set -euo pipefail
 
 ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
@@ -28,14 +30,16 @@ source "$ROOT/Benchmarks/e2e/lib.sh"
 start_upstream_with_small_image
 
 OFF=$(free_port); ON=$(free_port); METRICS=$(free_port)
+callgrind_setup
 ON_FLAGS=(); ON_LABEL=""
 if [ "$MODE" != metrics ]; then ON_FLAGS+=(--log-access "${ACCESS_LOG:-$TMP/access.log}"); ON_LABEL="log.access: ${ACCESS_LOG:-FILE}"; fi
 if [ "$MODE" != log ]; then ON_FLAGS+=(--metrics-listen "127.0.0.1:$METRICS"); ON_LABEL="${ON_LABEL:+$ON_LABEL, }metrics.listen"; fi
-"$BERTH" serve --listen "127.0.0.1:$OFF" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/off" --log-level error & PIDS+=($!)
+"${RUN[@]}" "$BERTH" serve --listen "127.0.0.1:$OFF" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/off" --log-level error --workers "$WORKERS" & PIDS+=($!)
 OFF_PID=$!
-"$BERTH" serve --listen "127.0.0.1:$ON" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/on" --log-level warning \
+"${RUN[@]}" "$BERTH" serve --listen "127.0.0.1:$ON" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/on" --log-level warning --workers "$WORKERS" \
     "${ON_FLAGS[@]}" 2> "$TMP/on.log" & PIDS+=($!)
 ON_PID=$!
+for _ in $(seq 1 600); do curl -s -o /dev/null "http://127.0.0.1:$OFF/v2/" && curl -s -o /dev/null "http://127.0.0.1:$ON/v2/" && break; sleep 0.1; done
 wait_http "http://127.0.0.1:$OFF/v2/"; wait_http "http://127.0.0.1:$ON/v2/"
 URL_OFF="http://127.0.0.1:$OFF/v2/bench/app/manifests/$DIGEST"
 URL_ON="http://127.0.0.1:$ON/v2/bench/app/manifests/$DIGEST"
@@ -43,6 +47,12 @@ for u in "$URL_OFF" "$URL_ON"; do   # warm each, and check the bytes
     got=$(curl -s -H "$ACCEPT" "$u" | sha256sum | cut -d' ' -f1)
     [ "sha256:$got" = "$DIGEST" ] || { log "$u answered other bytes"; exit 1; }
 done
+if [ -n "${CALLGRIND:-}" ]; then
+    N=${CG_REQUESTS:-2000}
+    IR_OFF=$(callgrind_ir "$OFF_PID" "$URL_OFF" "$N"); IR_ON=$(callgrind_ir "$ON_PID" "$URL_ON" "$N")
+    echo "warm manifest by digest, Ir per request (callgrind, $N on one connection): neither $IR_OFF, $ON_LABEL $IR_ON ($(ratio "$IR_ON" "$IR_OFF")x)"
+    exit 0
+fi
 
 timeout 20 wrk -t2 -c64 -d2s -H "$ACCEPT" "$URL_OFF" >/dev/null; timeout 20 wrk -t2 -c64 -d2s -H "$ACCEPT" "$URL_ON" >/dev/null
 ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }

@@ -79,3 +79,34 @@ $2
 }
 EOF
 }
+
+# CALLGRIND=1 in a script: count instructions per request instead of timing. Sets WORKERS (1: one
+# loop), BERTH (a copy without DWARF, which valgrind 3.19 cannot read) and RUN, the prefix that
+# starts a Berth under callgrind, with deterministic hashing; without CALLGRIND, WORKERS=2 and RUN empty.
+callgrind_setup() {
+    WORKERS=2; RUN=()
+    [ -n "${CALLGRIND:-}" ] || return 0
+    WORKERS=1
+    # Swift seeds its hashing per process: dictionary probes, and so the counts, moved by
+    # ±1,000 instructions per request from run to run of the same binary.
+    export SWIFT_DETERMINISTIC_HASHING=1
+    objcopy --strip-debug "$BERTH" "$TMP/berth-nodebug"; BERTH=$TMP/berth-nodebug
+    RUN=(valgrind --tool=callgrind --dump-instr=no "--callgrind-out-file=$TMP/cg.%p")
+}
+
+# Instructions per request of the callgrind-run Berth PID over N GETs of URL on one keep-alive
+# connection (curl -K), counters zeroed after a warm-up of N/10; fails on any non-200.
+# CG_KEEP=PREFIX keeps the profile as PREFIX.PID for callgrind_annotate.
+callgrind_ir() {  # PID URL N
+    local urls=$TMP/cg-urls.$1 bad
+    for _ in $(seq 1 "$3"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$2"; done > "$urls"
+    bad=$(curl -s -H "$ACCEPT" -K <(head -$(($3 / 10 * 2)) "$urls") -w '%{http_code}\n' | grep -vc '^200$' || true)
+    [ "$bad" = 0 ] || { log "$bad non-200 answers during the warm-up"; exit 1; }
+    callgrind_control -z "$1" >/dev/null
+    bad=$(curl -s -H "$ACCEPT" -K "$urls" -w '%{http_code}\n' | grep -vc '^200$' || true)
+    [ "$bad" = 0 ] || { log "$bad non-200 answers"; exit 1; }
+    callgrind_control -d "$1" >/dev/null
+    local profile; profile=$(ls -t "$TMP"/cg.$1* | head -1)
+    [ -z "${CG_KEEP:-}" ] || cp "$profile" "$CG_KEEP.$1"
+    awk '/^summary:|^totals:/ {print int($2 / '"$3"'); exit}' "$profile"
+}

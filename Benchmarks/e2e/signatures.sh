@@ -47,12 +47,7 @@ signatures:
 YAML
 
 OFF=$(free_port); ON=$(free_port)
-RUN=(); WORKERS=2
-if [ -n "${CALLGRIND:-}" ]; then
-    WORKERS=1  # instructions per request instead of req/s: repeatable where wall clock is not
-    objcopy --strip-debug "$BERTH" "$TMP/berth-nodebug"; BERTH=$TMP/berth-nodebug  # valgrind 3.19 cannot read DWARF 5
-    RUN=(valgrind --tool=callgrind --dump-instr=no "--callgrind-out-file=$TMP/cg.%p")
-fi
+callgrind_setup
 "${RUN[@]}" "$BERTH" serve --listen "127.0.0.1:$OFF" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/off" --log-level error --workers "$WORKERS" & PIDS+=($!)
 OFF_PID=$!
 "${RUN[@]}" "$BERTH" serve --config "$TMP/policy.yaml" --listen "127.0.0.1:$ON" --upstream "http://127.0.0.1:$UP" --cache-dir "$TMP/on" --log-level warning --workers "$WORKERS" 2> "$TMP/on.log" & PIDS+=($!)
@@ -67,17 +62,7 @@ for u in "$URL_OFF" "$URL_ON"; do   # warm each (the signed one verifies here), 
 done
 if [ -n "${CALLGRIND:-}" ]; then
     N=${CG_REQUESTS:-1000}
-    for _ in $(seq 1 "$N"); do printf 'url = "%s"\noutput = "/dev/null"\n' "$URL_OFF"; done > "$TMP/off.urls"
-    sed "s#$URL_OFF#$URL_ON#" "$TMP/off.urls" > "$TMP/on.urls"
-    ir() {  # PID URLS → instructions per request (counters zeroed after a warm-up)
-        curl -s -H "$ACCEPT" -K <(head -100 "$2") -w '%{http_code}\n' | grep -vq '^200$' && { log "non-200 during warm-up"; exit 1; }
-        callgrind_control -z "$1" >/dev/null
-        local bad; bad=$(curl -s -H "$ACCEPT" -K "$2" -w '%{http_code}\n' | grep -vc '^200$' || true)
-        [ "$bad" = 0 ] || { log "$bad non-200 answers"; exit 1; }
-        callgrind_control -d "$1" >/dev/null
-        awk '/^summary:|^totals:/ {print int($2 / '"$N"'); exit}' "$(ls -t "$TMP"/cg.$1* | head -1)"
-    }
-    IR_OFF=$(ir "$OFF_PID" "$TMP/off.urls"); IR_ON=$(ir "$ON_PID" "$TMP/on.urls")
+    IR_OFF=$(callgrind_ir "$OFF_PID" "$URL_OFF" "$N"); IR_ON=$(callgrind_ir "$ON_PID" "$URL_ON" "$N")
     echo "warm manifest by tag, Ir per request (callgrind, $N on one connection): no policy $IR_OFF, policy with a cached verdict $IR_ON ($(ratio "$IR_ON" "$IR_OFF")x)"
     exit 0
 fi

@@ -52,6 +52,11 @@ public final class AccessLog: @unchecked Sendable {  // mutable state behind `st
 
     /// Queues rendered lines, `lines` of them (any thread).
     public func append(_ bytes: [UInt8], lines: Int = 1) {
+        bytes.withUnsafeBytes { append($0, lines: lines) }
+    }
+
+    /// Queues rendered lines, `lines` of them, copying `bytes` (any thread).
+    public func append(_ bytes: UnsafeRawBufferPointer, lines: Int) {
         let (submit, startedDropping) = state.withLock { s -> (Bool, Bool) in
             if s.isClosed { return (false, false) }
             guard s.pending.count + bytes.count <= capacity else {

@@ -175,8 +175,7 @@ final class LoopContext {
     /// `scratch`, whose bytes a request being parsed may still point into.
     let fileScratch = UnsafeMutableRawBufferPointer.allocate(byteCount: 64 * 1024, alignment: 16)
     /// Access-log lines rendered on this loop, handed to the log in chunks.
-    private var logChunk: [UInt8] = []
-    private var logChunkLines = 0
+    private let logLines = AccessLineBuffer(capacity: LoopContext.logChunkBytes + 4096)
     private var isLogFlushScheduled = false
     static let logChunkBytes = 64 * 1024
     static let logFlushNanos: UInt64 = 100_000_000
@@ -184,9 +183,17 @@ final class LoopContext {
     private var listeners: [Listener] = []
     private var shuttingDown = false
 
+    /// `server.configuration`'s, read once: reading a field of that struct
+    /// through the server copied the whole of it (a dozen retains) each time.
+    let accessLog: AccessLog?
+    let observer: (@Sendable (AccessRecord, Int) -> Void)?
+    var isObserved: Bool { accessLog != nil || observer != nil }
+
     init(loop: EventLoop, server: HTTPServer) {
         self.loop = loop
         self.server = server
+        accessLog = server.configuration.accessLog
+        observer = server.configuration.observer
     }
 
     deinit {
@@ -228,7 +235,7 @@ final class LoopContext {
             transport = SocketTransport(fd: fd)
         }
         // The peer's text only when an access log will name it (an idle connection stays small).
-        let peerText = server.configuration.accessLog != nil && peer.unixPath == nil ? peer.description : nil
+        let peerText = accessLog != nil && peer.unixPath == nil ? peer.description : nil
         let c = ServerConnection(transport: transport, client: client, peer: peerText, context: self)
         do {
             try loop.register(fd: fd, events: Readiness.readable | Readiness.writable | Readiness.readHangup | Readiness.edge, handler: c)
@@ -278,17 +285,34 @@ final class LoopContext {
     // MARK: access log
 
     /// Hands a finished request's record to the observer and the access log.
-    func observe(_ record: AccessRecord) {
-        server.configuration.observer?(record, loop.index)
-        if let log = server.configuration.accessLog { logAccess(record, to: log) }
+    func observe(_ record: borrowing AccessRecord) {
+        observer?(record, loop.index)
+        guard let log = accessLog else { return }
+        logLines.append(record)
+        lineAdded(to: log)
     }
 
-    /// Renders `record` into this loop's chunk; the chunk goes to the log at
-    /// 64 KiB or 100 ms after its first line, whichever comes first.
-    func logAccess(_ record: AccessRecord, to log: AccessLog) {
-        record.render(into: &logChunk)
-        logChunkLines += 1
-        if logChunk.count >= Self.logChunkBytes { return flushAccessLog() }
+    /// A finished request given as its fields (see `AccessRecord`): the access
+    /// log renders them as they are; a record is built only for an observer.
+    func observe(unixMillis: Int64, requestID: String, client: String?, method: String?, target: String?, status: Int,
+                 bodyBytes: UInt64, durationNanos: UInt64, isComplete: Bool, notes: consuming AccessNotes) {
+        if let log = accessLog {
+            logLines.append(unixMillis: unixMillis, requestID: requestID, client: client, method: method, target: target, status: status,
+                            bodyBytes: bodyBytes, durationNanos: durationNanos, isComplete: isComplete, notes: notes)
+            lineAdded(to: log)
+        }
+        guard let observer else { return }
+        var r = AccessRecord(unixMillis: unixMillis, requestID: requestID, client: client, method: method, target: target,
+                             status: status, bodyBytes: bodyBytes, durationNanos: durationNanos)
+        r.isComplete = isComplete
+        r.notes = notes  // its last use: moved
+        observer(r, loop.index)
+    }
+
+    /// A line was rendered into this loop's chunk: the chunk goes to the log
+    /// at 64 KiB or 100 ms after its first line, whichever comes first.
+    private func lineAdded(to log: AccessLog) {
+        if logLines.count >= Self.logChunkBytes { return flushAccessLog() }
         guard !isLogFlushScheduled else { return }
         isLogFlushScheduled = true
         loop.schedule(afterNanos: Self.logFlushNanos) { [weak self] in
@@ -298,10 +322,9 @@ final class LoopContext {
     }
 
     func flushAccessLog() {
-        guard !logChunk.isEmpty, let log = server.configuration.accessLog else { return }
-        log.append(logChunk, lines: logChunkLines)
-        logChunk.removeAll(keepingCapacity: true)
-        logChunkLines = 0
+        guard logLines.lines > 0, let log = accessLog else { return }
+        log.append(logLines.bytes, lines: logLines.lines)
+        logLines.removeAll()
     }
 
     func beginShutdown() {

@@ -269,7 +269,7 @@ final class ServerConnection: Selectable {
         head.headers.add(RequestID.header, id)
         context.server.log(level, "request_id=\(id) refused request: \(status) \(reason)")
         current = nil
-        if context.server.configuration.isObserved {
+        if context.isObserved {
             var r = AccessRecord(unixMillis: Clock.unixMillis(), requestID: id, client: peer, method: request?.method.name,
                                  target: request?.target, status: status, bodyBytes: UInt64(body.count), durationNanos: 0)
             r.notes.errorMessage = reason
@@ -283,7 +283,7 @@ final class ServerConnection: Selectable {
         lastWriteProgress = context.loop.now
         responseEnded = false
         keepAlive = head.keepAlive && !closeAfterResponse
-        let isObserved = context.server.configuration.isObserved
+        let isObserved = context.isObserved
         if isObserved { dispatchedAt = Clock.monotonicNanos() }
         let writer = ResponseWriter(request: head, requestID: context.server.requestIDs.id(for: head.headers), isObserved: isObserved,
                                     loop: context.loop, connection: self)
@@ -548,12 +548,13 @@ final class ServerConnection: Selectable {
             for case .file(_, let next, let end) in segments { unsent += end - next }
             bytes -= min(bytes, unsent)
         }
-        var r = AccessRecord(unixMillis: Clock.unixMillis() - Int64(duration / 1_000_000), requestID: writer.requestID, client: peer,
-                             method: writer.request.method.name, target: writer.request.target, status: writer.status,
-                             bodyBytes: bytes, durationNanos: duration)
-        r.isComplete = isComplete
-        r.notes = writer.notes
-        context.observe(r)
+        // Moved, not copied (a retain and a release per note): the answer is
+        // over, and nothing reads the writer's notes after this.
+        var notes = AccessNotes()
+        swap(&notes, &writer.notes)
+        context.observe(unixMillis: Clock.unixMillis() - Int64(duration / 1_000_000), requestID: writer.requestID, client: peer,
+                        method: writer.request.method.name, target: writer.request.target, status: writer.status,
+                        bodyBytes: bytes, durationNanos: duration, isComplete: isComplete, notes: notes)
     }
 
 

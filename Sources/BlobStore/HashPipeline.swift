@@ -9,6 +9,9 @@ import Synchronization
 final class HashPipeline: @unchecked Sendable {  // all mutable state behind `state`; `hasher` is used by one drain at a time
     static let limit = 4 << 20
     static let resumeBelow = 1 << 20
+    /// A drain starts once this much is queued (or at `finish`): one pool hand-off
+    /// per 64 KiB read cost four futex calls per chunk between the loop and the pool.
+    static let batch = 512 << 10
 
     private struct State {
         var chunks: [[UInt8]] = []
@@ -30,8 +33,8 @@ final class HashPipeline: @unchecked Sendable {  // all mutable state behind `st
         let (start, ok) = state.withLock { s -> (Bool, Bool) in
             s.chunks.append(chunk)
             s.queued += chunk.count
-            let start = !s.draining
-            s.draining = true
+            let start = !s.draining && s.queued >= Self.batch
+            if start { s.draining = true }
             return (start, s.queued <= Self.limit)
         }
         if start { pool.submit { [self] in drain() } }
@@ -50,11 +53,20 @@ final class HashPipeline: @unchecked Sendable {  // all mutable state behind `st
 
     /// Calls `body` with the hex digest once every queued byte is hashed.
     func finish(_ body: @escaping (String) -> Void) {
-        let now = state.withLock { s -> Bool in
-            if s.draining { s.finish = body; return false }
-            return true
+        enum Next { case now, later, drain }
+        let next = state.withLock { s -> Next in
+            if s.draining { s.finish = body; return .later }
+            if s.chunks.isEmpty { return .now }
+            // Less than a batch is waiting: hash it now.
+            s.finish = body
+            s.draining = true
+            return .drain
         }
-        if now { body(hasher.finalizeHex()) }
+        switch next {
+        case .now: body(hasher.finalizeHex())
+        case .later: break
+        case .drain: pool.submit { [self] in drain() }
+        }
     }
 
     private func drain() {
@@ -73,16 +85,15 @@ final class HashPipeline: @unchecked Sendable {  // all mutable state behind `st
                 if let done { done(hasher.finalizeHex()) }
                 return
             }
-            for chunk in batch {
-                hasher.update(chunk)
-                let waiters = state.withLock { s -> [() -> Void] in
-                    s.queued -= chunk.count
-                    guard s.queued <= Self.resumeBelow, !s.belowLimit.isEmpty else { return [] }
-                    defer { s.belowLimit.removeAll() }
-                    return s.belowLimit
-                }
-                for w in waiters { w() }
+            for chunk in batch { hasher.update(chunk) }
+            let hashed = batch.reduce(0) { $0 + $1.count }
+            let waiters = state.withLock { s -> [() -> Void] in
+                s.queued -= hashed
+                guard s.queued <= Self.resumeBelow, !s.belowLimit.isEmpty else { return [] }
+                defer { s.belowLimit.removeAll() }
+                return s.belowLimit
             }
+            for w in waiters { w() }
         }
     }
 }

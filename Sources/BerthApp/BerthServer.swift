@@ -9,6 +9,7 @@ import Mirror
 import BlobStore
 import OCI
 import Synchronization
+import Dispatch
 import Signatures
 import Telemetry
 
@@ -207,12 +208,13 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         guard !config.peers.isEmpty else { return [] }
         let listens = [config.listen, config.tls.listen].compactMap { SocketAddress($0) }
         let local = Set(Resolver.localAddresses().map(\.ip))
+        let answers = Self.lookUp(config.peers.compactMap { BerthConfig.peerHostPort($0) }, within: 3)
         var members: [PeerAddress] = []
-        for entry in config.peers {
+        for (entry, answer) in zip(config.peers, answers) {
             guard let (host, port) = BerthConfig.peerHostPort(entry) else { continue }  // validated
             var found: [SocketAddress]
             do {
-                let all = try Resolver.lookup(host: host, port: port)
+                let all = try answer.get()
                 found = all.filter { $0.family == AF_INET }
                 if found.isEmpty { found = all }
                 var seen = Set<String>()
@@ -232,6 +234,22 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
             logger.warning("peers: this node is not in the list (no member listens on \(listens.map(\.description).joined(separator: ", ")) here); blob misses still ask the owner first")
         }
         return members
+    }
+
+    /// Every name looked up at once, the whole waiting at most `seconds` (a resolver that does not
+    /// answer must not hold up a start or a reload): a lookup still running then counts as failed.
+    static func lookUp(_ names: [(host: String, port: UInt16)], within seconds: Double) -> [Result<[SocketAddress], Error>] {
+        struct Late: Error, CustomStringConvertible { var description: String { "no answer from the resolver in time" } }
+        let results = Mutex<[Result<[SocketAddress], Error>]>(names.map { _ in .failure(Late()) })
+        let group = DispatchGroup()
+        for (i, n) in names.enumerated() {
+            DispatchQueue.global().async(group: group) {
+                let r = Result { try Resolver.lookup(host: n.host, port: n.port) }
+                results.withLock { $0[i] = r }
+            }
+        }
+        _ = group.wait(timeout: .now() + seconds)
+        return results.withLock { $0 }
     }
 
     private func makeMirror(log: @escaping (HTTPServer.LogLevel, String) -> Void) throws -> Mirror {

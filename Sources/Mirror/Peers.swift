@@ -36,7 +36,7 @@ public struct PeerAddress: Sendable, Equatable, CustomStringConvertible {
 /// no upstream fetch, no further peer (it may still confirm a repository's
 /// access with one upstream HEAD, as any request does). A peer that fails is
 /// not asked for `holdOffNanos`; a peer's answer is verified like an upstream's.
-final class Peers: @unchecked Sendable {  // immutable but `downUntil` (under its lock); `clients[i]` on loop i only
+final class Peers: @unchecked Sendable {  // immutable but `live` (under its lock); `clients[i]` on loop i only
     /// Marks a request from a peer node. A client sending it only restricts itself to cached content.
     static let header = "X-Berth-Peer"
     static let connectTimeoutNanos: UInt64 = 1_000_000_000

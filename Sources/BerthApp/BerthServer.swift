@@ -208,25 +208,31 @@ public final class BerthServer: @unchecked Sendable {  // set up once in `start`
         guard !config.peers.isEmpty else { return [] }
         let listens = [config.listen, config.tls.listen].compactMap { SocketAddress($0) }
         let local = Set(Resolver.localAddresses().map(\.ip))
-        let answers = Self.lookUp(config.peers.compactMap { BerthConfig.peerHostPort($0) }, within: 3)
+        let entries = config.peers.compactMap { e in BerthConfig.peerHostPort(e).map { (entry: e, host: $0.host, port: $0.port) } }  // validated
+        let answers = Self.lookUp(entries.map { ($0.host, $0.port) }, within: 3)
+        // This node: a member on one of its listening ports, at the listener's own address, or at
+        // any address of this host (loopback included) when the listener takes every address.
+        func isSelf(_ a: SocketAddress) -> Bool {
+            listens.contains { l in
+                l.port == a.port && (l.ip == a.ip || ((l.ip == "0.0.0.0" || l.ip == "::") && (local.contains(a.ip) || a.ip.hasPrefix("127."))))
+            }
+        }
         var members: [PeerAddress] = []
-        for (entry, answer) in zip(config.peers, answers) {
-            guard let (host, port) = BerthConfig.peerHostPort(entry) else { continue }  // validated
-            var found: [SocketAddress]
-            do {
-                let all = try answer.get()
-                found = all.filter { $0.family == AF_INET }
-                if found.isEmpty { found = all }
-                var seen = Set<String>()
-                found = found.filter { seen.insert($0.description).inserted }.sorted { $0.description < $1.description }
-            } catch {
-                logger.warning("peer \(entry) does not resolve: it keeps its place on the ring and is not asked (\(error))")
-                members.append(PeerAddress(name: entry, address: nil, isSelf: false, host: host, port: port))
+        for (e, answer) in zip(entries, answers) {
+            let all: [SocketAddress]
+            switch answer {
+            case .success(let addresses): all = addresses
+            case .failure(let error):
+                logger.warning("peer \(e.entry) does not resolve: it keeps its place on the ring and is not asked (\(error))")
+                members.append(PeerAddress(name: e.entry, address: nil, isSelf: false, host: e.host, port: e.port))
                 continue
             }
+            var found = all.filter { $0.family == AF_INET }
+            if found.isEmpty { found = all }
+            var seen = Set<String>()
+            found = found.filter { seen.insert($0.description).inserted }.sorted { $0.description < $1.description }
             for a in found {
-                let isSelf = listens.contains { l in l.port == a.port && (l.ip == a.ip || local.contains(a.ip) || a.ip.hasPrefix("127.")) }
-                members.append(PeerAddress(name: found.count > 1 ? "\(entry)=\(a)" : entry, address: a, isSelf: isSelf))
+                members.append(PeerAddress(name: found.count > 1 ? "\(e.entry)=\(a)" : e.entry, address: a, isSelf: isSelf(a)))
             }
         }
         logger.info("peers: \(members.map { $0.isSelf ? "\($0) (this node)" : "\($0)" }.joined(separator: ", "))")

@@ -162,4 +162,14 @@ final class PeersTests: IntegrationTestCase {
         XCTAssertEqual(liar.requestCount, 1, "the peer was skipped")
         XCTAssertEqual(upstream.count(method: "GET", path: a.path), 1)
     }
+
+    /// A node listening on one address is only the member at that address: another node on the
+    /// same port of another loopback address is a peer.
+    func testANodeFindsItselfByItsListeningAddress() throws {
+        let upstream = try startFakeUpstream()
+        let port = freeLoopbackPort()
+        let berth = try startBerth(upstream: upstream.url, environment: ["BERTH_PEERS": "127.0.0.1:\(port),127.0.0.2:\(port)"], port: port)
+        XCTAssertTrue(waitUntil(10) { berth.log.contains("peers: ") }, berth.log)
+        XCTAssertTrue(berth.log.contains("peers: 127.0.0.1:\(port) (127.0.0.1:\(port)) (this node), 127.0.0.2:\(port) (127.0.0.2:\(port))\n"), berth.log)
+    }
 }

@@ -55,7 +55,6 @@ if [ -n "${CALLGRIND:-}" ]; then
 fi
 
 timeout 20 wrk -t2 -c64 -d2s -H "$ACCEPT" "$URL_OFF" >/dev/null; timeout 20 wrk -t2 -c64 -d2s -H "$ACCEPT" "$URL_ON" >/dev/null
-ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 measure() {  # PID URL → "req/s cpu-µs-per-request"
     local t0 r t1; t0=$(ticks "$1"); r=$(rps "$2"); t1=$(ticks "$1")
     echo "$r $(awk -v d=$((t1 - t0)) -v hz="$(getconf CLK_TCK)" -v r="$r" -v s="$WRK_SECONDS" 'BEGIN{printf "%.2f", d / hz * 1e6 / (r * s)}')"

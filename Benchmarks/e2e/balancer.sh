@@ -66,7 +66,7 @@ mkdir -p "$(dirname "$OUT")"
     echo
     echo "- date: $(date -u '+%F %H:%M UTC'); machine: $(nproc) cores, $(uname -r), Debian $(cat /etc/debian_version)"
     echo "- load average before: $LOAD0; after: $(cut -d' ' -f1-3 /proc/loadavg)"
-    echo "- berth $(git -C "$ROOT" rev-parse --short HEAD) release, 2 loops; $(haproxy -v | head -1 | cut -d' ' -f1-3), conf/haproxy/berth.cfg as shipped but bind/server; upstream docker-registry"
+    echo "- berth: $(berth_version), 2 loops; $(haproxy -v | head -1 | cut -d' ' -f1-3), conf/haproxy/berth.cfg as shipped but bind/server; upstream docker-registry"
     echo "- wrk -t1 -c$CONNS -d${WRK_SECONDS}s --latency GET /v2/bench/app/manifests/<digest>, $REPS alternations, medians; Berth, haproxy and wrk share the cores"
     echo
     echo "| path | p50 (µs) | p99 (µs) | req/s | p50 samples | p99 samples | req/s samples |"

@@ -26,29 +26,15 @@ BERTH_PREBUILT=${BERTH:-}
 source "$ROOT/Benchmarks/e2e/lib.sh"
 if [ -n "$PIN" ]; then WORKERS=1; SERVER_WRAP=(taskset -c "$SERVER_CPU"); CLIENT_WRAP=(taskset -c "$CLIENT_CPU")
 else WORKERS=2; SERVER_WRAP=(); CLIENT_WRAP=(); fi
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-chmod 755 "$TMP"  # nginx's workers run as nobody
-ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-HZ=$(getconf CLK_TCK)
 
-mkdir -p "$TMP/www/v2/bench/big/blobs"
-head -c $((MIB << 20)) /dev/urandom > "$TMP/blob"
-DIGEST=sha256:$(sha256sum "$TMP/blob" | cut -d' ' -f1)
-mv "$TMP/blob" "$TMP/www/v2/bench/big/blobs/$DIGEST"
-chmod -R a+rX "$TMP/www"
-SIZE=$((MIB << 20))
 NP=$(free_port); BP=$(free_port)
-nginx_conf "$WORKERS" "        listen 127.0.0.1:$NP; root $TMP/www;
-        location = /v2/ { default_type application/json; return 200 '{}'; }
-        location ~ ^/v2/bench/big/blobs/(?<digest>sha256:[0-9a-f]+)\$ { default_type application/octet-stream; add_header Docker-Content-Digest \$digest; }"
-"${SERVER_WRAP[@]}" "$NGINX" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" 2>>"$TMP/nginx/error.log" &
-NGINX_PID=$!; PIDS+=("$NGINX_PID")
+nginx_blob_upstream "$MIB" "$NP" "$WORKERS" "${SERVER_WRAP[@]}"
 "${SERVER_WRAP[@]}" "$BERTH" serve --listen "127.0.0.1:$BP" --upstream "http://127.0.0.1:$NP" --cache-dir "$TMP/cache" \
     --cache-max-size "$((MIB * 3))MiB" --workers "$WORKERS" --log-level error > "$TMP/berth.log" 2>&1 &
 BERTH_PID=$!; PIDS+=("$BERTH_PID")
-wait_http "http://127.0.0.1:$NP/v2/"; wait_http "http://127.0.0.1:$BP/v2/"
-N_URL="http://127.0.0.1:$NP/v2/bench/big/blobs/$DIGEST"
-B_URL="http://127.0.0.1:$BP/v2/bench/big/blobs/$DIGEST"
+wait_http "http://127.0.0.1:$BP/v2/"
+N_URL="http://127.0.0.1:$NP$BLOB_PATH"
+B_URL="http://127.0.0.1:$BP$BLOB_PATH"
 curl -sf -o /dev/null "$B_URL"  # the fill
 for _ in $(seq 1 200); do [ -f "$TMP/cache/blobs/sha256/${DIGEST:7:2}/${DIGEST:7}" ] && break; sleep 0.05; done
 [ -f "$TMP/cache/blobs/sha256/${DIGEST:7:2}/${DIGEST:7}" ] || { log "the blob was not cached"; exit 1; }
@@ -81,7 +67,7 @@ mkdir -p "$(dirname "$OUT")"
 {
     echo "# Warm ${MIB} MiB blob, one stream: Berth vs nginx, same run"
     echo
-    echo "- date: $(date -u '+%F %H:%M UTC'); berth $(git -C "$ROOT" rev-parse --short HEAD) release; machine: $(nproc) cores, $(uname -r)"
+    echo "- date: $(date -u '+%F %H:%M UTC'); berth: $(berth_version); machine: $(nproc) cores, $(uname -r)"
     echo "- load average: $LOAD0 before, $(cut -d' ' -f1-3 /proc/loadavg) after"
     echo "- ${PIN:+both servers one worker pinned to core $SERVER_CPU, curl pinned to core $CLIENT_CPU}${PIN:-both servers 2 workers, nothing pinned}; nginx sendfile + tcp_nopush; $REPS rounds alternating; medians; every answer 200 with $SIZE bytes"
     echo

@@ -38,23 +38,11 @@ CG_BLOBS=${CG_BLOBS:-8}
 BERTH=${BERTH:-}
 
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
-BERTH_GIVEN=${BERTH:-}
+BERTH_PREBUILT=${BERTH:-}
 NAME=https
 PACKAGES=(nginx-light wrk curl docker-registry skopeo openssl procps util-linux valgrind)
 # shellcheck source=lib.sh
 source "$ROOT/Benchmarks/e2e/lib.sh"  # builds berth (release); TMP, PIDS, cleanup, log, free_port, start_registry
-BERTH=${BERTH_GIVEN:-$BERTH}
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-chmod 755 "$TMP"  # nginx's worker runs as nobody: a 0700 folder gets 403s
-wait_ok() {  # URL [TRIES]: until it answers 200 (TRIES x 50 ms, default 10 s)
-    for _ in $(seq 1 "${2:-200}"); do
-        [ "$(curl -sk -o /dev/null -m 2 -w '%{http_code}' "$1" || true)" = 200 ] && return 0
-        sleep 0.05
-    done
-    log "no 200 from $1"; exit 1
-}
-ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-HZ=$(getconf CLK_TCK)
 ACCEPT='Accept: application/vnd.docker.distribution.manifest.v2+json'
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
@@ -234,9 +222,7 @@ mkdir -p "$(dirname "$OUT")"
 {
     echo "# HTTPS serving: Berth vs nginx, same run"
     echo
-    if [ -n "$BERTH_GIVEN" ]; then what="the binary $BERTH_GIVEN"
-    else what="$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- Sources || echo ' + uncommitted changes')"; fi
-    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); berth: $what"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); berth: $(berth_version)"
     echo "- machine: $(nproc) cores, kernel $(uname -r), $(awk -F': ' '/^model name/ {print $2; exit}' /proc/cpuinfo); shared (fuzzers at nice 10)"
     echo "- load average: $LOAD0 before, $LOAD1 after"
     echo "- versions: $(swift --version 2>/dev/null | head -1); $("$NGINX" -v 2>&1 | sed 's/^nginx version: //'); $(openssl version); $(wrk -v 2>&1 | head -1 | awk '{print $1, $2}')"

@@ -24,6 +24,24 @@ wait_http() { for _ in $(seq 1 200); do curl -s -o /dev/null "$1" && return 0; s
 median() { sort -g | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
 ratio() { awk -v a="$1" -v b="$2" 'BEGIN{printf "%.3f", a/b}'; }
 ACCEPT='Accept: application/vnd.docker.distribution.manifest.v2+json'
+NGINX=$(command -v nginx || echo /usr/sbin/nginx)
+chmod 755 "$TMP"  # nginx started as root runs its workers as nobody: a 0700 folder gets 403s
+# CPU ticks (user + system) of PIDs; a PID already gone counts 0. HZ ticks make a second.
+ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
+HZ=$(getconf CLK_TCK)
+# What was measured: the binary the caller gave (BERTH_PREBUILT), or the commit built here.
+berth_version() {
+    if [ -n "${BERTH_PREBUILT:-}" ]; then echo "the binary $BERTH_PREBUILT"
+    else echo "$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- Sources || echo ' + uncommitted changes')"; fi
+}
+# Until URL answers 200 (plain or https, certificate not checked): TRIES x 50 ms, default 10 s.
+wait_ok() {  # URL [TRIES]
+    for _ in $(seq 1 "${2:-200}"); do
+        [ "$(curl -sk -o /dev/null -m 2 -w '%{http_code}' "$1" || true)" = 200 ] && return 0
+        sleep 0.05
+    done
+    log "no 200 from $1"; exit 1
+}
 
 # Starts docker-registry on 127.0.0.1:PORT, storage under $TMP/DIR.
 start_registry() {  # PORT DIR
@@ -109,4 +127,24 @@ callgrind_ir() {  # PID URL N
     local profile; profile=$(ls -t "$TMP"/cg.$1* | head -1)
     [ -z "${CG_KEEP:-}" ] || cp "$profile" "$CG_KEEP.$1"
     awk '/^summary:|^totals:/ {print int($2 / '"$3"'); exit}' "$profile"
+}
+
+# A random MIB MiB blob that nginx (WORKERS processes, started under WRAPPER... if given) serves
+# on 127.0.0.1:PORT as a registry would: GET /v2/bench/big/blobs/<digest>, with its
+# Docker-Content-Digest. Sets DIGEST, SIZE, BLOB_PATH and NGINX_PID.
+nginx_blob_upstream() {  # MIB PORT WORKERS [WRAPPER...]
+    local mib=$1 port=$2 workers=$3; shift 3
+    SIZE=$((mib << 20))
+    mkdir -p "$TMP/www/v2/bench/big/blobs"
+    head -c "$SIZE" /dev/urandom > "$TMP/blob"
+    DIGEST=sha256:$(sha256sum "$TMP/blob" | cut -d' ' -f1)
+    BLOB_PATH=/v2/bench/big/blobs/$DIGEST
+    mv "$TMP/blob" "$TMP/www$BLOB_PATH"
+    chmod -R a+rX "$TMP/www"
+    nginx_conf "$workers" "        listen 127.0.0.1:$port; root $TMP/www;
+        location = /v2/ { default_type application/json; return 200 '{}'; }
+        location ~ ^/v2/bench/big/blobs/(?<digest>sha256:[0-9a-f]+)\$ { default_type application/octet-stream; add_header Docker-Content-Digest \$digest; }"
+    "$@" "$NGINX" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" 2>>"$TMP/nginx/error.log" &
+    NGINX_PID=$!; PIDS+=("$NGINX_PID")
+    wait_http "http://127.0.0.1:$port/v2/"
 }

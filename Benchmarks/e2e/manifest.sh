@@ -40,16 +40,12 @@ if [ -n "$PIN" ]; then WORKERS=1; SERVER_WRAP=(taskset -c "$SERVER_CPU"); CLIENT
 else WORKERS=2; SERVER_WRAP=(); CLIENT_WRAP=(); WRK_THREADS=2; fi
 
 LOAD0=$(cut -d" " -f1-3 /proc/loadavg)
-BERTH_GIVEN=${BERTH:-}
+
 NAME=manifest
 PACKAGES=(nginx-light wrk curl docker-registry skopeo openssl procps valgrind binutils)
-BERTH_PREBUILT=$BERTH_GIVEN
+BERTH_PREBUILT=${BERTH:-}
 # shellcheck source=lib.sh
 source "$ROOT/Benchmarks/e2e/lib.sh"  # builds berth (release) unless given; TMP, PIDS, cleanup, log, free_port, start_registry
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-chmod 755 "$TMP"  # nginx's workers run as nobody: a 0700 folder gets 403s
-ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat"))); done; echo "$t"; }
-HZ=$(getconf CLK_TCK)
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 2 -subj /CN=127.0.0.1 \
     -addext subjectAltName=IP:127.0.0.1 -keyout "$TMP/key.pem" -out "$TMP/cert.pem" 2>/dev/null
@@ -66,13 +62,6 @@ start_berth() {  # WORKERS [wrapper...]
         --tls-certificate "$TMP/cert.pem" --tls-key "$TMP/key.pem" --upstream "http://127.0.0.1:$UP" \
         --cache-dir "$TMP/berth-cache" --workers "$workers" --log-level error >"$TMP/berth.log" 2>&1 &
     BERTH_PID=$!; PIDS+=("$BERTH_PID")
-}
-wait_ok() {  # URL [TRIES x 50 ms]
-    for _ in $(seq 1 "${2:-200}"); do
-        [ "$(curl -sk -o /dev/null -m 2 -w '%{http_code}' "$1" || true)" = 200 ] && return 0
-        sleep 0.05
-    done
-    log "no 200 from $1"; exit 1
 }
 # Caches the manifest (by tag and by digest) and checks Berth's bytes, plain and TLS.
 warm_berth() {
@@ -210,9 +199,7 @@ mkdir -p "$(dirname "$OUT")"
 {
     echo "# Cached manifest over plain HTTP: Berth vs nginx, same run"
     echo
-    if [ -n "$BERTH_GIVEN" ]; then what="the binary $BERTH_GIVEN"
-    else what="$(git -C "$ROOT" rev-parse --short HEAD)$(git -C "$ROOT" diff --quiet HEAD -- Sources || echo ' + uncommitted changes')"; fi
-    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); berth: $what"
+    echo "- date: $(date -u '+%Y-%m-%d %H:%M UTC'); berth: $(berth_version)"
     echo "- machine: $(nproc) cores, kernel $(uname -r); load average $LOAD0 before, $LOAD1 after"
     echo "- GET of a $MANIFEST_BYTES-byte manifest by digest; wrk -t$WRK_THREADS -c$CONNS -d${WRK_SECONDS}s --latency; both servers $WORKERS worker(s)${PIN:+, pinned to core $SERVER_CPU, wrk to core $CLIENT_CPU}; $REPS rounds alternating; medians; every answer 2xx"
     echo

@@ -23,25 +23,11 @@ NAME=miss
 PACKAGES=(nginx-light curl)
 BERTH_PREBUILT=${BERTH:-}
 source "$ROOT/Benchmarks/e2e/lib.sh"
-NGINX=$(command -v nginx || echo /usr/sbin/nginx)
-chmod 755 "$TMP"  # nginx's workers run as nobody
-ticks() { local t=0 p; for p in "$@"; do t=$((t + $(awk '{print $14 + $15}' "/proc/$p/stat" 2>/dev/null || echo 0))); done; echo "$t"; }
-HZ=$(getconf CLK_TCK)
-SIZE=$((MIB << 20))
 
 # The upstream: nginx serving the blob under a registry path (its own config and PID).
-mkdir -p "$TMP/www/v2/bench/big/blobs"
-head -c "$SIZE" /dev/urandom > "$TMP/blob"
-DIGEST=sha256:$(sha256sum "$TMP/blob" | cut -d' ' -f1)
-mv "$TMP/blob" "$TMP/www/v2/bench/big/blobs/$DIGEST"
-chmod -R a+rX "$TMP/www"
 UP=$(free_port); BP=$(free_port); NP=$(free_port)
-nginx_conf 1 "        listen 127.0.0.1:$UP; root $TMP/www;
-        location = /v2/ { default_type application/json; return 200 '{}'; }
-        location ~ ^/v2/bench/big/blobs/(?<digest>sha256:[0-9a-f]+)\$ { default_type application/octet-stream; add_header Docker-Content-Digest \$digest; }"
-"$NGINX" -c "$TMP/nginx/nginx.conf" -e "$TMP/nginx/error.log" 2>>"$TMP/nginx/error.log" & PIDS+=($!)
-wait_http "http://127.0.0.1:$UP/v2/"
-PATH_=/v2/bench/big/blobs/$DIGEST
+nginx_blob_upstream "$MIB" "$UP" 1
+PATH_=$BLOB_PATH
 
 start_berth() {
     rm -rf "$TMP/berth-cache"
@@ -106,7 +92,7 @@ mkdir -p "$(dirname "$OUT")"
 {
     echo "# Cold ${MIB} MiB miss, one client: Berth vs nginx proxy_cache, same run"
     echo
-    echo "- date: $(date -u '+%F %H:%M UTC'); berth $(git -C "$ROOT" rev-parse --short HEAD) release; machine: $(nproc) cores, $(uname -r)"
+    echo "- date: $(date -u '+%F %H:%M UTC'); berth: $(berth_version); machine: $(nproc) cores, $(uname -r)"
     echo "- load average: $LOAD0 before, $(cut -d' ' -f1-3 /proc/loadavg) after"
     echo "- upstream: nginx serving the file from the page cache ($DIRECT MB/s to curl directly, after the rounds); both mirrors $WORKERS workers, restarted on an empty cache each round; $REPS rounds alternating; medians"
     echo "- Berth streams to the client while it writes the temp file and hashes (SHA-256) on its pool; the last byte waits for the digest check; the blob is then kept. nginx: proxy_cache, proxy_buffering, no digest check."

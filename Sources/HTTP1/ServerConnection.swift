@@ -422,6 +422,13 @@ final class ServerConnection: Selectable {
         return true
     }
 
+    /// This turn's share of file bytes is sent: the rest goes on the next turn,
+    /// after the loop's other connections (false: not all out yet).
+    private func continueNextTurn() -> Bool {
+        context.loop.execute { [weak self] in self?.flushOutput() }
+        return false
+    }
+
     /// Sends `next..<end` of a file; true when all of it is out. Zero-copy on
     /// plain connections. Through TLS, what the page cache holds is read on
     /// the loop with RWF_NOWAIT (it never waits for the disk) straight into
@@ -434,10 +441,7 @@ final class ServerConnection: Selectable {
             // file, and the socket would go out in a trickle of small segments.
             var budget = Self.fileBytesPerTurn
             while next < end {
-                if budget == 0 {
-                    context.loop.execute { [weak self] in self?.flushOutput() }
-                    return false
-                }
+                if budget == 0 { return continueNextTurn() }
                 var offset = off_t(next)
                 let count = Int(min(end - next, UInt64(budget)))
                 guard case .processed(let n) = try transport.sendFile(from: fd.fd, offset: &offset, count: count) else { return false }
@@ -455,10 +459,7 @@ final class ServerConnection: Selectable {
         let buffer = context.fileScratch
         var budget = Self.fileBytesPerTurn
         while next < end {
-            if budget <= 0 {
-                context.loop.execute { [weak self] in self?.flushOutput() }
-                return false
-            }
+            if budget <= 0 { return continueNextTurn() }
             let want = Int(min(end - next, UInt64(buffer.count)))
             guard case .processed(let n) = try Posix.preadNoWait(fd: fd.fd, into: UnsafeMutableRawBufferPointer(rebasing: buffer[..<want]),
                                                                   offset: off_t(next)) else { break }
